@@ -1,0 +1,338 @@
+//! The command line (DESIGN.md "Interfaces": `tessera` CLI).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Tessera's command-line client: tenants, documents, groups, search, status.
+///
+/// Exit codes: 0 success, 2 bad input (nothing written), 3 unavailable or
+/// timed out (retryable), 4 not allowed, 5 limited (retry after the hint),
+/// 1 anything unexpected. Errors go to stderr as one line.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version)]
+pub struct Cli {
+    /// Router address (host:port); overrides --cluster.
+    #[arg(long, global = true, env = "TESSERA_ROUTER")]
+    pub router: Option<String>,
+    /// Cluster file written by `scripts/cluster.sh up`.
+    #[arg(long, global = true, default_value = ".cluster/cluster.json")]
+    pub cluster: PathBuf,
+    /// With --cluster: use this region's router instead of the first one.
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Deadline of each request, in ms (propagated to the nodes).
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or show tenants.
+    Tenant {
+        /// Which tenant command.
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Bulk upsert documents from JSON Lines (a file, or - for stdin).
+    Put(LoadArgs),
+    /// Delete a document.
+    Delete {
+        /// Tenant.
+        tenant: String,
+        /// Document id.
+        doc_id: String,
+        /// Version of the delete (must be newer than the stored document's).
+        #[arg(long)]
+        version: u64,
+        /// Session token of earlier writes to extend.
+        #[arg(long)]
+        token: Option<String>,
+        /// Print {"acked":N,"rejected":[...],"token":"..."}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a document as a user sees it.
+    Get {
+        /// Tenant.
+        tenant: String,
+        /// Document id.
+        doc_id: String,
+        /// The reading user (u:alice).
+        #[arg(long)]
+        user: String,
+        /// Session token: only read from replicas that have applied it.
+        #[arg(long)]
+        token: Option<String>,
+        /// Print {"found":...,"doc":{...}}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load group memberships from JSON Lines: {"user":"u:x","groups":["g:y"]}.
+    Groups(LoadArgs),
+    /// Search a tenant as a user.
+    Search(SearchArgs),
+    /// Show the cluster's nodes and shards.
+    Status {
+        /// Print {"epoch":N,"nodes":[...],"shards":[...]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `tenant` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        /// Tenant id.
+        id: String,
+        /// Regions the tenant's data may live in (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        regions: Vec<String>,
+        /// Home region (default: the first of --regions).
+        #[arg(long)]
+        home: Option<String>,
+        /// Survival goal.
+        #[arg(long, value_enum)]
+        survival: Option<Survival>,
+        /// Partition count (default 1).
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Print the tenant as `tenant show --json` does.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a tenant's placement and document count.
+    Show {
+        /// Tenant id.
+        id: String,
+        /// Print {"id":...,"regions":[...],...,"docs":N}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A tenant's survival goal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Survival {
+    /// Voters in the home region, learners elsewhere.
+    Zone,
+    /// Voters spread over three or more regions.
+    Region,
+}
+
+impl Survival {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Survival::Zone => "zone",
+            Survival::Region => "region",
+        }
+    }
+}
+
+/// Arguments of `put` and `groups`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Tenant.
+    pub tenant: String,
+    /// JSON Lines file, or - for stdin.
+    pub file: String,
+    /// Lines per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Keep retrying a batch on retryable errors for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub retry_secs: u64,
+    /// Session token of earlier writes to extend.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Print {"acked":N,"rejected":[{"line":N,"error":"..."}],"token":"..."}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Tenant.
+    pub tenant: String,
+    /// The searching user (u:alice); results are filtered by their permissions.
+    #[arg(long)]
+    pub user: String,
+    /// Query text (several words may be given unquoted).
+    #[arg(required = true, num_args = 1..)]
+    pub query: Vec<String>,
+    /// Only this space (repeatable).
+    #[arg(long = "space")]
+    pub spaces: Vec<String>,
+    /// Only documents under this page (repeatable).
+    #[arg(long = "ancestor")]
+    pub ancestors: Vec<String>,
+    /// Only documents with this label (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Match titles only.
+    #[arg(long)]
+    pub title_only: bool,
+    /// Page size (at most 1000).
+    #[arg(long, default_value_t = 10)]
+    pub limit: u32,
+    /// Cursor from a previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Session token: only use replicas that have applied it.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Rank profile.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Print {"hits":[...],"cursor":...,"served_by":[...],"took_ms":F}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tessera").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tenant_create_with_partitions() {
+        let cli = parse(&[
+            "tenant",
+            "create",
+            "acme",
+            "--regions",
+            "us-east,eu-west",
+            "--home",
+            "eu-west",
+            "--survival",
+            "region",
+            "--partitions",
+            "4",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Tenant {
+                command:
+                    TenantCommand::Create {
+                        id,
+                        regions,
+                        home,
+                        survival,
+                        partitions,
+                        json,
+                    },
+            } => {
+                assert_eq!(id, "acme");
+                assert_eq!(regions, vec!["us-east", "eu-west"]);
+                assert_eq!(home.as_deref(), Some("eu-west"));
+                assert_eq!(survival, Some(Survival::Region));
+                assert_eq!(partitions, Some(4));
+                assert!(!json);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            parse(&["tenant", "create", "acme"]).is_err(),
+            "--regions is required"
+        );
+        assert!(parse(&[
+            "tenant",
+            "create",
+            "acme",
+            "--regions",
+            "x",
+            "--survival",
+            "galaxy"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn search_takes_repeatable_filters_and_global_flags_anywhere() {
+        let cli = parse(&[
+            "search",
+            "acme",
+            "--user",
+            "u:alice",
+            "deploy",
+            "runbook",
+            "--space",
+            "ENG",
+            "--space",
+            "OPS",
+            "--label",
+            "ops",
+            "--title-only",
+            "--limit",
+            "50",
+            "--json",
+            "--router",
+            "127.0.0.1:7300",
+        ])
+        .expect("parses");
+        assert_eq!(cli.router.as_deref(), Some("127.0.0.1:7300"));
+        match cli.command {
+            Command::Search(s) => {
+                assert_eq!(s.query.join(" "), "deploy runbook");
+                assert_eq!(s.spaces, vec!["ENG", "OPS"]);
+                assert_eq!(s.labels, vec!["ops"]);
+                assert!(s.title_only && s.json);
+                assert_eq!(s.limit, 50);
+                assert_eq!(s.cursor, None);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            parse(&["search", "acme", "deploy"]).is_err(),
+            "--user is required"
+        );
+    }
+
+    #[test]
+    fn put_delete_get_groups_status() {
+        let cli = parse(&["put", "acme", "-", "--json"]).expect("put");
+        assert!(
+            matches!(cli.command, Command::Put(ref a) if a.file == "-" && a.json && a.batch == 500)
+        );
+        let cli = parse(&["delete", "acme", "p-1", "--version", "8"]).expect("delete");
+        assert!(matches!(cli.command, Command::Delete { version: 8, .. }));
+        assert!(
+            parse(&["delete", "acme", "p-1"]).is_err(),
+            "--version is required"
+        );
+        let cli = parse(&["get", "acme", "p-1", "--user", "u:bob", "--json"]).expect("get");
+        assert!(
+            matches!(cli.command, Command::Get { ref user, json: true, .. } if user == "u:bob")
+        );
+        let cli = parse(&["groups", "acme", "groups.jsonl"]).expect("groups");
+        assert!(matches!(cli.command, Command::Groups(_)));
+        let cli = parse(&[
+            "status",
+            "--json",
+            "--cluster",
+            "c.json",
+            "--region",
+            "eu-west",
+        ])
+        .expect("status");
+        assert_eq!(cli.cluster, PathBuf::from("c.json"));
+        assert_eq!(cli.region.as_deref(), Some("eu-west"));
+        assert!(matches!(cli.command, Command::Status { json: true }));
+    }
+}

@@ -1,0 +1,247 @@
+//! [`TesseraClient`]: one connection to a router, a method per RPC.
+
+use crate::error::ClientError;
+use crate::types::*;
+use std::time::Duration;
+use tessera_proto::pb;
+use tessera_proto::pb::router_client::RouterClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message exchanged with the router (a batch of large documents).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Default deadline of every call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An async client of one Tessera router. Cheap to clone; clones share the
+/// connection (HTTP/2 multiplexes concurrent calls).
+#[derive(Debug, Clone)]
+pub struct TesseraClient {
+    inner: RouterClient<Channel>,
+    timeout: Duration,
+}
+
+impl TesseraClient {
+    /// Connects to the router at `addr` (`host:port` or `http://host:port`).
+    pub async fn connect(addr: impl AsRef<str>) -> Result<Self, ClientError> {
+        let addr = addr.as_ref();
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| ClientError::InvalidInput(format!("router address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| connect_err(error_chain(&e)))?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Wraps an existing channel (custom TLS, interceptors, tests).
+    pub fn from_channel(channel: Channel) -> Self {
+        TesseraClient {
+            inner: RouterClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Sets the deadline of every call (the router propagates it to the nodes).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The deadline applied to calls.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn timeout_ms(&self) -> u32 {
+        u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.timeout);
+        r
+    }
+
+    /// Creates a tenant and returns it (with 0 documents).
+    pub async fn create_tenant(&self, spec: &TenantSpec) -> Result<TenantView, ClientError> {
+        let req = self.request(pb::CreateTenantRequest {
+            id: spec.id.clone(),
+            regions: spec.regions.clone(),
+            home: spec.home.clone(),
+            survival: spec.survival.clone(),
+            partitions: spec.partitions,
+        });
+        let resp = self.inner.clone().create_tenant(req).await?.into_inner();
+        let info = resp
+            .tenant
+            .ok_or_else(|| ClientError::Internal("router returned no tenant".into()))?;
+        Ok(TenantView::from_info(info, 0))
+    }
+
+    /// A tenant's placement and document count.
+    pub async fn tenant(&self, id: &str) -> Result<TenantView, ClientError> {
+        let req = self.request(pb::GetTenantRequest {
+            id: id.to_string(),
+            timeout_ms: self.timeout_ms(),
+        });
+        let resp = self.inner.clone().get_tenant(req).await?.into_inner();
+        let info = resp
+            .tenant
+            .ok_or_else(|| ClientError::Internal("router returned no tenant".into()))?;
+        Ok(TenantView::from_info(info, resp.docs))
+    }
+
+    /// Upserts documents (raw JSON, the DESIGN.md schema) and applies deletes.
+    ///
+    /// `session` is the token of earlier writes ("" for none); the returned
+    /// token covers them and this write. Invalid items are rejected one by
+    /// one; the rest are written. Safe to retry on a retryable error.
+    pub async fn put_documents(
+        &self,
+        tenant: &str,
+        docs_json: Vec<Vec<u8>>,
+        deletes: Vec<Delete>,
+        session: &str,
+    ) -> Result<PutOutcome, ClientError> {
+        let req = self.request(pb::PutDocumentsRequest {
+            tenant: tenant.to_string(),
+            docs_json,
+            deletes: deletes
+                .into_iter()
+                .map(|d| pb::DeleteOp {
+                    id: d.id,
+                    version: d.version,
+                })
+                .collect(),
+            session: session.to_string(),
+            timeout_ms: self.timeout_ms(),
+        });
+        let r = self.inner.clone().put_documents(req).await?.into_inner();
+        Ok(PutOutcome::from_parts(r.acked, r.rejected, r.token))
+    }
+
+    /// Upserts typed documents.
+    pub async fn put(
+        &self,
+        tenant: &str,
+        docs: &[tessera_proto::Document],
+        session: &str,
+    ) -> Result<PutOutcome, ClientError> {
+        let json = docs
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::InvalidInput(format!("document does not serialise: {e}")))?;
+        self.put_documents(tenant, json, Vec::new(), session).await
+    }
+
+    /// Deletes one document at `version`.
+    pub async fn delete(
+        &self,
+        tenant: &str,
+        id: &str,
+        version: u64,
+        session: &str,
+    ) -> Result<PutOutcome, ClientError> {
+        let delete = Delete {
+            id: id.to_string(),
+            version,
+        };
+        self.put_documents(tenant, Vec::new(), vec![delete], session)
+            .await
+    }
+
+    /// Writes group memberships (to every partition of the tenant).
+    pub async fn put_groups(
+        &self,
+        tenant: &str,
+        memberships: Vec<GroupMembership>,
+        session: &str,
+    ) -> Result<PutOutcome, ClientError> {
+        let req = self.request(pb::PutGroupsRequest {
+            tenant: tenant.to_string(),
+            memberships: memberships
+                .into_iter()
+                .map(|m| pb::Membership {
+                    user: m.user,
+                    groups: m.groups,
+                })
+                .collect(),
+            session: session.to_string(),
+            timeout_ms: self.timeout_ms(),
+        });
+        let r = self.inner.clone().put_groups(req).await?.into_inner();
+        Ok(PutOutcome::from_parts(r.acked, r.rejected, r.token))
+    }
+
+    /// One page of search results.
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchPage, ClientError> {
+        let req = self.request(query.to_request(self.timeout_ms()));
+        Ok(self.inner.clone().search(req).await?.into_inner().into())
+    }
+
+    /// Reads one document as `user` sees it.
+    pub async fn get(
+        &self,
+        tenant: &str,
+        id: &str,
+        user: &str,
+        token: Option<&str>,
+    ) -> Result<GetResult, ClientError> {
+        let req = self.request(pb::RouterGetRequest {
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+            user: user.to_string(),
+            token: token.unwrap_or_default().to_string(),
+            timeout_ms: self.timeout_ms(),
+        });
+        let r = self.inner.clone().get(req).await?.into_inner();
+        let doc = if r.found {
+            Some(serde_json::from_slice(&r.doc_json).map_err(|e| {
+                ClientError::Internal(format!("router returned a malformed document: {e}"))
+            })?)
+        } else {
+            None
+        };
+        Ok(GetResult {
+            found: r.found,
+            doc,
+        })
+    }
+
+    /// The cluster's nodes and shards as the router sees them.
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        let req = self.request(pb::RouterStatusRequest {
+            timeout_ms: self.timeout_ms(),
+        });
+        Ok(self.inner.clone().status(req).await?.into_inner().into())
+    }
+}
+
+/// An error and its sources on one line ("transport error: tcp connect error: refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        cur = s.source();
+    }
+    out.replace('\n', " ")
+}

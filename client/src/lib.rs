@@ -1,0 +1,37 @@
+//! Async, typed Rust client for a Tessera cluster, through a router.
+//!
+//! ```no_run
+//! use tessera_client::{SearchQuery, TenantSpec, TesseraClient};
+//!
+//! # async fn demo() -> Result<(), tessera_client::ClientError> {
+//! let client = TesseraClient::connect("127.0.0.1:7300").await?;
+//! client.create_tenant(&TenantSpec::new("acme", ["us-east", "eu-west"])).await?;
+//! let put = client
+//!     .put_documents("acme", vec![br#"{"id":"p-1","title":"Deploy runbook","version":1}"#.to_vec()], vec![], "")
+//!     .await?;
+//! let page = client
+//!     .search(&SearchQuery::new("acme", "u:alice", "deploy").token(&put.token))
+//!     .await?;
+//! for hit in &page.hits {
+//!     println!("{} {}", hit.score, hit.id);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every error says how to react through [`ClientError::class`]: retry
+//! (unavailable, timed out), retry after a hint (limited), fix the input, or
+//! stop (not allowed). The `tessera` CLI maps the same classes to its exit
+//! codes (see [`exit`]).
+
+#![warn(missing_docs)]
+
+pub mod bulk;
+pub mod client;
+pub mod cluster_file;
+pub mod error;
+pub mod types;
+
+pub use client::TesseraClient;
+pub use error::{exit, ClientError, ErrorClass};
+pub use types::*;

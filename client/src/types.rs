@@ -1,0 +1,535 @@
+//! The client's typed view of requests and answers.
+//!
+//! The answer types serialise to exactly the `--json` shapes of DESIGN.md
+//! ("Interfaces"), which the CLI prints; fields may be added, never removed.
+
+use serde::{Deserialize, Serialize};
+use tessera_proto::pb;
+
+/// What `create_tenant` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSpec {
+    /// Tenant id.
+    pub id: String,
+    /// Regions the tenant's data may live in (data residency).
+    pub regions: Vec<String>,
+    /// Home region; empty = the first allowed region.
+    pub home: String,
+    /// `zone` (voters in the home region) or `region` (voters across regions); empty = zone.
+    pub survival: String,
+    /// Partition count; 0 = 1.
+    pub partitions: u32,
+}
+
+impl TenantSpec {
+    /// A zone-survival, single-partition tenant homed in its first region.
+    pub fn new<I, S>(id: impl Into<String>, regions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        TenantSpec {
+            id: id.into(),
+            regions: regions.into_iter().map(Into::into).collect(),
+            home: String::new(),
+            survival: String::new(),
+            partitions: 0,
+        }
+    }
+
+    /// Sets the home region.
+    pub fn home(mut self, home: impl Into<String>) -> Self {
+        self.home = home.into();
+        self
+    }
+
+    /// Sets the survival goal (`zone` or `region`).
+    pub fn survival(mut self, survival: impl Into<String>) -> Self {
+        self.survival = survival.into();
+        self
+    }
+
+    /// Fixes the partition count.
+    pub fn partitions(mut self, p: u32) -> Self {
+        self.partitions = p;
+        self
+    }
+}
+
+/// One partition of a tenant and the shard holding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionView {
+    /// Partition index (`hash(doc id) % p`).
+    pub index: u32,
+    /// The shard (Raft group) holding it.
+    pub shard: u64,
+}
+
+/// A tenant as `tenant show --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantView {
+    /// Tenant id.
+    pub id: String,
+    /// Allowed regions.
+    pub regions: Vec<String>,
+    /// Home region.
+    pub home: String,
+    /// Survival goal.
+    pub survival: String,
+    /// Partition → shard.
+    pub partitions: Vec<PartitionView>,
+    /// Documents over all partitions.
+    pub docs: u64,
+}
+
+impl TenantView {
+    /// Builds the view from the API's tenant record and document count.
+    pub fn from_info(t: pb::TenantInfo, docs: u64) -> Self {
+        TenantView {
+            partitions: t
+                .partitions
+                .iter()
+                .enumerate()
+                .map(|(i, s)| PartitionView {
+                    index: i as u32,
+                    shard: *s,
+                })
+                .collect(),
+            id: t.id,
+            regions: t.regions,
+            home: t.home,
+            survival: t.survival,
+            docs,
+        }
+    }
+}
+
+/// Which kind of input item a rejection is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    /// An upserted document.
+    Doc,
+    /// A delete.
+    Delete,
+    /// A group membership.
+    Membership,
+}
+
+/// An input item that was not written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Position in the request's list of that kind.
+    pub index: u32,
+    /// Which list.
+    pub kind: ItemKind,
+    /// Why (names the rule or limit).
+    pub error: String,
+}
+
+/// The answer to a write.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PutOutcome {
+    /// Items durably committed.
+    pub acked: u64,
+    /// Items refused, with reasons.
+    pub rejected: Vec<Rejection>,
+    /// Session token covering this write and the session passed in; pass it
+    /// to reads that must see the write.
+    pub token: String,
+}
+
+impl PutOutcome {
+    pub(crate) fn from_parts(acked: u32, rejected: Vec<pb::ItemRejection>, token: String) -> Self {
+        PutOutcome {
+            acked: u64::from(acked),
+            rejected: rejected
+                .into_iter()
+                .map(|r| Rejection {
+                    kind: match pb::ItemKind::try_from(r.kind) {
+                        Ok(pb::ItemKind::Delete) => ItemKind::Delete,
+                        Ok(pb::ItemKind::Membership) => ItemKind::Membership,
+                        _ => ItemKind::Doc,
+                    },
+                    index: r.index,
+                    error: r.error,
+                })
+                .collect(),
+            token,
+        }
+    }
+}
+
+/// A delete of one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delete {
+    /// Document id.
+    pub id: String,
+    /// Version of the delete; it wins over stored versions below it.
+    pub version: u64,
+}
+
+/// One `groups` line: a user and the groups they belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMembership {
+    /// `u:<user>`.
+    pub user: String,
+    /// `g:<group>` principals.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A search request; build it with [`SearchQuery::new`] and the setters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SearchQuery {
+    /// Tenant.
+    pub tenant: String,
+    /// The user the permission filter runs for (`u:alice`).
+    pub user: String,
+    /// Query text.
+    pub query: String,
+    /// Only these spaces.
+    pub spaces: Vec<String>,
+    /// Only documents under these pages.
+    pub ancestors: Vec<String>,
+    /// Only documents with these labels.
+    pub labels: Vec<String>,
+    /// Match titles only.
+    pub title_only: bool,
+    /// Page size (0 = 10).
+    pub limit: u32,
+    /// Cursor of the previous page.
+    pub cursor: Option<String>,
+    /// Session token (read-your-writes).
+    pub token: Option<String>,
+    /// Rank profile.
+    pub profile: Option<String>,
+}
+
+impl SearchQuery {
+    /// A first-page query.
+    pub fn new(
+        tenant: impl Into<String>,
+        user: impl Into<String>,
+        query: impl Into<String>,
+    ) -> Self {
+        SearchQuery {
+            tenant: tenant.into(),
+            user: user.into(),
+            query: query.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a space filter.
+    pub fn space(mut self, s: impl Into<String>) -> Self {
+        self.spaces.push(s.into());
+        self
+    }
+
+    /// Adds an ancestor filter (everything under that page).
+    pub fn ancestor(mut self, id: impl Into<String>) -> Self {
+        self.ancestors.push(id.into());
+        self
+    }
+
+    /// Adds a label filter.
+    pub fn label(mut self, l: impl Into<String>) -> Self {
+        self.labels.push(l.into());
+        self
+    }
+
+    /// Searches titles only.
+    pub fn title_only(mut self, yes: bool) -> Self {
+        self.title_only = yes;
+        self
+    }
+
+    /// Sets the page size.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = n;
+        self
+    }
+
+    /// Continues after a previous page.
+    pub fn cursor(mut self, c: impl Into<String>) -> Self {
+        let c = c.into();
+        self.cursor = (!c.is_empty()).then_some(c);
+        self
+    }
+
+    /// Requires the effects of the writes behind this session token.
+    pub fn token(mut self, t: impl Into<String>) -> Self {
+        let t = t.into();
+        self.token = (!t.is_empty()).then_some(t);
+        self
+    }
+
+    /// Uses a named rank profile.
+    pub fn profile(mut self, p: impl Into<String>) -> Self {
+        let p = p.into();
+        self.profile = (!p.is_empty()).then_some(p);
+        self
+    }
+
+    pub(crate) fn to_request(&self, timeout_ms: u32) -> pb::RouterSearchRequest {
+        let filters = pb::SearchFilters {
+            spaces: self.spaces.clone(),
+            ancestors: self.ancestors.clone(),
+            labels: self.labels.clone(),
+            title_only: self.title_only,
+        };
+        pb::RouterSearchRequest {
+            tenant: self.tenant.clone(),
+            user: self.user.clone(),
+            query: self.query.clone(),
+            filters: Some(filters),
+            limit: self.limit,
+            cursor: self.cursor.clone().unwrap_or_default(),
+            token: self.token.clone().unwrap_or_default(),
+            profile: self.profile.clone().unwrap_or_default(),
+            timeout_ms,
+            selection: pb::ReplicaSelection::Default as i32,
+        }
+    }
+}
+
+/// One search hit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// Document id.
+    pub id: String,
+    /// Score (higher is better).
+    pub score: f32,
+}
+
+/// Which replica served one shard of a read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedBy {
+    /// Shard.
+    pub shard: u64,
+    /// Node.
+    pub node: u64,
+    /// The node's region.
+    pub region: String,
+    /// The replica's applied Raft index.
+    pub applied: u64,
+    /// How far it was behind the newest index the router knew (staleness).
+    pub behind: u64,
+}
+
+impl From<pb::ServedBy> for ServedBy {
+    fn from(s: pb::ServedBy) -> Self {
+        ServedBy {
+            shard: s.shard,
+            node: s.node,
+            region: s.region,
+            applied: s.applied,
+            behind: s.behind,
+        }
+    }
+}
+
+/// One page of search results, as `search --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchPage {
+    /// Hits, best first.
+    pub hits: Vec<SearchHit>,
+    /// Cursor of the next page; `None` on the last page.
+    pub cursor: Option<String>,
+    /// Which replicas served it.
+    pub served_by: Vec<ServedBy>,
+    /// Time the router spent, in ms.
+    pub took_ms: f64,
+}
+
+impl From<pb::RouterSearchResponse> for SearchPage {
+    fn from(r: pb::RouterSearchResponse) -> Self {
+        SearchPage {
+            hits: r
+                .hits
+                .into_iter()
+                .map(|h| SearchHit {
+                    id: h.id,
+                    score: h.score,
+                })
+                .collect(),
+            cursor: (!r.cursor.is_empty()).then_some(r.cursor),
+            served_by: r.served_by.into_iter().map(ServedBy::from).collect(),
+            took_ms: r.took_ms,
+        }
+    }
+}
+
+/// A point read, as `get --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetResult {
+    /// False both when the document does not exist and when the user may not see it.
+    pub found: bool,
+    /// The document in the input schema.
+    pub doc: Option<serde_json::Value>,
+}
+
+impl GetResult {
+    /// The document as the typed schema, if found and well-formed.
+    pub fn document(&self) -> Option<tessera_proto::Document> {
+        self.doc
+            .as_ref()
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+}
+
+/// A node as `status --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: u64,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// `up` or `down`.
+    pub state: String,
+}
+
+/// A shard as `status --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    /// Shard id.
+    pub id: u64,
+    /// Current leader, if known.
+    pub leader: Option<u64>,
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+}
+
+/// The cluster as `status --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Cluster map epoch.
+    pub epoch: u64,
+    /// Nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Shards.
+    pub shards: Vec<ShardStatus>,
+}
+
+impl From<pb::RouterStatusResponse> for ClusterStatus {
+    fn from(r: pb::RouterStatusResponse) -> Self {
+        ClusterStatus {
+            epoch: r.epoch,
+            nodes: r
+                .nodes
+                .into_iter()
+                .map(|n| NodeStatus {
+                    id: n.id,
+                    region: n.region,
+                    zone: n.zone,
+                    state: n.state,
+                })
+                .collect(),
+            shards: r
+                .shards
+                .into_iter()
+                .map(|s| ShardStatus {
+                    id: s.id,
+                    leader: s.leader,
+                    voters: s.voters,
+                    learners: s.learners,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn search_page_json_shape() {
+        let page = SearchPage::from(pb::RouterSearchResponse {
+            hits: vec![pb::Hit {
+                id: "p-1".into(),
+                score: 1.5,
+            }],
+            cursor: String::new(),
+            served_by: vec![pb::ServedBy {
+                shard: 3,
+                node: 7,
+                region: "us-east".into(),
+                applied: 42,
+                behind: 0,
+                hedged: false,
+            }],
+            took_ms: 2.5,
+            total_matches: 1,
+        });
+        let v = serde_json::to_value(&page).expect("json");
+        assert_eq!(
+            v,
+            json!({"hits":[{"id":"p-1","score":1.5}],"cursor":null,
+                   "served_by":[{"shard":3,"node":7,"region":"us-east","applied":42,"behind":0}],
+                   "took_ms":2.5})
+        );
+    }
+
+    #[test]
+    fn tenant_and_status_json_shapes() {
+        let t = TenantView::from_info(
+            pb::TenantInfo {
+                id: "acme".into(),
+                regions: vec!["us-east".into()],
+                home: "us-east".into(),
+                survival: "zone".into(),
+                partitions: vec![4, 9],
+            },
+            12,
+        );
+        assert_eq!(
+            serde_json::to_value(&t).expect("json"),
+            json!({"id":"acme","regions":["us-east"],"home":"us-east","survival":"zone",
+                   "partitions":[{"index":0,"shard":4},{"index":1,"shard":9}],"docs":12})
+        );
+        let s = ClusterStatus::from(pb::RouterStatusResponse {
+            epoch: 5,
+            nodes: vec![pb::RouterNodeStatus {
+                id: 1,
+                region: "us-east".into(),
+                zone: "a".into(),
+                state: "up".into(),
+                grpc_addr: "x".into(),
+                breaker: "closed".into(),
+            }],
+            shards: vec![pb::RouterShardStatus {
+                id: 2,
+                leader: None,
+                voters: vec![1],
+                learners: vec![],
+                regions: vec![],
+            }],
+            region: "us-east".into(),
+        });
+        assert_eq!(
+            serde_json::to_value(&s).expect("json"),
+            json!({"epoch":5,"nodes":[{"id":1,"region":"us-east","zone":"a","state":"up"}],
+                   "shards":[{"id":2,"leader":null,"voters":[1],"learners":[]}]})
+        );
+    }
+
+    #[test]
+    fn get_result_json_shape() {
+        let g = GetResult {
+            found: false,
+            doc: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&g).expect("json"),
+            json!({"found":false,"doc":null})
+        );
+    }
+}

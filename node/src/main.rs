@@ -1,0 +1,109 @@
+//! `tessera-node`: runs a storage node, or generates cluster certificates.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use tessera_node::index::IndexConfig;
+use tessera_node::raft::network::{generate_cluster_certs, NodeTls};
+use tessera_node::{ClusterConfig, NodeConfig, RaftTuning, TesseraNode};
+
+/// Tessera storage node.
+#[derive(Parser)]
+#[command(name = "tessera-node", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of the cluster described by --config.
+    Run {
+        /// The cluster file (TOML with [[node]] entries: id, region, zone, raft, grpc, metrics).
+        #[arg(long)]
+        config: PathBuf,
+        /// This node's id in the cluster file.
+        #[arg(long)]
+        id: u64,
+        /// Data directory (RocksDB and tantivy indexes); created if missing.
+        #[arg(long)]
+        data: PathBuf,
+        /// Directory with ca.pem and node-<id>.pem/.key (see `certs`).
+        #[arg(long)]
+        certs: PathBuf,
+    },
+    /// Generate the cluster CA (reused if present) and a certificate per node of --config.
+    Certs {
+        /// The cluster file whose nodes get certificates.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,tantivy=warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Certs { config, out } => {
+            let cluster = ClusterConfig::load(&config)?;
+            let nodes: Vec<(u64, Vec<IpAddr>)> = cluster
+                .nodes
+                .iter()
+                .map(|n| (n.id, vec![n.raft.ip(), n.grpc.ip()]))
+                .collect();
+            generate_cluster_certs(&out, &nodes)
+                .with_context(|| format!("writing certificates to {}", out.display()))?;
+            println!("wrote certificates for {} nodes to {}", nodes.len(), out.display());
+            Ok(())
+        }
+        Command::Run {
+            config,
+            id,
+            data,
+            certs,
+        } => run(config, id, data, certs).await,
+    }
+}
+
+async fn run(config: PathBuf, id: u64, data: PathBuf, certs: PathBuf) -> anyhow::Result<()> {
+    let cluster = ClusterConfig::load(&config)?;
+    let spec = cluster
+        .node(id)
+        .with_context(|| format!("node {id} is not in {}", config.display()))?
+        .clone();
+    if let Some(addr) = spec.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+    }
+    let tls = NodeTls::load(&certs, id)
+        .with_context(|| format!("loading certificates for node {id} from {}", certs.display()))?;
+    let node = TesseraNode::start(NodeConfig {
+        id,
+        cluster,
+        data_dir: data,
+        tls,
+        raft: RaftTuning::default(),
+        index: IndexConfig::default(),
+    })
+    .await?;
+    println!("tessera-node {id} serving gRPC on {}", node.grpc_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! The meta group (Raft group 0): the cluster map and the commands that
+//! change it.
+//!
+//! Placement is computed inside `apply`, from the map as of that log entry,
+//! so every replica derives the same shards and replicas from the same
+//! command, and two concurrent tenant creations can never pick the same new
+//! shard id.
+
+pub mod placement;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tessera_proto::document::{check_name, validate_tenant};
+use tessera_proto::pb;
+use tessera_proto::{NodeId, ShardId};
+
+/// Most partitions one tenant may have.
+pub const MAX_PARTITIONS: u32 = 256;
+
+/// How a tenant's shards survive failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Survival {
+    /// Voters in the home region across zones; learners elsewhere.
+    Zone,
+    /// Voters spread over three or more regions.
+    Region,
+}
+
+impl Survival {
+    /// Parses `zone` / `region` (empty means `zone`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "zone" => Ok(Self::Zone),
+            "region" => Ok(Self::Region),
+            other => Err(format!("unknown survival goal {other:?}: expected zone or region")),
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zone => "zone",
+            Self::Region => "region",
+        }
+    }
+}
+
+/// A storage node as the map knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    pub region: String,
+    pub zone: String,
+    pub raft_addr: String,
+    pub grpc_addr: String,
+}
+
+/// Where a shard's replicas may live; shards are shared only by tenants
+/// with the same policy, so residency holds by construction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Policy {
+    /// Allowed regions, sorted.
+    pub regions: Vec<String>,
+    pub home: String,
+    pub survival: Survival,
+}
+
+/// One shard (Raft group).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub id: ShardId,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub policy: Policy,
+}
+
+impl ShardEntry {
+    /// Voters then learners.
+    pub fn replicas(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+}
+
+/// One tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantEntry {
+    pub id: String,
+    pub regions: Vec<String>,
+    pub home: String,
+    pub survival: Survival,
+    /// Partition index → shard id.
+    pub partitions: Vec<ShardId>,
+}
+
+/// The replicated cluster map. `epoch` grows with every change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    pub epoch: u64,
+    pub nodes: BTreeMap<NodeId, NodeEntry>,
+    pub shards: BTreeMap<ShardId, ShardEntry>,
+    pub tenants: BTreeMap<String, TenantEntry>,
+}
+
+/// A request to create a tenant, as validated by `apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSpec {
+    pub id: String,
+    pub regions: Vec<String>,
+    pub home: String,
+    pub survival: String,
+    pub partitions: u32,
+}
+
+/// A change to the cluster map.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Adds or updates nodes (bootstrap, restarts with new addresses).
+    RegisterNodes(Vec<NodeEntry>),
+    /// Creates a tenant and places its partitions.
+    CreateTenant(TenantSpec),
+    /// Adds a learner replica to a shard (residency is checked).
+    AddLearner { shard: ShardId, node: NodeId },
+}
+
+/// The result of a meta command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MetaOutcome {
+    /// The map changed (or already had the requested state) at this epoch.
+    Ok { epoch: u64 },
+    /// The tenant as created (or as it already existed, for a retry).
+    Tenant { tenant: TenantEntry, epoch: u64 },
+    /// The command was rejected; the map is unchanged.
+    Rejected(String),
+}
+
+impl ClusterMap {
+    /// Applies a command. Rejections leave the map untouched.
+    pub fn apply(&mut self, cmd: &MetaCommand) -> MetaOutcome {
+        let result = match cmd {
+            MetaCommand::RegisterNodes(nodes) => self.register_nodes(nodes),
+            MetaCommand::CreateTenant(spec) => self.create_tenant(spec),
+            MetaCommand::AddLearner { shard, node } => self.add_learner(*shard, *node),
+        };
+        result.unwrap_or_else(MetaOutcome::Rejected)
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.epoch += 1;
+        self.epoch
+    }
+
+    fn register_nodes(&mut self, nodes: &[NodeEntry]) -> Result<MetaOutcome, String> {
+        let mut changed = false;
+        for n in nodes {
+            if self.nodes.get(&n.id) != Some(n) {
+                self.nodes.insert(n.id, n.clone());
+                changed = true;
+            }
+        }
+        let epoch = if changed { self.bump() } else { self.epoch };
+        Ok(MetaOutcome::Ok { epoch })
+    }
+
+    fn create_tenant(&mut self, spec: &TenantSpec) -> Result<MetaOutcome, String> {
+        let policy = self.validate_spec(spec)?;
+        let partitions = spec.partitions.max(1);
+        if let Some(existing) = self.tenants.get(&spec.id) {
+            let same = existing.regions == policy.regions
+                && existing.home == policy.home
+                && existing.survival == policy.survival
+                && existing.partitions.len() == partitions as usize;
+            return if same {
+                Ok(MetaOutcome::Tenant {
+                    tenant: existing.clone(),
+                    epoch: self.epoch,
+                })
+            } else {
+                Err(format!("tenant {:?} already exists with different settings", spec.id))
+            };
+        }
+        let shards = placement::assign_partitions(self, &spec.id, &policy, partitions)?;
+        let tenant = TenantEntry {
+            id: spec.id.clone(),
+            regions: policy.regions.clone(),
+            home: policy.home.clone(),
+            survival: policy.survival,
+            partitions: shards,
+        };
+        self.tenants.insert(tenant.id.clone(), tenant.clone());
+        let epoch = self.bump();
+        Ok(MetaOutcome::Tenant { tenant, epoch })
+    }
+
+    fn validate_spec(&self, spec: &TenantSpec) -> Result<Policy, String> {
+        validate_tenant(&spec.id).map_err(|e| e.to_string())?;
+        if spec.regions.is_empty() {
+            return Err("a tenant needs at least one allowed region (--regions)".into());
+        }
+        if spec.partitions > MAX_PARTITIONS {
+            return Err(format!(
+                "{} partitions is over the limit of {MAX_PARTITIONS} (MAX_PARTITIONS)",
+                spec.partitions
+            ));
+        }
+        let mut regions = spec.regions.clone();
+        regions.sort();
+        regions.dedup();
+        for r in &regions {
+            check_name("region", r).map_err(|e| e.to_string())?;
+            if !self.nodes.values().any(|n| &n.region == r) {
+                return Err(format!("region {r:?} has no nodes in this cluster"));
+            }
+        }
+        let home = if spec.home.is_empty() {
+            spec.regions[0].clone()
+        } else {
+            spec.home.clone()
+        };
+        if !regions.contains(&home) {
+            return Err(format!("home region {home:?} is not among the allowed regions {regions:?}"));
+        }
+        let survival = Survival::parse(&spec.survival)?;
+        Ok(Policy {
+            regions,
+            home,
+            survival,
+        })
+    }
+
+    fn add_learner(&mut self, shard: ShardId, node: NodeId) -> Result<MetaOutcome, String> {
+        let region = self
+            .nodes
+            .get(&node)
+            .map(|n| n.region.clone())
+            .ok_or_else(|| format!("unknown node {node}"))?;
+        let entry = self
+            .shards
+            .get_mut(&shard)
+            .ok_or_else(|| format!("unknown shard {shard}"))?;
+        if !entry.policy.regions.contains(&region) {
+            return Err(format!(
+                "node {node} is in region {region:?}, outside shard {shard}'s allowed regions {:?}",
+                entry.policy.regions
+            ));
+        }
+        if entry.replicas().any(|r| r == node) {
+            return Ok(MetaOutcome::Ok { epoch: self.epoch });
+        }
+        entry.learners.push(node);
+        let epoch = self.bump();
+        Ok(MetaOutcome::Ok { epoch })
+    }
+
+    /// Every replica that sits outside its tenant's allowed regions. Must be
+    /// empty at all times; tests and operators check it.
+    pub fn residency_violations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in self.tenants.values() {
+            for shard in &t.partitions {
+                let Some(s) = self.shards.get(shard) else {
+                    out.push(format!("tenant {} maps to missing shard {shard}", t.id));
+                    continue;
+                };
+                for r in s.replicas() {
+                    let region = self.nodes.get(&r).map(|n| n.region.as_str()).unwrap_or("?");
+                    if !t.regions.iter().any(|a| a == region) {
+                        out.push(format!(
+                            "tenant {} shard {shard} has replica {r} in {region}",
+                            t.id
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The wire form.
+    pub fn to_proto(&self) -> pb::ClusterMap {
+        pb::ClusterMap {
+            epoch: self.epoch,
+            nodes: self
+                .nodes
+                .values()
+                .map(|n| pb::NodeInfo {
+                    id: n.id,
+                    region: n.region.clone(),
+                    zone: n.zone.clone(),
+                    raft_addr: n.raft_addr.clone(),
+                    grpc_addr: n.grpc_addr.clone(),
+                })
+                .collect(),
+            shards: self
+                .shards
+                .values()
+                .map(|s| pb::ShardInfo {
+                    id: s.id,
+                    voters: s.voters.clone(),
+                    learners: s.learners.clone(),
+                    regions: s.policy.regions.clone(),
+                    home: s.policy.home.clone(),
+                    survival: s.policy.survival.as_str().to_string(),
+                })
+                .collect(),
+            tenants: self.tenants.values().map(TenantEntry::to_proto).collect(),
+        }
+    }
+}
+
+impl TenantEntry {
+    /// The wire form.
+    pub fn to_proto(&self) -> pb::TenantInfo {
+        pb::TenantInfo {
+            id: self.id.clone(),
+            regions: self.regions.clone(),
+            home: self.home.clone(),
+            survival: self.survival.as_str().to_string(),
+            partitions: self.partitions.clone(),
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Placement: which shards a tenant's partitions go to, and which nodes
+//! hold a new shard's voters and learners.
+//!
+//! Shards are only shared between tenants with the same residency policy,
+//! so a replica can never end up outside a tenant's allowed regions.
+
+use super::{ClusterMap, NodeEntry, Policy, ShardEntry, Survival};
+use std::collections::{BTreeMap, BTreeSet};
+use tessera_proto::{NodeId, ShardId};
+
+/// Voters every shard aims for, so that losing one node never stops writes.
+pub const TARGET_VOTERS: usize = 3;
+
+/// Picks (and creates where needed) `partitions` distinct shards for a new
+/// tenant. Small tenants share existing shards of the same policy, chosen by
+/// rendezvous hashing on the tenant id so the choice is stable and spread.
+pub fn assign_partitions(
+    map: &mut ClusterMap,
+    tenant: &str,
+    policy: &Policy,
+    partitions: u32,
+) -> Result<Vec<ShardId>, String> {
+    let want = partitions as usize;
+    let mut eligible: Vec<ShardId> = map
+        .shards
+        .values()
+        .filter(|s| &s.policy == policy)
+        .map(|s| s.id)
+        .collect();
+    while eligible.len() < want {
+        let id = create_shard(map, policy)?;
+        eligible.push(id);
+    }
+    eligible.sort_by_key(|s| std::cmp::Reverse(rendezvous(tenant, *s)));
+    Ok(eligible.into_iter().take(want).collect())
+}
+
+fn rendezvous(tenant: &str, shard: ShardId) -> u64 {
+    let mut key = tenant.as_bytes().to_vec();
+    key.extend_from_slice(&shard.to_be_bytes());
+    xxhash(&key)
+}
+
+fn xxhash(bytes: &[u8]) -> u64 {
+    // FNV-1a is enough for a stable spread; it has no dependency and never changes.
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Creates a shard with replicas placed for `policy`.
+fn create_shard(map: &mut ClusterMap, policy: &Policy) -> Result<ShardId, String> {
+    let (voters, learners) = place_replicas(map, policy)?;
+    let id = map.shards.keys().next_back().copied().unwrap_or(0) + 1;
+    map.shards.insert(
+        id,
+        ShardEntry {
+            id,
+            voters,
+            learners,
+            policy: policy.clone(),
+        },
+    );
+    Ok(id)
+}
+
+/// Replica counts per node, to place new shards on the least-loaded nodes.
+fn loads(map: &ClusterMap) -> BTreeMap<NodeId, usize> {
+    let mut load: BTreeMap<NodeId, usize> = map.nodes.keys().map(|n| (*n, 0)).collect();
+    for s in map.shards.values() {
+        for r in s.replicas() {
+            *load.entry(r).or_default() += 1;
+        }
+    }
+    load
+}
+
+/// Nodes of `region`, least loaded first, alternating zones so consecutive
+/// picks land in different zones.
+fn region_candidates<'a>(
+    map: &'a ClusterMap,
+    region: &str,
+    load: &BTreeMap<NodeId, usize>,
+) -> Vec<&'a NodeEntry> {
+    let mut by_zone: BTreeMap<&str, Vec<&NodeEntry>> = BTreeMap::new();
+    for n in map.nodes.values().filter(|n| n.region == region) {
+        by_zone.entry(n.zone.as_str()).or_default().push(n);
+    }
+    for nodes in by_zone.values_mut() {
+        nodes.sort_by_key(|n| (load.get(&n.id).copied().unwrap_or(0), n.id));
+    }
+    let mut zones: Vec<Vec<&NodeEntry>> = by_zone.into_values().collect();
+    zones.sort_by_key(|z| z.first().map(|n| (load.get(&n.id).copied().unwrap_or(0), n.id)));
+    let mut out = Vec::new();
+    let mut round = 0;
+    loop {
+        let before = out.len();
+        for z in &zones {
+            if let Some(n) = z.get(round) {
+                out.push(*n);
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+        round += 1;
+    }
+}
+
+/// Chooses voters and learners for a new shard under `policy`.
+///
+/// Zone survival puts voters in the home region across zones, topping up
+/// from the other allowed regions (in their listed order) when the home
+/// region has fewer than three nodes. Region survival puts one voter in each
+/// of three allowed regions. Every other allowed region gets one learner.
+/// A cluster with fewer than three eligible nodes gets as many voters as it
+/// has, so that a one-node development cluster still works.
+pub fn place_replicas(map: &ClusterMap, policy: &Policy) -> Result<(Vec<NodeId>, Vec<NodeId>), String> {
+    let load = loads(map);
+    let others: Vec<&String> = policy.regions.iter().filter(|r| **r != policy.home).collect();
+    let mut voters: Vec<NodeId> = Vec::new();
+    match policy.survival {
+        Survival::Zone => {
+            let ordered = std::iter::once(&policy.home).chain(others.iter().copied());
+            for region in ordered {
+                for n in region_candidates(map, region, &load) {
+                    if voters.len() < TARGET_VOTERS {
+                        voters.push(n.id);
+                    }
+                }
+            }
+        }
+        Survival::Region => {
+            if policy.regions.len() < 3 {
+                return Err(format!(
+                    "region survival needs at least 3 allowed regions, got {:?}",
+                    policy.regions
+                ));
+            }
+            let ordered = std::iter::once(&policy.home).chain(others.iter().copied());
+            for region in ordered.take(TARGET_VOTERS) {
+                if let Some(n) = region_candidates(map, region, &load).first() {
+                    voters.push(n.id);
+                }
+            }
+        }
+    }
+    if voters.is_empty() {
+        return Err(format!("no nodes in the allowed regions {:?}", policy.regions));
+    }
+    let voter_regions: BTreeSet<&str> = voters
+        .iter()
+        .filter_map(|v| map.nodes.get(v).map(|n| n.region.as_str()))
+        .collect();
+    let learners = policy
+        .regions
+        .iter()
+        .filter(|r| !voter_regions.contains(r.as_str()))
+        .filter_map(|r| region_candidates(map, r, &load).first().map(|n| n.id))
+        .collect();
+    Ok((voters, learners))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+
+    fn map_with(nodes: &[(NodeId, &str, &str)]) -> ClusterMap {
+        let mut m = ClusterMap::default();
+        m.apply(&MetaCommand::RegisterNodes(
+            nodes
+                .iter()
+                .map(|(id, region, zone)| NodeEntry {
+                    id: *id,
+                    region: region.to_string(),
+                    zone: zone.to_string(),
+                    raft_addr: format!("127.0.0.{id}:7000"),
+                    grpc_addr: format!("127.0.0.{id}:8000"),
+                })
+                .collect(),
+        ));
+        m
+    }
+
+    fn spec(id: &str, regions: &[&str], survival: &str, p: u32) -> MetaCommand {
+        MetaCommand::CreateTenant(TenantSpec {
+            id: id.into(),
+            regions: regions.iter().map(|s| s.to_string()).collect(),
+            home: regions[0].to_string(),
+            survival: survival.into(),
+            partitions: p,
+        })
+    }
+
+    fn six() -> ClusterMap {
+        map_with(&[
+            (1, "us", "a"),
+            (2, "us", "b"),
+            (3, "eu", "a"),
+            (4, "eu", "b"),
+            (5, "ap", "a"),
+            (6, "ap", "b"),
+        ])
+    }
+
+    #[test]
+    fn zone_survival_tops_up_from_next_region_and_respects_residency() {
+        let mut m = six();
+        let out = m.apply(&spec("acme", &["us", "eu"], "zone", 1));
+        let MetaOutcome::Tenant { tenant, .. } = out else {
+            panic!("expected a tenant, got {out:?}");
+        };
+        let shard = &m.shards[&tenant.partitions[0]];
+        assert_eq!(shard.voters.len(), 3);
+        assert!(shard.voters.contains(&1) && shard.voters.contains(&2));
+        assert!(m.residency_violations().is_empty(), "{:?}", m.residency_violations());
+        assert!(shard.replicas().all(|r| r <= 4), "no replica in ap");
+    }
+
+    #[test]
+    fn region_survival_spreads_voters_and_adds_learners() {
+        let mut m = map_with(&[(1, "us", "a"), (2, "eu", "a"), (3, "ap", "a"), (4, "sa", "a")]);
+        let MetaOutcome::Tenant { tenant, .. } = m.apply(&spec("g", &["us", "eu", "ap", "sa"], "region", 1)) else {
+            panic!("expected tenant");
+        };
+        let shard = &m.shards[&tenant.partitions[0]];
+        assert_eq!(shard.voters.len(), 3);
+        assert_eq!(shard.learners, vec![4]);
+        let err = m.apply(&spec("h", &["us", "eu"], "region", 1));
+        assert!(matches!(err, MetaOutcome::Rejected(ref e) if e.contains("3 allowed regions")), "{err:?}");
+    }
+
+    #[test]
+    fn small_tenants_share_and_partitions_are_distinct() {
+        let mut m = six();
+        m.apply(&spec("big", &["us", "eu"], "zone", 4));
+        let epoch = m.epoch;
+        let MetaOutcome::Tenant { tenant, .. } = m.apply(&spec("small", &["eu", "us"], "zone", 1)) else {
+            panic!("expected tenant");
+        };
+        assert!(m.epoch > epoch);
+        assert_eq!(m.shards.len(), 4, "the small tenant reuses a shard");
+        let big = &m.tenants["big"].partitions;
+        let distinct: BTreeSet<_> = big.iter().collect();
+        assert_eq!(distinct.len(), 4);
+        assert!(big.contains(&tenant.partitions[0]) || m.shards.len() == 4);
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_without_change() {
+        let mut m = six();
+        let before = m.clone();
+        for cmd in [
+            spec("x", &["mars"], "zone", 1),
+            spec("x|y", &["us"], "zone", 1),
+            spec("x", &["us"], "cloud", 1),
+            spec("x", &["us"], "zone", MAX_PARTITIONS + 1),
+        ] {
+            assert!(matches!(m.apply(&cmd), MetaOutcome::Rejected(_)));
+        }
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn add_learner_checks_residency() {
+        let mut m = six();
+        let MetaOutcome::Tenant { tenant, .. } = m.apply(&spec("t", &["us", "eu"], "zone", 1)) else {
+            panic!("expected tenant");
+        };
+        let s = tenant.partitions[0];
+        assert!(matches!(m.apply(&MetaCommand::AddLearner { shard: s, node: 5 }), MetaOutcome::Rejected(_)));
+        assert!(m.residency_violations().is_empty());
+    }
+}

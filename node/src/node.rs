@@ -1,0 +1,469 @@
+//! A storage node: one RocksDB, one QUIC endpoint, the meta group, every
+//! shard group the cluster map assigns here, and the gRPC API.
+//!
+//! The node is driven by the replicated cluster map: a reconciler opens the
+//! groups the map assigns to this node, initialises new groups, and, where
+//! this node leads a group, adds the learners the map asks for.
+
+use openraft::BasicNode;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_proto::{NodeId, ShardId, META_GROUP};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ClusterConfig, NodeSpec, RaftTuning};
+use crate::index::{IndexConfig, ShardIndex};
+use crate::meta::{ClusterMap, MetaCommand};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::adapter::{NetworkFactory, RaftRpcServer, Routes};
+use crate::raft::network::{NodeTls, QuicTransport};
+use crate::raft::registry::{GroupHandle, Registry};
+use crate::raft::state_machine::{GroupData, MetaState, ShardData, StateMachine};
+use crate::raft::{Raft, Request};
+use crate::storage::Storage;
+
+/// How often the control loops re-check state even without a map change.
+const CONTROL_TICK: Duration = Duration::from_millis(300);
+/// A voter other than the first initialises a group nobody initialised
+/// after this long (the first voter may be down).
+const INIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node {0} is not in the cluster config")]
+    UnknownNode(NodeId),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("index: {0}")]
+    Index(String),
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot bind gRPC on {addr}: {source}")]
+    GrpcBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything needed to start a node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub cluster: ClusterConfig,
+    pub data_dir: PathBuf,
+    pub tls: NodeTls,
+    pub raft: RaftTuning,
+    pub index: IndexConfig,
+}
+
+/// The state shared by the gRPC service and the control loops.
+pub struct NodeInner {
+    pub id: NodeId,
+    pub spec: NodeSpec,
+    pub cluster: ClusterConfig,
+    pub storage: Storage,
+    pub registry: Arc<Registry>,
+    pub meta: Arc<MetaState>,
+    transport: QuicTransport,
+    raft_config: Arc<openraft::Config>,
+    index_config: IndexConfig,
+    data_dir: PathBuf,
+    routes: Routes,
+}
+
+/// A running node. Dropping it does not stop it; call `shutdown`.
+pub struct TesseraNode {
+    pub inner: Arc<NodeInner>,
+    grpc_addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl TesseraNode {
+    /// Opens storage, joins the meta group, reopens local shards, serves gRPC
+    /// and starts the control loops.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let spec = config
+            .cluster
+            .node(config.id)
+            .cloned()
+            .ok_or(NodeError::UnknownNode(config.id))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::Index(e.to_string()))?;
+        let storage = Storage::open(&config.data_dir.join("db"))?;
+        let registry = Arc::new(Registry::default());
+        let server = Arc::new(RaftRpcServer::new(registry.clone()));
+        let transport = QuicTransport::bind(spec.raft, &config.tls, server)
+            .await
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
+        let raft_config = Arc::new(raft_config(&config.raft)?);
+        let meta = Arc::new(MetaState::load(&storage)?);
+        let inner = Arc::new(NodeInner {
+            id: config.id,
+            spec: spec.clone(),
+            routes: Arc::new(config.cluster.route_table()),
+            cluster: config.cluster,
+            storage,
+            registry,
+            meta,
+            transport,
+            raft_config,
+            index_config: config.index,
+            data_dir: config.data_dir,
+        });
+        inner.open_meta_group().await?;
+        let map = inner.meta.map();
+        for shard in map.shards.values().filter(|s| s.replicas().any(|r| r == inner.id)) {
+            inner.open_shard(shard.id).await?;
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind(spec.grpc)
+            .await
+            .map_err(|source| NodeError::GrpcBind {
+                addr: spec.grpc,
+                source,
+            })?;
+        let grpc_addr = listener
+            .local_addr()
+            .map_err(|source| NodeError::GrpcBind {
+                addr: spec.grpc,
+                source,
+            })?;
+        let tasks = vec![
+            tokio::spawn(crate::service::serve(inner.clone(), listener, shutdown_rx.clone())),
+            tokio::spawn(meta_driver(inner.clone(), shutdown_rx.clone())),
+            tokio::spawn(reconciler(inner.clone(), shutdown_rx.clone())),
+            tokio::spawn(maintenance(inner.clone(), shutdown_rx)),
+        ];
+        tracing::info!(node = inner.id, grpc = %grpc_addr, raft = %spec.raft, "node started");
+        Ok(Self {
+            inner,
+            grpc_addr,
+            shutdown_tx,
+            tasks: parking_lot::Mutex::new(tasks),
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Stops serving, shuts every group down and flushes every index.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        for group in self.inner.registry.drain() {
+            let _ = group.raft.shutdown().await;
+            if let GroupData::Shard(shard) = &group.data {
+                let index = shard.index.clone();
+                let _ = tokio::task::spawn_blocking(move || index.close()).await;
+            }
+        }
+        self.inner.transport.shutdown().await;
+    }
+}
+
+fn raft_config(t: &RaftTuning) -> Result<openraft::Config, NodeError> {
+    openraft::Config {
+        cluster_name: "tessera".into(),
+        heartbeat_interval: t.heartbeat.as_millis() as u64,
+        election_timeout_min: t.election_min.as_millis() as u64,
+        election_timeout_max: t.election_max.as_millis() as u64,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        max_in_snapshot_log_to_keep: t.keep_after_snapshot,
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+impl NodeInner {
+    fn network(&self, group: ShardId) -> NetworkFactory {
+        NetworkFactory {
+            me: self.id,
+            group,
+            transport: self.transport.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+
+    async fn open_group(
+        &self,
+        group: ShardId,
+        data: GroupData,
+        purge_limit: Arc<AtomicU64>,
+    ) -> Result<(), NodeError> {
+        let log = LogStore::new(group, self.storage.clone(), purge_limit.clone());
+        let sm = StateMachine::open(group, self.storage.clone(), data.clone())?;
+        let raft = Raft::new(self.id, self.raft_config.clone(), self.network(group), log, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        self.registry.insert(
+            group,
+            Arc::new(GroupHandle {
+                raft,
+                data,
+                opened_at: Instant::now(),
+                purge_limit,
+            }),
+        );
+        Ok(())
+    }
+
+    async fn open_meta_group(&self) -> Result<(), NodeError> {
+        let data = GroupData::Meta(self.meta.clone());
+        self.open_group(META_GROUP, data, Arc::new(AtomicU64::new(u64::MAX)))
+            .await
+    }
+
+    /// Opens a shard group hosted here: its index (caught up from the change
+    /// sequence first, which repairs a crash between apply and index commit)
+    /// and its Raft instance.
+    pub async fn open_shard(&self, shard: ShardId) -> Result<(), NodeError> {
+        if self.registry.contains(shard) {
+            return Ok(());
+        }
+        let dir = self.data_dir.join("index").join(shard.to_string());
+        let index_config = self.index_config.clone();
+        let index = tokio::task::spawn_blocking(move || ShardIndex::open(&dir, index_config))
+            .await
+            .map_err(|e| NodeError::Index(e.to_string()))?
+            .map_err(|e| NodeError::Index(e.to_string()))?;
+        let data = Arc::new(ShardData {
+            group: shard,
+            storage: self.storage.clone(),
+            index: Arc::new(index),
+        });
+        let replayed = {
+            let data = data.clone();
+            tokio::task::spawn_blocking(move || data.catch_up_index())
+                .await
+                .map_err(|e| NodeError::Index(e.to_string()))??
+        };
+        if replayed > 0 {
+            tracing::info!(shard, replayed, "re-indexed changes after the index watermark");
+        }
+        let limit = Arc::new(AtomicU64::new(data.index.watermark()));
+        self.open_group(shard, GroupData::Shard(data), limit).await
+    }
+
+    /// Proposes a meta command on the local meta group. When this node does
+    /// not lead the meta group the error names the leader, if known.
+    pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<crate::raft::Response, ProposeError> {
+        let raft = self
+            .registry
+            .raft(META_GROUP)
+            .ok_or_else(|| ProposeError::Failed("meta group not open".into()))?;
+        propose(&raft, Request::Meta(cmd)).await
+    }
+
+    fn basic_nodes(&self, map: &ClusterMap, ids: &[NodeId]) -> BTreeMap<NodeId, BasicNode> {
+        ids.iter()
+            .map(|id| {
+                let addr = map
+                    .nodes
+                    .get(id)
+                    .map(|n| n.raft_addr.clone())
+                    .or_else(|| self.cluster.node(*id).map(|n| n.raft.to_string()))
+                    .unwrap_or_default();
+                (*id, BasicNode::new(addr))
+            })
+            .collect()
+    }
+}
+
+/// Whether a group has never been initialised on this node.
+fn uninitialized(raft: &Raft) -> bool {
+    let m = raft.metrics().borrow().clone();
+    m.last_log_index.is_none() && m.membership_config.membership().voter_ids().next().is_none()
+}
+
+/// Whether this node should initialise a group with `voters` now.
+fn should_initialize(me: NodeId, voters: &[NodeId], opened_at: Instant) -> bool {
+    let first = voters.iter().min().copied();
+    first == Some(me) || (voters.contains(&me) && opened_at.elapsed() > INIT_GRACE)
+}
+
+/// Bootstraps the meta group and, on its leader, keeps the map's node list
+/// and the meta group's learners in line with the cluster config.
+async fn meta_driver(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
+    let voters = node.cluster.meta_voters();
+    let mut tick = tokio::time::interval(CONTROL_TICK);
+    loop {
+        if let Some(group) = node.registry.get(META_GROUP) {
+            if let Err(e) = drive_meta_once(&node, &group, &voters).await {
+                tracing::debug!("meta driver: {e}");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+async fn drive_meta_once(
+    node: &NodeInner,
+    group: &GroupHandle,
+    voters: &[NodeId],
+) -> Result<(), String> {
+    let raft = &group.raft;
+    if uninitialized(raft) && should_initialize(node.id, voters, group.opened_at) {
+        let members = node.basic_nodes(&ClusterMap::default(), voters);
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(voters = ?voters, "initialised the meta group"),
+            Err(e) => tracing::debug!("meta initialise: {e}"),
+        }
+    }
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.current_leader != Some(node.id) {
+        return Ok(());
+    }
+    let entries = node.cluster.node_entries();
+    let map = node.meta.map();
+    if entries.iter().any(|e| map.nodes.get(&e.id) != Some(e)) {
+        raft.client_write(Request::Meta(MetaCommand::RegisterNodes(entries)))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let membership = metrics.membership_config.membership().clone();
+    let known: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    for n in &node.cluster.nodes {
+        if !known.contains(&n.id) {
+            raft.add_learner(n.id, BasicNode::new(n.raft.to_string()), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the shard groups the map assigns here, initialises new groups, and
+/// adds learners where this node leads.
+async fn reconciler(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
+    let mut maps = node.meta.subscribe();
+    let mut tick = tokio::time::interval(CONTROL_TICK);
+    loop {
+        let map = node.meta.map();
+        if let Err(e) = reconcile_once(&node, &map).await {
+            tracing::warn!("reconcile: {e}");
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = maps.changed() => {}
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+async fn reconcile_once(node: &NodeInner, map: &ClusterMap) -> Result<(), String> {
+    for shard in map.shards.values() {
+        if !shard.replicas().any(|r| r == node.id) {
+            continue;
+        }
+        node.open_shard(shard.id).await.map_err(|e| e.to_string())?;
+        let Some(group) = node.registry.get(shard.id) else {
+            continue;
+        };
+        let raft = &group.raft;
+        if uninitialized(raft) && should_initialize(node.id, &shard.voters, group.opened_at) {
+            let members = node.basic_nodes(map, &shard.voters);
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(shard = shard.id, "initialise: {e}");
+            }
+            continue;
+        }
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(node.id) {
+            continue;
+        }
+        let membership = metrics.membership_config.membership().clone();
+        for learner in &shard.learners {
+            if membership.get_node(learner).is_none() {
+                let addr = node.basic_nodes(map, &[*learner]);
+                if let Some((id, basic)) = addr.into_iter().next() {
+                    tracing::info!(shard = shard.id, learner = id, "adding learner");
+                    raft.add_learner(id, basic, false)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Garbage-collects covered change rows, advances purge limits, and
+/// exports Raft gauges.
+async fn maintenance(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        for (group, handle) in node.registry.all() {
+            let m = handle.raft.metrics().borrow().clone();
+            let labels = [("group", group.to_string())];
+            metrics::gauge!("tessera_raft_term", &labels).set(m.current_term as f64);
+            metrics::gauge!("tessera_raft_applied", &labels)
+                .set(m.last_applied.map(|l| l.index).unwrap_or(0) as f64);
+            metrics::gauge!("tessera_raft_is_leader", &labels)
+                .set(f64::from(u8::from(m.current_leader == Some(node.id))));
+            if let GroupData::Shard(shard) = &handle.data {
+                let watermark = shard.index.watermark();
+                handle.purge_limit.store(watermark, Ordering::Release);
+                let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+                metrics::gauge!("tessera_index_lag_entries", &labels)
+                    .set(applied.saturating_sub(watermark) as f64);
+                let shard = shard.clone();
+                let _ = tokio::task::spawn_blocking(move || shard.gc_changes()).await;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Why a proposal did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node does not lead the group; `leader` is the leader if known.
+    #[error("not leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Anything else (no quorum, shutting down, storage failure).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Proposes `request` on `raft` and waits for it to commit and apply.
+pub async fn propose(raft: &Raft, request: Request) -> Result<crate::raft::Response, ProposeError> {
+    propose_indexed(raft, request).await.map(|(_, r)| r)
+}
+
+/// Like `propose`, also returning the log index the entry committed at.
+pub async fn propose_indexed(
+    raft: &Raft,
+    request: Request,
+) -> Result<(u64, crate::raft::Response), ProposeError> {
+    use openraft::error::{ClientWriteError, RaftError};
+    match raft.client_write(request).await {
+        Ok(resp) => Ok((resp.log_id.index, resp.data)),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ProposeError::NotLeader { leader: f.leader_id })
+        }
+        Err(e) => Err(ProposeError::Failed(e.to_string())),
+    }
+}

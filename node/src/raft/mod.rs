@@ -1,0 +1,75 @@
+//! Raft groups: the openraft type configuration, the log store, the state
+//! machine, the network adapter, and the registry of groups on this node.
+//!
+//! openraft 0.9 runs one `Raft` instance per group; multi-raft here means
+//! many instances sharing one RocksDB (see `storage`) and one QUIC transport
+//! (see `network`), multiplexed by group id.
+
+pub mod log_store;
+pub mod network;
+pub mod registry;
+pub mod state_machine;
+
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use tessera_proto::NodeId;
+
+use crate::meta::{MetaCommand, MetaOutcome};
+
+openraft::declare_raft_types!(
+    /// Tessera's openraft configuration, shared by the meta group and every shard group.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft instance type of one group.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// openraft's storage error for our node id type.
+pub type RaftStorageError = openraft::StorageError<NodeId>;
+
+/// A command replicated through a group's log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Documents and memberships of one tenant in a shard group.
+    Shard(ShardCommand),
+    /// A change to the cluster map (meta group only).
+    Meta(MetaCommand),
+}
+
+/// One write batch of one tenant. Documents travel as their validated JSON
+/// so the log holds exactly what the client sent (bincode cannot carry the
+/// optional fields of the JSON schema faithfully).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardCommand {
+    pub tenant: String,
+    pub upserts: Vec<Vec<u8>>,
+    pub deletes: Vec<(String, u64)>,
+    pub memberships: Vec<(String, Vec<String>)>,
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub enum Response {
+    /// Membership and blank entries.
+    #[default]
+    Empty,
+    /// A shard write: how many operations changed state and how many were
+    /// no-ops because a newer version was already stored.
+    Shard { applied_ops: u32, noop_ops: u32 },
+    /// A meta command's outcome.
+    Meta(MetaOutcome),
+}
+
+/// Converts any error into openraft's storage error for the given subject.
+pub(crate) fn io_err(
+    make: fn(openraft::AnyError) -> openraft::StorageIOError<NodeId>,
+    e: impl std::fmt::Display,
+) -> RaftStorageError {
+    make(openraft::AnyError::error(e.to_string())).into()
+}

@@ -1,0 +1,446 @@
+//! The node's gRPC API (`tessera.v1.Node`).
+//!
+//! Every handler validates before acting, enforces the tenant term and the
+//! permission filter itself (it never trusts the router for them), and maps
+//! failures to codes a router can act on: `FailedPrecondition` "not leader"
+//! with a leader hint, `Unavailable` to retry elsewhere, `InvalidArgument`
+//! for input the caller must fix.
+
+pub mod validate;
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::pb::node_server::{Node, NodeServer};
+use tessera_proto::pb;
+use tessera_proto::{ShardId, META_GROUP};
+use tokio::sync::watch;
+use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::acl;
+use crate::index::{CollectionStats, IndexQuery};
+use crate::meta::{MetaCommand, MetaOutcome, TenantSpec};
+use crate::node::{propose_indexed, NodeInner, ProposeError};
+use crate::raft::registry::GroupHandle;
+use crate::raft::state_machine::{doc_visible, GroupData, ShardData};
+use crate::raft::{Request as RaftRequest, Response as RaftResponse};
+
+/// Default bound on waits (leader commit, session tokens, map catch-up).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for the local cluster map to learn a tenant
+/// that the caller's (newer) map already has.
+const MAP_CATCH_UP: Duration = Duration::from_secs(2);
+
+/// Serves the API on `listener` until `shutdown` flips.
+pub async fn serve(
+    node: Arc<NodeInner>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let service = NodeServer::new(NodeService { node })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("gRPC server stopped: {e}");
+    }
+}
+
+/// The gRPC handlers.
+pub struct NodeService {
+    node: Arc<NodeInner>,
+}
+
+fn timeout_of(ms: u32) -> Duration {
+    if ms == 0 {
+        DEFAULT_TIMEOUT
+    } else {
+        Duration::from_millis(u64::from(ms))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl NodeService {
+    /// The local shard group, or `NotFound` when this node has no replica.
+    fn shard(&self, shard: ShardId) -> Result<(Arc<GroupHandle>, Arc<ShardData>), Status> {
+        let handle = self
+            .node
+            .registry
+            .get(shard)
+            .ok_or_else(|| Status::not_found(format!("shard {shard} has no replica on node {}", self.node.id)))?;
+        match &handle.data {
+            GroupData::Shard(data) => Ok((handle.clone(), data.clone())),
+            GroupData::Meta(_) => Err(Status::invalid_argument("group 0 is the meta group, not a shard")),
+        }
+    }
+
+    /// Checks that `tenant` exists and that `shard` holds one of its
+    /// partitions, waiting briefly for the local map to catch up.
+    async fn check_tenant_shard(&self, tenant: &str, shard: ShardId) -> Result<(), Status> {
+        let mut rx = self.node.meta.subscribe();
+        let holds = |m: &crate::meta::ClusterMap| {
+            m.tenants.get(tenant).map(|t| t.partitions.contains(&shard))
+        };
+        let wait = tokio::time::timeout(MAP_CATCH_UP, rx.wait_for(|m| holds(m).is_some())).await;
+        match holds(&self.node.meta.map()) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Status::not_found(format!(
+                "shard {shard} holds no partition of tenant {tenant:?}"
+            ))),
+            None if wait.is_err() => Err(Status::not_found(format!("unknown tenant {tenant:?}"))),
+            None => Err(Status::not_found(format!("unknown tenant {tenant:?}"))),
+        }
+    }
+
+    fn not_leader(&self, leader: Option<u64>) -> Status {
+        let mut status = Status::failed_precondition(match leader {
+            Some(l) => format!("not leader: node {l} leads"),
+            None => "not leader: no leader known yet".to_string(),
+        });
+        if let Some(l) = leader {
+            let map = self.node.meta.map();
+            if let Ok(v) = MetadataValue::try_from(l.to_string()) {
+                status.metadata_mut().insert("x-tessera-leader-id", v);
+            }
+            if let Some(addr) = map.nodes.get(&l).map(|n| n.grpc_addr.clone()) {
+                if let Ok(v) = MetadataValue::try_from(addr) {
+                    status.metadata_mut().insert("x-tessera-leader-addr", v);
+                }
+            }
+        }
+        status
+    }
+
+    fn propose_error(&self, e: ProposeError) -> Status {
+        match e {
+            ProposeError::NotLeader { leader } => self.not_leader(leader),
+            ProposeError::Failed(msg) => Status::unavailable(format!("write not committed: {msg}")),
+        }
+    }
+
+    /// A user's principals in a tenant, as this shard knows them.
+    fn principals(data: &ShardData, tenant: &str, user: &str) -> Result<BTreeSet<String>, Status> {
+        let groups = data.groups_of(tenant, user).map_err(internal)?;
+        Ok(acl::principals(user, &groups))
+    }
+
+    /// The tenant's BM25 statistics for `query` as this shard holds them.
+    fn local_stats(data: &ShardData, tenant: &str, query: &str, title_only: bool) -> Result<pb::GlobalStats, Status> {
+        let totals = data.tenant_stats(tenant).map_err(internal)?;
+        let terms = data
+            .index
+            .term_stats(tenant, query, title_only)
+            .map_err(internal)?;
+        Ok(pb::GlobalStats {
+            num_docs: totals.docs,
+            title_tokens: totals.title_tokens,
+            body_tokens: totals.body_tokens,
+            terms: terms
+                .doc_freq
+                .into_iter()
+                .map(|(field, term, doc_freq)| pb::TermStat { field, term, doc_freq })
+                .collect(),
+        })
+    }
+
+    async fn wait_index(data: &ShardData, min_applied: u64, timeout: Duration) -> Result<(), Status> {
+        if min_applied == 0 {
+            return Ok(());
+        }
+        match data.index.wait_for(min_applied, timeout).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let applied = data.index.watermark();
+                let mut s = Status::unavailable(format!(
+                    "replica behind: index at {applied}, session needs {min_applied}"
+                ));
+                if let Ok(v) = MetadataValue::try_from(applied.to_string()) {
+                    s.metadata_mut().insert("x-tessera-behind", v);
+                }
+                Err(s)
+            }
+        }
+    }
+}
+
+fn collection_stats(g: &pb::GlobalStats) -> CollectionStats {
+    CollectionStats {
+        num_docs: g.num_docs,
+        title_tokens: g.title_tokens,
+        body_tokens: g.body_tokens,
+        doc_freq: g
+            .terms
+            .iter()
+            .map(|t| ((t.field.clone(), t.term.clone()), t.doc_freq))
+            .collect::<HashMap<_, _>>(),
+    }
+}
+
+async fn connect(addr: &str) -> Result<pb::node_client::NodeClient<tonic::transport::Channel>, Status> {
+    pb::node_client::NodeClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach meta leader at {addr}: {e}")))
+}
+
+type MapStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterMapResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let req = request.into_inner();
+        let cmd = validate::write(&req)?;
+        self.check_tenant_shard(&req.tenant, req.shard).await?;
+        let (handle, _) = self.shard(req.shard)?;
+        let timeout = timeout_of(req.timeout_ms);
+        let proposal = propose_indexed(&handle.raft, RaftRequest::Shard(cmd));
+        let (index, response) = tokio::time::timeout(timeout, proposal)
+            .await
+            .map_err(|_| Status::unavailable(format!("write not committed within {timeout:?}; it may still apply, retrying is safe")))?
+            .map_err(|e| self.propose_error(e))?;
+        let (applied_ops, noop_ops) = match response {
+            RaftResponse::Shard { applied_ops, noop_ops } => (applied_ops, noop_ops),
+            _ => (0, 0),
+        };
+        metrics::counter!("tessera_write_ops_total").increment(u64::from(applied_ops + noop_ops));
+        Ok(Response::new(pb::WriteResponse {
+            token: Some(pb::SessionToken { shard: req.shard, applied: index }),
+            applied_ops,
+            noop_ops,
+        }))
+    }
+
+    async fn search(&self, request: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        let started = std::time::Instant::now();
+        let req = request.into_inner();
+        let limit = validate::search(&req)?;
+        self.check_tenant_shard(&req.tenant, req.shard).await?;
+        let (_, data) = self.shard(req.shard)?;
+        Self::wait_index(&data, req.min_applied, timeout_of(req.timeout_ms)).await?;
+        let filters = req.filters.clone().unwrap_or_default();
+        let principals = Self::principals(&data, &req.tenant, &req.user)?;
+        let tenant_tokens = data.index.acl_tokens(&req.tenant).map_err(internal)?;
+        let allowed = acl::allowed_tokens(&req.tenant, &tenant_tokens, &principals);
+        let stats = match &req.global_stats {
+            Some(g) => collection_stats(g),
+            None => collection_stats(&Self::local_stats(&data, &req.tenant, &req.query, filters.title_only)?),
+        };
+        let query = IndexQuery {
+            tenant: req.tenant.clone(),
+            text: req.query.clone(),
+            allowed_acl_tokens: allowed,
+            spaces: filters.spaces,
+            ancestors: filters.ancestors,
+            labels: filters.labels,
+            title_only: filters.title_only,
+            limit,
+            after: req.after.map(|a| (a.score, a.id)),
+            stats: Some(stats),
+        };
+        let applied = data.index.watermark();
+        let index = data.index.clone();
+        let results = tokio::task::spawn_blocking(move || index.search(&query))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        metrics::histogram!("tessera_node_search_seconds").record(started.elapsed().as_secs_f64());
+        Ok(Response::new(pb::SearchResponse {
+            hits: results
+                .hits
+                .into_iter()
+                .map(|(id, score)| pb::Hit { id, score })
+                .collect(),
+            shard: req.shard,
+            node: self.node.id,
+            region: self.node.spec.region.clone(),
+            applied,
+            total_matches: results.total_matches,
+        }))
+    }
+
+    async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let req = request.into_inner();
+        validate::tenant(&req.tenant)?;
+        tessera_proto::document::validate_query(&req.query).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_tenant_shard(&req.tenant, req.shard).await?;
+        let (_, data) = self.shard(req.shard)?;
+        Self::wait_index(&data, req.min_applied, DEFAULT_TIMEOUT).await?;
+        let title_only = req.filters.map(|f| f.title_only).unwrap_or(false);
+        let stats = Self::local_stats(&data, &req.tenant, &req.query, title_only)?;
+        Ok(Response::new(pb::StatsResponse { stats: Some(stats) }))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        validate::tenant(&req.tenant)?;
+        validate::user(&req.user)?;
+        self.check_tenant_shard(&req.tenant, req.shard).await?;
+        let (handle, data) = self.shard(req.shard)?;
+        if req.min_applied > 0 {
+            handle
+                .raft
+                .wait(Some(DEFAULT_TIMEOUT))
+                .applied_index_at_least(Some(req.min_applied), "session token")
+                .await
+                .map_err(|_| Status::unavailable(format!("replica behind the session token {}", req.min_applied)))?;
+        }
+        let applied = data.applied().map_err(internal)?.map(|l| l.index).unwrap_or(0);
+        let principals = Self::principals(&data, &req.tenant, &req.user)?;
+        let stored = data.doc(&req.tenant, &req.id).map_err(internal)?;
+        let visible = stored.filter(|d| doc_visible(&req.tenant, d, &principals));
+        Ok(Response::new(pb::GetResponse {
+            found: visible.is_some(),
+            doc_json: visible.map(|d| d.json).unwrap_or_default(),
+            applied,
+        }))
+    }
+
+    async fn get_cluster_map(&self, _: Request<pb::ClusterMapRequest>) -> Result<Response<pb::ClusterMapResponse>, Status> {
+        Ok(Response::new(pb::ClusterMapResponse {
+            map: Some(self.node.meta.map().to_proto()),
+        }))
+    }
+
+    type WatchClusterMapStream = MapStream;
+
+    async fn watch_cluster_map(&self, request: Request<pb::ClusterMapRequest>) -> Result<Response<MapStream>, Status> {
+        let known = request.into_inner().known_epoch;
+        let rx = self.node.meta.subscribe();
+        let stream = tokio_stream::wrappers::WatchStream::new(rx)
+            .filter_map(move |m| (m.epoch > known || known == 0).then(|| Ok(pb::ClusterMapResponse { map: Some(m.to_proto()) })));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_tenant(&self, request: Request<pb::CreateTenantRequest>) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        let req = request.into_inner();
+        let spec = TenantSpec {
+            id: req.id.clone(),
+            regions: req.regions.clone(),
+            home: req.home.clone(),
+            survival: req.survival.clone(),
+            partitions: req.partitions,
+        };
+        match self.node.propose_meta(MetaCommand::CreateTenant(spec)).await {
+            Ok(RaftResponse::Meta(MetaOutcome::Tenant { tenant, epoch })) => Ok(Response::new(pb::CreateTenantResponse {
+                tenant: Some(tenant.to_proto()),
+                epoch,
+            })),
+            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => Err(Status::invalid_argument(msg)),
+            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
+            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
+                let addr = self.leader_addr(l)?;
+                let mut client = connect(&addr).await?;
+                client.create_tenant(req).await
+            }
+            Err(e) => Err(self.propose_error(e)),
+        }
+    }
+
+    async fn add_learner(&self, request: Request<pb::AddLearnerRequest>) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        let req = request.into_inner();
+        let cmd = MetaCommand::AddLearner { shard: req.shard, node: req.node };
+        match self.node.propose_meta(cmd).await {
+            Ok(RaftResponse::Meta(MetaOutcome::Ok { epoch })) => Ok(Response::new(pb::AddLearnerResponse { epoch })),
+            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => Err(Status::invalid_argument(msg)),
+            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
+            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
+                let addr = self.leader_addr(l)?;
+                let mut client = connect(&addr).await?;
+                client.add_learner(req).await
+            }
+            Err(e) => Err(self.propose_error(e)),
+        }
+    }
+
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let mut groups = Vec::new();
+        for (group, handle) in self.node.registry.all() {
+            let m = handle.raft.metrics().borrow().clone();
+            let role = match m.state {
+                openraft::ServerState::Leader => "leader",
+                openraft::ServerState::Candidate => "candidate",
+                openraft::ServerState::Learner => "learner",
+                openraft::ServerState::Follower => "follower",
+                openraft::ServerState::Shutdown => "shutdown",
+            };
+            let (watermark, docs) = match &handle.data {
+                GroupData::Shard(d) => (d.index.watermark(), d.index.num_docs()),
+                GroupData::Meta(_) => (0, 0),
+            };
+            let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+            groups.push(pb::GroupStatus {
+                group,
+                role: role.to_string(),
+                leader: m.current_leader.unwrap_or(0),
+                term: m.current_term,
+                committed: applied.max(m.last_log_index.unwrap_or(0).min(applied)),
+                applied,
+                index_watermark: watermark,
+                docs,
+            });
+        }
+        Ok(Response::new(pb::StatusResponse {
+            node: self.node.id,
+            region: self.node.spec.region.clone(),
+            zone: self.node.spec.zone.clone(),
+            groups,
+            map_epoch: self.node.meta.map().epoch,
+        }))
+    }
+
+    async fn digest(&self, request: Request<pb::DigestRequest>) -> Result<Response<pb::DigestResponse>, Status> {
+        let shard = request.into_inner().shard;
+        let (_, data) = self.shard(shard)?;
+        let d = data.clone();
+        let (docs, digest) = tokio::task::spawn_blocking(move || d.digest())
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        let applied = data.applied().map_err(internal)?.map(|l| l.index).unwrap_or(0);
+        Ok(Response::new(pb::DigestResponse { shard, applied, docs, digest }))
+    }
+
+    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let raft = self
+            .node
+            .registry
+            .raft(req.group)
+            .ok_or_else(|| Status::not_found(format!("group {} is not on this node", req.group)))?;
+        let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
+        raft.trigger().snapshot().await.map_err(internal)?;
+        let m = raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(|m| m.snapshot.map(|s| s.index) >= applied, "snapshot built")
+            .await
+            .map_err(|e| Status::unavailable(format!("snapshot not built: {e}")))?;
+        let index = m.snapshot.map(|s| s.index).unwrap_or(0);
+        if req.purge && req.group != META_GROUP {
+            raft.trigger().purge_log(index).await.map_err(internal)?;
+        }
+        Ok(Response::new(pb::SnapshotResponse { snapshot_index: index }))
+    }
+}
+
+impl NodeService {
+    fn leader_addr(&self, leader: u64) -> Result<String, Status> {
+        self.node
+            .meta
+            .map()
+            .nodes
+            .get(&leader)
+            .map(|n| n.grpc_addr.clone())
+            .ok_or_else(|| Status::unavailable(format!("meta leader {leader} has no known address yet")))
+    }
+}

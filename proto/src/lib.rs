@@ -1,0 +1,19 @@
+//! The contract every Tessera crate shares: the generated gRPC code, the id
+//! types, the document and event schema, and the input limits.
+//!
+//! Keeping the JSON schema and its validation here means the CLI, the router
+//! and the node reject bad input with the same message, and the node never
+//! has to trust that an upstream layer validated anything.
+
+pub mod document;
+pub mod ids;
+pub mod limits;
+
+/// Generated protobuf messages and tonic services (package `tessera.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("tessera.v1");
+}
+
+pub use document::{Document, DocumentError, Permissions};
+pub use ids::{partition_of, NodeId, Region, ShardId, TenantId, META_GROUP};

@@ -1,0 +1,31 @@
+//! Every input limit, in one place. Error messages quote these constants so
+//! a user can see which limit they hit.
+
+/// Largest document id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Largest title, in bytes.
+pub const MAX_TITLE_BYTES: usize = 4 * 1024;
+/// Largest body, in bytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most principals over all permission levels of one document.
+pub const MAX_PRINCIPALS: usize = 256;
+/// Most ancestors of one document (page-tree depth).
+pub const MAX_ANCESTORS: usize = 64;
+/// Most labels on one document.
+pub const MAX_LABELS: usize = 64;
+/// Most contributors on one document.
+pub const MAX_CONTRIBUTORS: usize = 256;
+/// Largest space key, tenant id or label, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Most terms in one query.
+pub const MAX_QUERY_TERMS: usize = 64;
+/// Largest query text, in bytes.
+pub const MAX_QUERY_BYTES: usize = 4 * 1024;
+/// Most hits in one page of results.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Most operations in one write batch.
+pub const MAX_BATCH_OPS: usize = 10_000;
+/// Most groups one user may belong to.
+pub const MAX_GROUPS_PER_USER: usize = 1024;
+/// Most conjuncts a document's permissions may compile to (DNF size).
+pub const MAX_CONJUNCTS: usize = 4096;

@@ -1,0 +1,79 @@
+//! Router configuration: everything `tessera-router`'s flags set, with
+//! defaults that suit a local three-region cluster.
+
+use crate::breaker::BreakerConfig;
+use crate::limits::LimitsConfig;
+use crate::select::SelectConfig;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How the router picks a replica when a request does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelectionPolicy {
+    /// C3-style score: EWMA latency × outstanding-request factor, local region preferred.
+    #[default]
+    Adaptive,
+    /// Rotate over the eligible replicas; the baseline benchmarks compare against.
+    RoundRobin,
+}
+
+/// Everything a router needs to start.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Address the public gRPC API listens on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// gRPC addresses of nodes to learn the cluster map from.
+    pub seeds: Vec<String>,
+    /// The router's own region: replicas there are preferred.
+    pub region: String,
+    /// Prometheus scrape endpoint; `None` = no exporter.
+    pub metrics: Option<SocketAddr>,
+    /// Admission control.
+    pub limits: LimitsConfig,
+    /// Replica scoring and hedging.
+    pub select: SelectConfig,
+    /// Per-node circuit breakers.
+    pub breaker: BreakerConfig,
+    /// Default replica policy.
+    pub selection: SelectionPolicy,
+    /// Deadline of a read when the caller sets none.
+    pub default_read_timeout: Duration,
+    /// Deadline of a write when the caller sets none.
+    pub default_write_timeout: Duration,
+    /// Upper bound on any caller-supplied deadline.
+    pub max_timeout: Duration,
+    /// Longest a single write attempt waits on one node before trying the
+    /// next voter, so a paused leader does not eat the whole deadline.
+    pub write_attempt_timeout: Duration,
+    /// Largest batch (in bytes of documents) sent to a node in one Write;
+    /// keeps node messages under the default gRPC 4 MiB limit.
+    pub max_write_bytes: usize,
+    /// How often open breakers are probed with a `Status` call.
+    pub probe_interval: Duration,
+    /// How often the map is re-fetched even while a watch is healthy.
+    pub map_poll_interval: Duration,
+}
+
+impl RouterConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(listen: SocketAddr, seeds: Vec<String>, region: impl Into<String>) -> Self {
+        let region = region.into();
+        RouterConfig {
+            listen,
+            seeds,
+            select: SelectConfig::for_region(region.clone()),
+            region,
+            metrics: None,
+            limits: LimitsConfig::default(),
+            breaker: BreakerConfig::default(),
+            selection: SelectionPolicy::Adaptive,
+            default_read_timeout: Duration::from_secs(5),
+            default_write_timeout: Duration::from_secs(10),
+            max_timeout: Duration::from_secs(120),
+            write_attempt_timeout: Duration::from_secs(3),
+            max_write_bytes: 3 * 1024 * 1024,
+            probe_interval: Duration::from_millis(250),
+            map_poll_interval: Duration::from_secs(10),
+        }
+    }
+}

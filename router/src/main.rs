@@ -1,0 +1,101 @@
+//! `tessera-router`: runs one router process.
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tessera_router::{Router, RouterConfig, SelectionPolicy};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Selection {
+    Adaptive,
+    RoundRobin,
+}
+
+/// Tessera's stateless front door: routes writes to shard leaders and reads
+/// to the best replica, with breakers, hedging and per-tenant limits.
+#[derive(Debug, Parser)]
+#[command(name = "tessera-router", version)]
+struct Args {
+    /// Address to serve the public gRPC API on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Comma-separated gRPC addresses of nodes to learn the cluster map from.
+    #[arg(long, value_delimiter = ',', required = true)]
+    seeds: Vec<String>,
+    /// This router's region; its replicas are preferred.
+    #[arg(long)]
+    region: String,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Requests per second per tenant (0 = unlimited).
+    #[arg(long, default_value_t = 0)]
+    tenant_qps: u32,
+    /// Burst per tenant (0 = same as --tenant-qps).
+    #[arg(long, default_value_t = 0)]
+    tenant_burst: u32,
+    /// Requests served at once before shedding load (0 = unlimited).
+    #[arg(long, default_value_t = 1024)]
+    max_inflight: usize,
+    /// Default replica selection policy.
+    #[arg(long, value_enum, default_value_t = Selection::Adaptive)]
+    selection: Selection,
+    /// Deadline of a read whose caller sets none, in ms.
+    #[arg(long, default_value_t = 5000)]
+    read_timeout_ms: u64,
+    /// Deadline of a write whose caller sets none, in ms.
+    #[arg(long, default_value_t = 10000)]
+    write_timeout_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let mut cfg = RouterConfig::new(args.listen, args.seeds, args.region);
+    cfg.metrics = args.metrics;
+    cfg.limits.tenant_qps = args.tenant_qps;
+    cfg.limits.tenant_burst = args.tenant_burst;
+    cfg.limits.max_inflight = args.max_inflight;
+    cfg.selection = match args.selection {
+        Selection::Adaptive => SelectionPolicy::Adaptive,
+        Selection::RoundRobin => SelectionPolicy::RoundRobin,
+    };
+    cfg.default_read_timeout = Duration::from_millis(args.read_timeout_ms);
+    cfg.default_write_timeout = Duration::from_millis(args.write_timeout_ms);
+    let handle = Router::start(cfg).await.context("starting the router")?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    // Let in-flight requests finish, but do not hang on a stuck connection.
+    match tokio::time::timeout(Duration::from_secs(5), handle.shutdown()).await {
+        Ok(r) => r.context("shutting down")?,
+        Err(_) => tracing::warn!("in-flight requests did not finish in 5 s; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// Resolves on ctrl-c, or on SIGTERM (what `kill` and process managers send).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for ctrl-c")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
+    Ok(())
+}

@@ -1,0 +1,1148 @@
+//! The public `Router` gRPC service: each RPC validates its input, passes
+//! admission control, resolves the tenant in the cached map and then reads
+//! or writes through the [`Backend`].
+
+use crate::backend::Backend;
+use crate::config::SelectionPolicy;
+use crate::deadline::{as_timeout_ms, Deadline};
+use crate::error::RouterError;
+use crate::limits::{self, Limits};
+use crate::merge::{merge, Cursor};
+use crate::read::{ReadOutcome, ReadPlan, BEHIND_HEADER};
+use crate::session::SessionToken;
+use crate::telemetry::record_request;
+use crate::topology::Topology;
+use crate::validate;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_proto::limits::{MAX_BATCH_OPS, MAX_PAGE_SIZE};
+use tessera_proto::pb::router_server::Router as RouterApi;
+use tessera_proto::pb::{
+    CreateTenantRequest, CreateTenantResponse, DeleteOp, GetRequest, GetTenantRequest,
+    GetTenantResponse, GlobalStats, ItemKind, ItemRejection, Membership, PutDocumentsRequest,
+    PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse, ReplicaSelection, RouterGetRequest,
+    RouterGetResponse, RouterNodeStatus, RouterSearchRequest, RouterSearchResponse,
+    RouterShardStatus, RouterStatusRequest, RouterStatusResponse, SearchFilters, SearchRequest,
+    ServedBy, StatsRequest, StatusRequest, TenantInfo, TermStat, WriteRequest,
+};
+use tessera_proto::{NodeId, ShardId};
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+
+/// The service behind the router's gRPC endpoint.
+#[derive(Debug, Clone)]
+pub struct RouterService {
+    backend: Arc<Backend>,
+    limits: Arc<Limits>,
+}
+
+/// One accepted write item, remembered so a rejection by the node can be
+/// reported against the caller's index.
+#[derive(Debug, Clone)]
+enum Item {
+    Doc {
+        index: u32,
+        id: String,
+        json: Vec<u8>,
+    },
+    Delete {
+        index: u32,
+        op: DeleteOp,
+    },
+}
+
+impl Item {
+    fn size(&self) -> usize {
+        match self {
+            Item::Doc { json, .. } => json.len(),
+            Item::Delete { op, .. } => op.id.len() + 16,
+        }
+    }
+
+    fn rejection(&self, error: &str) -> ItemRejection {
+        let (index, kind) = match self {
+            Item::Doc { index, .. } => (*index, ItemKind::Doc),
+            Item::Delete { index, .. } => (*index, ItemKind::Delete),
+        };
+        ItemRejection {
+            index,
+            kind: kind as i32,
+            error: error.to_string(),
+        }
+    }
+}
+
+/// Splits one shard's items into batches under the op and byte limits.
+fn chunk(items: Vec<Item>, max_bytes: usize) -> Vec<Vec<Item>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<Item> = Vec::new();
+    let mut bytes = 0usize;
+    for it in items {
+        let sz = it.size();
+        if !cur.is_empty() && (cur.len() >= MAX_BATCH_OPS || bytes + sz > max_bytes) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += sz;
+        cur.push(it);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Sums per-shard collection statistics into global ones (DFS), so BM25
+/// computed on any shard equals BM25 over the tenant's whole corpus.
+pub fn sum_stats(parts: impl IntoIterator<Item = GlobalStats>) -> GlobalStats {
+    let mut out = GlobalStats::default();
+    let mut terms: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for p in parts {
+        out.num_docs += p.num_docs;
+        out.title_tokens += p.title_tokens;
+        out.body_tokens += p.body_tokens;
+        for t in p.terms {
+            *terms.entry((t.field, t.term)).or_insert(0) += t.doc_freq;
+        }
+    }
+    out.terms = terms
+        .into_iter()
+        .map(|((field, term), doc_freq)| TermStat {
+            field,
+            term,
+            doc_freq,
+        })
+        .collect();
+    out
+}
+
+/// What the reads of one request share.
+#[derive(Debug, Clone, Copy)]
+struct ReadScope<'a> {
+    topo: &'a Topology,
+    tenant: &'a TenantInfo,
+    policy: SelectionPolicy,
+    deadline: Deadline,
+}
+
+/// The status a replica's answer is turned into when it has not applied
+/// the index a session token requires (the node should have said so itself).
+fn behind_status(applied: u64) -> Status {
+    let mut s = Status::unavailable(format!("replica behind: applied {applied}"));
+    if let Ok(v) = MetadataValue::try_from(applied.to_string()) {
+        s.metadata_mut().insert(BEHIND_HEADER, v);
+    }
+    s
+}
+
+fn served_by<T>(backend: &Backend, shard: ShardId, out: &ReadOutcome<T>, applied: u64) -> ServedBy {
+    let behind = backend.staleness(shard, applied);
+    backend.observe_applied(shard, applied);
+    ServedBy {
+        shard,
+        node: out.replica.node,
+        region: out.replica.region.clone(),
+        applied,
+        behind,
+        hedged: out.hedged,
+    }
+}
+
+impl RouterService {
+    /// A service over `backend` with admission control `limits`.
+    pub fn new(backend: Arc<Backend>, limits: Arc<Limits>) -> Self {
+        RouterService { backend, limits }
+    }
+
+    fn policy(&self, requested: ReplicaSelection) -> SelectionPolicy {
+        match requested {
+            ReplicaSelection::Default => self.backend.cfg.selection,
+            ReplicaSelection::Adaptive => SelectionPolicy::Adaptive,
+            ReplicaSelection::RoundRobin => SelectionPolicy::RoundRobin,
+        }
+    }
+
+    fn read_deadline<T>(&self, req: &Request<T>, timeout_ms: u32) -> Deadline {
+        let c = &self.backend.cfg;
+        Deadline::for_request(
+            req.metadata(),
+            timeout_ms,
+            c.default_read_timeout,
+            c.max_timeout,
+        )
+    }
+
+    fn write_deadline<T>(&self, req: &Request<T>, timeout_ms: u32) -> Deadline {
+        let c = &self.backend.cfg;
+        Deadline::for_request(
+            req.metadata(),
+            timeout_ms,
+            c.default_write_timeout,
+            c.max_timeout,
+        )
+    }
+
+    /// Admission, metrics and error conversion around one RPC.
+    async fn run<T, Fut>(
+        &self,
+        rpc: &'static str,
+        tenant: Option<&str>,
+        fut: Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: Future<Output = Result<T, RouterError>>,
+    {
+        let started = Instant::now();
+        let result = match self.limits.admit(tenant) {
+            Ok(admission) => {
+                let r = fut.await;
+                drop(admission);
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let code = result.as_ref().map_or_else(RouterError::code, |_| Code::Ok);
+        record_request(rpc, code, started.elapsed());
+        match result {
+            Ok(v) => Ok(Response::new(v)),
+            Err(e) => {
+                match code {
+                    Code::Internal => tracing::error!(rpc, error = %e, "request failed"),
+                    Code::Unavailable | Code::DeadlineExceeded => {
+                        tracing::warn!(rpc, error = %e, "request failed")
+                    }
+                    _ => tracing::debug!(rpc, error = %e, "request refused"),
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The tenant's directory entry, refreshing the map once if it is unknown
+    /// (it may have been created through another router a moment ago).
+    async fn tenant(
+        &self,
+        id: &str,
+        deadline: Deadline,
+    ) -> Result<(Arc<Topology>, TenantInfo), RouterError> {
+        let topo = self.backend.map.ready(deadline).await?;
+        if let Some(t) = topo.tenant(id) {
+            let t = t.clone();
+            return Ok((topo, t));
+        }
+        let topo = self.backend.map.refresh(deadline).await;
+        match topo.tenant(id) {
+            Some(t) => {
+                let t = t.clone();
+                Ok((topo, t))
+            }
+            None => Err(RouterError::NotFound(format!(
+                "tenant {id:?} does not exist (cluster map epoch {})",
+                topo.epoch()
+            ))),
+        }
+    }
+
+    /// The plan for reading `shard` in `scope`.
+    fn plan(
+        &self,
+        scope: &ReadScope<'_>,
+        shard: ShardId,
+        min_applied: u64,
+    ) -> Result<ReadPlan, RouterError> {
+        Ok(ReadPlan {
+            shard,
+            candidates: self.backend.read_candidates(
+                scope.topo,
+                scope.tenant,
+                shard,
+                scope.policy,
+            )?,
+            deadline: scope.deadline,
+            min_applied,
+            // Round-robin is the benchmarks' naive baseline: no hedging.
+            hedge: scope.policy == SelectionPolicy::Adaptive,
+        })
+    }
+
+    async fn shard_stats(
+        &self,
+        scope: &ReadScope<'_>,
+        shard: ShardId,
+        query: &str,
+        filters: Option<SearchFilters>,
+        min_applied: u64,
+    ) -> Result<GlobalStats, RouterError> {
+        let plan = self.plan(scope, shard, min_applied)?;
+        let req = StatsRequest {
+            tenant: scope.tenant.id.clone(),
+            shard,
+            query: query.to_string(),
+            filters,
+            min_applied,
+        };
+        let out = self
+            .backend
+            .hedged_read(scope.topo, plan, |mut c, budget| {
+                let mut r = Request::new(req.clone());
+                r.set_timeout(budget);
+                async move { c.stats(r).await }
+            })
+            .await?;
+        Ok(out.value.stats.unwrap_or_default())
+    }
+
+    async fn search_once(
+        &self,
+        scope: &ReadScope<'_>,
+        req: &RouterSearchRequest,
+        limit: u32,
+        after: Option<&Cursor>,
+        token: &SessionToken,
+    ) -> Result<RouterSearchResponse, RouterError> {
+        let started = Instant::now();
+        let tenant = scope.tenant;
+        let shards = Topology::tenant_shards(tenant);
+        if shards.is_empty() {
+            return Err(RouterError::Unavailable(format!(
+                "tenant {} has no partitions assigned yet",
+                tenant.id
+            )));
+        }
+        let global_stats = if shards.len() > 1 {
+            let parts = futures::future::try_join_all(shards.iter().map(|&shard| {
+                self.shard_stats(
+                    scope,
+                    shard,
+                    &req.query,
+                    req.filters.clone(),
+                    token.min_applied(shard),
+                )
+            }))
+            .await?;
+            Some(sum_stats(parts))
+        } else {
+            None
+        };
+        // One extra hit per shard tells whether a next page exists.
+        let ask = (limit + 1).min(MAX_PAGE_SIZE);
+        let results = futures::future::try_join_all(shards.iter().map(|&shard| {
+            let min_applied = token.min_applied(shard);
+            let node_req = SearchRequest {
+                tenant: tenant.id.clone(),
+                shard,
+                user: req.user.clone(),
+                query: req.query.clone(),
+                filters: req.filters.clone(),
+                limit: ask,
+                after: after.map(Cursor::to_search_after),
+                min_applied,
+                global_stats: global_stats.clone(),
+                timeout_ms: 0,
+            };
+            async move {
+                let plan = self.plan(scope, shard, min_applied)?;
+                let out = self
+                    .backend
+                    .hedged_read(scope.topo, plan, |mut c, budget| {
+                        let mut r = node_req.clone();
+                        r.timeout_ms = as_timeout_ms(budget);
+                        let mut r = Request::new(r);
+                        r.set_timeout(budget);
+                        async move {
+                            let resp = c.search(r).await?;
+                            if min_applied > 0 && resp.get_ref().applied < min_applied {
+                                return Err(behind_status(resp.get_ref().applied));
+                            }
+                            Ok(resp)
+                        }
+                    })
+                    .await?;
+                Ok::<_, RouterError>((shard, out))
+            }
+        }))
+        .await?;
+
+        let mut pages = Vec::with_capacity(results.len());
+        let mut served = Vec::with_capacity(results.len());
+        let mut more = false;
+        let mut total = 0u64;
+        for (shard, out) in results {
+            served.push(served_by(&self.backend, shard, &out, out.value.applied));
+            more |= out.value.hits.len() >= ask as usize;
+            total += out.value.total_matches;
+            pages.push(out.value.hits);
+        }
+        let page = merge(pages, after, limit as usize, more);
+        Ok(RouterSearchResponse {
+            hits: page.hits,
+            cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
+            served_by: served,
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
+            total_matches: total,
+        })
+    }
+
+    async fn search_inner(
+        &self,
+        req: RouterSearchRequest,
+        deadline: Deadline,
+    ) -> Result<RouterSearchResponse, RouterError> {
+        let started = Instant::now();
+        validate::tenant(&req.tenant)?;
+        validate::user(&req.user)?;
+        limits::query(&req.query)?;
+        if let Some(f) = &req.filters {
+            validate::filters(f)?;
+        }
+        let limit = limits::page_size(req.limit)?;
+        let after = if req.cursor.is_empty() {
+            None
+        } else {
+            Some(Cursor::decode(&req.cursor)?)
+        };
+        let token = SessionToken::decode(&req.token)?;
+        let policy = self.policy(req.selection());
+        if !req.profile.is_empty() {
+            tracing::debug!(profile = %req.profile, "rank profiles are not in the node API yet; using the default");
+        }
+        let mut attempt = 0;
+        loop {
+            let (topo, tenant) = self.tenant(&req.tenant, deadline).await?;
+            let scope = ReadScope {
+                topo: &topo,
+                tenant: &tenant,
+                policy,
+                deadline,
+            };
+            match self
+                .search_once(&scope, &req, limit, after.as_ref(), &token)
+                .await
+            {
+                Err(e) if e.is_not_found() && attempt == 0 => {
+                    attempt += 1;
+                    self.backend.map.refresh(deadline).await;
+                }
+                Ok(mut resp) => {
+                    resp.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    return Ok(resp);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn get_inner(
+        &self,
+        req: RouterGetRequest,
+        deadline: Deadline,
+    ) -> Result<RouterGetResponse, RouterError> {
+        validate::tenant(&req.tenant)?;
+        validate::doc_id(&req.id)?;
+        validate::user(&req.user)?;
+        let token = SessionToken::decode(&req.token)?;
+        let mut attempt = 0;
+        loop {
+            let (topo, tenant) = self.tenant(&req.tenant, deadline).await?;
+            let shard = Topology::shard_for_doc(&tenant, &req.id).ok_or_else(|| {
+                RouterError::Unavailable(format!(
+                    "tenant {} has no partitions assigned yet",
+                    tenant.id
+                ))
+            })?;
+            let min_applied = token.min_applied(shard);
+            let node_req = GetRequest {
+                tenant: tenant.id.clone(),
+                shard,
+                id: req.id.clone(),
+                user: req.user.clone(),
+                min_applied,
+            };
+            let scope = ReadScope {
+                topo: &topo,
+                tenant: &tenant,
+                policy: self.backend.cfg.selection,
+                deadline,
+            };
+            let plan = self.plan(&scope, shard, min_applied)?;
+            let result = self
+                .backend
+                .hedged_read(&topo, plan, |mut c, budget| {
+                    let mut r = Request::new(node_req.clone());
+                    r.set_timeout(budget);
+                    async move {
+                        let resp = c.get(r).await?;
+                        if min_applied > 0 && resp.get_ref().applied < min_applied {
+                            return Err(behind_status(resp.get_ref().applied));
+                        }
+                        Ok(resp)
+                    }
+                })
+                .await;
+            match result {
+                Err(e) if e.is_not_found() && attempt == 0 => {
+                    attempt += 1;
+                    self.backend.map.refresh(deadline).await;
+                }
+                Err(e) => return Err(e),
+                Ok(out) => {
+                    let sb = served_by(&self.backend, shard, &out, out.value.applied);
+                    return Ok(RouterGetResponse {
+                        found: out.value.found,
+                        doc_json: if out.value.found {
+                            out.value.doc_json
+                        } else {
+                            Vec::new()
+                        },
+                        served_by: Some(sb),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn get_tenant_inner(
+        &self,
+        req: GetTenantRequest,
+        deadline: Deadline,
+    ) -> Result<GetTenantResponse, RouterError> {
+        validate::tenant(&req.id)?;
+        let (topo, tenant) = self.tenant(&req.id, deadline).await?;
+        let scope = ReadScope {
+            topo: &topo,
+            tenant: &tenant,
+            policy: self.backend.cfg.selection,
+            deadline,
+        };
+        let parts = futures::future::try_join_all(
+            Topology::tenant_shards(&tenant)
+                .into_iter()
+                .map(|shard| self.shard_stats(&scope, shard, "", None, 0)),
+        )
+        .await?;
+        let docs = parts.iter().map(|p| p.num_docs).sum();
+        Ok(GetTenantResponse {
+            epoch: topo.epoch(),
+            tenant: Some(tenant),
+            docs,
+        })
+    }
+
+    async fn create_tenant_inner(
+        &self,
+        mut req: CreateTenantRequest,
+        deadline: Deadline,
+    ) -> Result<CreateTenantResponse, RouterError> {
+        validate::tenant(&req.id)?;
+        if req.regions.is_empty() {
+            return Err(RouterError::InvalidArgument(
+                "regions is required: the regions the tenant's data may live in (e.g. us-east,eu-west)".into(),
+            ));
+        }
+        for r in &req.regions {
+            tessera_proto::document::check_name("region", r)
+                .map_err(|e| RouterError::InvalidArgument(e.to_string()))?;
+        }
+        if req.home.is_empty() {
+            req.home = req.regions[0].clone();
+        }
+        if !req.regions.contains(&req.home) {
+            return Err(RouterError::InvalidArgument(format!(
+                "home region {:?} is not among the allowed regions {:?}",
+                req.home, req.regions
+            )));
+        }
+        if !matches!(req.survival.as_str(), "" | "zone" | "region") {
+            return Err(RouterError::InvalidArgument(format!(
+                "survival {:?} must be `zone` or `region`",
+                req.survival
+            )));
+        }
+        let topo = self.backend.map.current();
+        let mut addrs: Vec<(bool, String)> = topo
+            .nodes()
+            .iter()
+            .map(|n| (n.region != self.backend.cfg.region, n.grpc_addr.clone()))
+            .collect();
+        addrs.sort();
+        let mut addrs: Vec<String> = addrs.into_iter().map(|(_, a)| a).collect();
+        for s in &self.backend.cfg.seeds {
+            if !addrs.contains(s) {
+                addrs.push(s.clone());
+            }
+        }
+        let mut last = String::from("no node to send it to");
+        let mut maybe_applied = false;
+        for addr in addrs {
+            if deadline.expired() {
+                break;
+            }
+            let mut client = self.backend.pool.client(&addr)?;
+            let budget = deadline.downstream(None);
+            let mut r = Request::new(req.clone());
+            r.set_timeout(budget);
+            match tokio::time::timeout(budget, client.create_tenant(r)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    self.await_epoch(resp.epoch, deadline).await;
+                    return Ok(resp);
+                }
+                Ok(Err(s)) if s.code() == Code::AlreadyExists && maybe_applied => {
+                    // An earlier attempt whose answer was lost may have created it.
+                    let topo = self.backend.map.refresh(deadline).await;
+                    if let Some(t) = topo.tenant(&req.id) {
+                        return Ok(CreateTenantResponse {
+                            tenant: Some(t.clone()),
+                            epoch: topo.epoch(),
+                        });
+                    }
+                    return Err(RouterError::from_node_status("create tenant", &s));
+                }
+                Ok(Err(s))
+                    if matches!(
+                        s.code(),
+                        Code::Unavailable
+                            | Code::DeadlineExceeded
+                            | Code::Cancelled
+                            | Code::Unknown
+                    ) =>
+                {
+                    maybe_applied = true;
+                    last = format!("{addr}: {}", s.message());
+                }
+                Ok(Err(s)) => return Err(RouterError::from_node_status("create tenant", &s)),
+                Err(_) => {
+                    maybe_applied = true;
+                    last = format!("{addr}: no answer in time");
+                }
+            }
+        }
+        Err(RouterError::Unavailable(format!(
+            "create tenant {}: no node could reach the meta leader ({last})",
+            req.id
+        )))
+    }
+
+    /// Waits until the cached map has at least `epoch` (bounded), so a read
+    /// right after a change sees it.
+    async fn await_epoch(&self, epoch: u64, deadline: Deadline) {
+        let bound = Deadline::after(deadline.remaining().min(Duration::from_secs(2)));
+        while self.backend.map.current().epoch() < epoch && !bound.expired() {
+            self.backend.map.refresh(bound).await;
+            if self.backend.map.current().epoch() < epoch {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Writes accepted items to their shards (shards in parallel, batches of
+    /// a shard in order). Returns acked count, node rejections, token.
+    async fn write_items(
+        &self,
+        tenant: &TenantInfo,
+        items: Vec<Item>,
+        deadline: Deadline,
+    ) -> Result<(u32, Vec<ItemRejection>, SessionToken), RouterError> {
+        let mut by_shard: HashMap<ShardId, Vec<Item>> = HashMap::new();
+        for it in items {
+            let id = match &it {
+                Item::Doc { id, .. } => id,
+                Item::Delete { op, .. } => &op.id,
+            };
+            let shard = Topology::shard_for_doc(tenant, id).ok_or_else(|| {
+                RouterError::Unavailable(format!(
+                    "tenant {} has no partitions assigned yet",
+                    tenant.id
+                ))
+            })?;
+            by_shard.entry(shard).or_default().push(it);
+        }
+        let max_bytes = self.backend.cfg.max_write_bytes;
+        let per_shard = by_shard.into_iter().map(|(shard, items)| async move {
+            let mut acked = 0u32;
+            let mut rejected = Vec::new();
+            let mut applied = 0u64;
+            for batch in chunk(items, max_bytes) {
+                let mut req = WriteRequest {
+                    tenant: tenant.id.clone(),
+                    shard,
+                    ..Default::default()
+                };
+                for it in &batch {
+                    match it {
+                        Item::Doc { json, .. } => req.docs_json.push(json.clone()),
+                        Item::Delete { op, .. } => req.deletes.push(op.clone()),
+                    }
+                }
+                match self.backend.write_shard(shard, req, deadline).await {
+                    Ok(resp) => {
+                        acked += batch.len() as u32;
+                        applied = applied.max(resp.token.map_or(0, |t| t.applied));
+                    }
+                    Err(RouterError::InvalidArgument(m)) => {
+                        rejected.extend(batch.iter().map(|it| it.rejection(&m)));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, RouterError>((shard, acked, rejected, applied))
+        });
+        let results = futures::future::join_all(per_shard).await;
+        let mut acked = 0;
+        let mut rejected = Vec::new();
+        let mut token = SessionToken::new();
+        let mut first_err: Option<RouterError> = None;
+        for r in results {
+            match r {
+                Ok((shard, a, rej, applied)) => {
+                    acked += a;
+                    rejected.extend(rej);
+                    if applied > 0 {
+                        token.observe(shard, applied);
+                    }
+                }
+                Err(e) => {
+                    // Prefer reporting a stale map (retried by the caller) over the rest.
+                    if first_err.is_none() || e.is_not_found() {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok((acked, rejected, token)),
+        }
+    }
+
+    async fn put_documents_inner(
+        &self,
+        req: PutDocumentsRequest,
+        deadline: Deadline,
+    ) -> Result<PutDocumentsResponse, RouterError> {
+        validate::tenant(&req.tenant)?;
+        let mut token = SessionToken::decode(&req.session)?;
+        let total = req.docs_json.len() + req.deletes.len();
+        if total > MAX_BATCH_OPS {
+            return Err(RouterError::InvalidArgument(format!(
+                "batch has {total} operations, over the limit of {MAX_BATCH_OPS} (MAX_BATCH_OPS)"
+            )));
+        }
+        let mut rejected = Vec::new();
+        let mut items = Vec::with_capacity(total);
+        for (i, json) in req.docs_json.into_iter().enumerate() {
+            let index = i as u32;
+            match validate::document(&json) {
+                Ok(id) => items.push(Item::Doc { index, id, json }),
+                Err(error) => rejected.push(ItemRejection {
+                    index,
+                    kind: ItemKind::Doc as i32,
+                    error,
+                }),
+            }
+        }
+        for (i, op) in req.deletes.into_iter().enumerate() {
+            let index = i as u32;
+            match validate::delete(&op) {
+                Ok(()) => items.push(Item::Delete { index, op }),
+                Err(error) => rejected.push(ItemRejection {
+                    index,
+                    kind: ItemKind::Delete as i32,
+                    error,
+                }),
+            }
+        }
+        let mut attempt = 0;
+        let (acked, node_rejected, written) = loop {
+            if items.is_empty() {
+                break (0, Vec::new(), SessionToken::new());
+            }
+            let (_topo, tenant) = self.tenant(&req.tenant, deadline).await?;
+            match self.write_items(&tenant, items.clone(), deadline).await {
+                // Writes are idempotent, so redoing every batch after a map
+                // refresh is safe.
+                Err(e) if e.is_not_found() && attempt == 0 => {
+                    attempt += 1;
+                    self.backend.map.refresh(deadline).await;
+                }
+                other => break other?,
+            }
+        };
+        rejected.extend(node_rejected);
+        rejected.sort_by_key(|r| (r.kind, r.index));
+        token.merge(&written);
+        Ok(PutDocumentsResponse {
+            acked,
+            rejected,
+            token: token.encode(),
+        })
+    }
+
+    async fn put_groups_inner(
+        &self,
+        req: PutGroupsRequest,
+        deadline: Deadline,
+    ) -> Result<PutGroupsResponse, RouterError> {
+        validate::tenant(&req.tenant)?;
+        let mut token = SessionToken::decode(&req.session)?;
+        if req.memberships.len() > MAX_BATCH_OPS {
+            return Err(RouterError::InvalidArgument(format!(
+                "batch has {} memberships, over the limit of {MAX_BATCH_OPS} (MAX_BATCH_OPS)",
+                req.memberships.len()
+            )));
+        }
+        let mut rejected = Vec::new();
+        let mut valid: Vec<Membership> = Vec::new();
+        for (i, m) in req.memberships.into_iter().enumerate() {
+            match validate::membership(&m) {
+                Ok(()) => valid.push(m),
+                Err(error) => rejected.push(ItemRejection {
+                    index: i as u32,
+                    kind: ItemKind::Membership as i32,
+                    error,
+                }),
+            }
+        }
+        if valid.is_empty() {
+            return Ok(PutGroupsResponse {
+                acked: 0,
+                rejected,
+                token: token.encode(),
+            });
+        }
+        let mut attempt = 0;
+        loop {
+            let (_topo, tenant) = self.tenant(&req.tenant, deadline).await?;
+            // Memberships are tenant data every partition needs for its
+            // permission filter, so every shard of the tenant gets them all.
+            let writes = Topology::tenant_shards(&tenant).into_iter().map(|shard| {
+                let req = WriteRequest {
+                    tenant: tenant.id.clone(),
+                    shard,
+                    memberships: valid.clone(),
+                    ..Default::default()
+                };
+                async move { (shard, self.backend.write_shard(shard, req, deadline).await) }
+            });
+            let results = futures::future::join_all(writes).await;
+            let mut err: Option<RouterError> = None;
+            let mut written = SessionToken::new();
+            for (shard, r) in results {
+                match r {
+                    Ok(resp) => written.observe(shard, resp.token.map_or(0, |t| t.applied)),
+                    Err(e) => {
+                        if err.is_none() || e.is_not_found() {
+                            err = Some(e);
+                        }
+                    }
+                }
+            }
+            match err {
+                Some(e) if e.is_not_found() && attempt == 0 => {
+                    attempt += 1;
+                    self.backend.map.refresh(deadline).await;
+                }
+                Some(e) => return Err(e),
+                None => {
+                    token.merge(&written);
+                    return Ok(PutGroupsResponse {
+                        acked: valid.len() as u32,
+                        rejected,
+                        token: token.encode(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn status_inner(&self, deadline: Deadline) -> Result<RouterStatusResponse, RouterError> {
+        let topo = self.backend.map.ready(deadline).await?;
+        let probes = topo.nodes().into_iter().map(|n| {
+            let id = n.id;
+            let addr = n.grpc_addr.clone();
+            async move {
+                let budget = deadline.downstream(Some(Duration::from_secs(1)));
+                let Ok(mut c) = self.backend.pool.client(&addr) else {
+                    return (id, None);
+                };
+                let mut r = Request::new(StatusRequest {});
+                r.set_timeout(budget);
+                match tokio::time::timeout(budget, c.status(r)).await {
+                    Ok(Ok(resp)) => (id, Some(resp.into_inner())),
+                    _ => (id, None),
+                }
+            }
+        });
+        let answers: HashMap<NodeId, Option<_>> = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .collect();
+        let now = Instant::now();
+        let nodes = topo
+            .nodes()
+            .into_iter()
+            .map(|n| RouterNodeStatus {
+                id: n.id,
+                region: n.region.clone(),
+                zone: n.zone.clone(),
+                state: if answers.get(&n.id).is_some_and(Option::is_some) {
+                    "up"
+                } else {
+                    "down"
+                }
+                .into(),
+                grpc_addr: n.grpc_addr.clone(),
+                breaker: self.backend.breakers.state(n.id, now).as_str().into(),
+            })
+            .collect();
+        // A node on a newer map than ours means our watch lags: catch up.
+        let newest = answers
+            .values()
+            .flatten()
+            .map(|s| s.map_epoch)
+            .max()
+            .unwrap_or(0);
+        let topo = if newest > topo.epoch() {
+            self.backend.map.refresh(deadline).await
+        } else {
+            topo
+        };
+        let mut self_reported: HashMap<ShardId, NodeId> = HashMap::new();
+        let mut hearsay: HashMap<ShardId, NodeId> = HashMap::new();
+        for (node, st) in &answers {
+            let Some(st) = st else { continue };
+            for g in &st.groups {
+                if g.role == "leader" {
+                    self_reported.insert(g.group, *node);
+                } else if g.leader != 0 {
+                    hearsay.entry(g.group).or_insert(g.leader);
+                }
+            }
+        }
+        let mut shards: Vec<RouterShardStatus> = topo
+            .map()
+            .shards
+            .iter()
+            .map(|s| {
+                let leader = self_reported
+                    .get(&s.id)
+                    .or_else(|| hearsay.get(&s.id))
+                    .copied();
+                if let Some(l) = leader {
+                    self.backend.set_leader(s.id, l);
+                }
+                RouterShardStatus {
+                    id: s.id,
+                    leader,
+                    voters: s.voters.clone(),
+                    learners: s.learners.clone(),
+                    regions: s.regions.clone(),
+                }
+            })
+            .collect();
+        shards.sort_by_key(|s| s.id);
+        Ok(RouterStatusResponse {
+            epoch: topo.epoch(),
+            nodes,
+            shards,
+            region: self.backend.cfg.region.clone(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl RouterApi for RouterService {
+    async fn create_tenant(
+        &self,
+        request: Request<CreateTenantRequest>,
+    ) -> Result<Response<CreateTenantResponse>, Status> {
+        let deadline = self.write_deadline(&request, 0);
+        let req = request.into_inner();
+        self.run(
+            "create_tenant",
+            None,
+            self.create_tenant_inner(req, deadline),
+        )
+        .await
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<GetTenantRequest>,
+    ) -> Result<Response<GetTenantResponse>, Status> {
+        let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        let req = request.into_inner();
+        let tenant = req.id.clone();
+        self.run(
+            "get_tenant",
+            Some(&tenant),
+            self.get_tenant_inner(req, deadline),
+        )
+        .await
+    }
+
+    async fn put_documents(
+        &self,
+        request: Request<PutDocumentsRequest>,
+    ) -> Result<Response<PutDocumentsResponse>, Status> {
+        let deadline = self.write_deadline(&request, request.get_ref().timeout_ms);
+        let req = request.into_inner();
+        let tenant = req.tenant.clone();
+        self.run(
+            "put_documents",
+            Some(&tenant),
+            self.put_documents_inner(req, deadline),
+        )
+        .await
+    }
+
+    async fn put_groups(
+        &self,
+        request: Request<PutGroupsRequest>,
+    ) -> Result<Response<PutGroupsResponse>, Status> {
+        let deadline = self.write_deadline(&request, request.get_ref().timeout_ms);
+        let req = request.into_inner();
+        let tenant = req.tenant.clone();
+        self.run(
+            "put_groups",
+            Some(&tenant),
+            self.put_groups_inner(req, deadline),
+        )
+        .await
+    }
+
+    async fn search(
+        &self,
+        request: Request<RouterSearchRequest>,
+    ) -> Result<Response<RouterSearchResponse>, Status> {
+        let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        let req = request.into_inner();
+        let tenant = req.tenant.clone();
+        self.run("search", Some(&tenant), self.search_inner(req, deadline))
+            .await
+    }
+
+    async fn get(
+        &self,
+        request: Request<RouterGetRequest>,
+    ) -> Result<Response<RouterGetResponse>, Status> {
+        let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        let req = request.into_inner();
+        let tenant = req.tenant.clone();
+        self.run("get", Some(&tenant), self.get_inner(req, deadline))
+            .await
+    }
+
+    async fn status(
+        &self,
+        request: Request<RouterStatusRequest>,
+    ) -> Result<Response<RouterStatusResponse>, Status> {
+        let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        self.run("status", None, self.status_inner(deadline)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dfs_sums_stats_per_field_and_term() {
+        let a = GlobalStats {
+            num_docs: 10,
+            title_tokens: 30,
+            body_tokens: 1000,
+            terms: vec![
+                TermStat {
+                    field: "body".into(),
+                    term: "deploy".into(),
+                    doc_freq: 3,
+                },
+                TermStat {
+                    field: "title".into(),
+                    term: "deploy".into(),
+                    doc_freq: 1,
+                },
+            ],
+        };
+        let b = GlobalStats {
+            num_docs: 5,
+            title_tokens: 10,
+            body_tokens: 200,
+            terms: vec![
+                TermStat {
+                    field: "body".into(),
+                    term: "deploy".into(),
+                    doc_freq: 2,
+                },
+                TermStat {
+                    field: "body".into(),
+                    term: "runbook".into(),
+                    doc_freq: 4,
+                },
+            ],
+        };
+        let s = sum_stats([a, b]);
+        assert_eq!((s.num_docs, s.title_tokens, s.body_tokens), (15, 40, 1200));
+        let terms: Vec<(&str, &str, u64)> = s
+            .terms
+            .iter()
+            .map(|t| (t.field.as_str(), t.term.as_str(), t.doc_freq))
+            .collect();
+        assert_eq!(
+            terms,
+            vec![
+                ("body", "deploy", 5),
+                ("body", "runbook", 4),
+                ("title", "deploy", 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn batches_respect_op_and_byte_limits() {
+        let items: Vec<Item> = (0..10)
+            .map(|i| Item::Doc {
+                index: i,
+                id: format!("d{i}"),
+                json: vec![b'x'; 100],
+            })
+            .collect();
+        let chunks = chunk(items, 250);
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![2, 2, 2, 2, 2]
+        );
+        let big = vec![Item::Doc {
+            index: 0,
+            id: "d".into(),
+            json: vec![b'x'; 1000],
+        }];
+        assert_eq!(
+            chunk(big, 250).len(),
+            1,
+            "an oversized item still goes alone"
+        );
+        let many: Vec<Item> = (0..(MAX_BATCH_OPS as u32 + 1))
+            .map(|i| Item::Delete {
+                index: i,
+                op: DeleteOp {
+                    id: "a".into(),
+                    version: 1,
+                },
+            })
+            .collect();
+        assert_eq!(chunk(many, usize::MAX).len(), 2);
+    }
+
+    #[test]
+    fn behind_status_is_recognised_by_the_read_path() {
+        let s = behind_status(41);
+        assert!(matches!(
+            crate::read::classify_read(1, &s),
+            crate::read::ReadFailure::Behind(Some(41))
+        ));
+    }
+}

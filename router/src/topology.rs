@@ -1,0 +1,205 @@
+//! An indexed, immutable snapshot of the cluster map.
+//!
+//! Requests take an `Arc<Topology>` once and use it throughout, so one
+//! request never mixes two epochs; a newer map simply replaces the Arc.
+
+use crate::select::Replica;
+use std::collections::HashMap;
+use tessera_proto::pb::{ClusterMap, NodeInfo, ShardInfo, TenantInfo};
+use tessera_proto::{partition_of, NodeId, ShardId};
+
+/// The cluster map, indexed by id.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    epoch: u64,
+    nodes: HashMap<NodeId, NodeInfo>,
+    shards: HashMap<ShardId, ShardInfo>,
+    tenants: HashMap<String, TenantInfo>,
+    map: ClusterMap,
+}
+
+impl Topology {
+    /// Indexes a map received from a node.
+    pub fn from_map(map: ClusterMap) -> Self {
+        Topology {
+            epoch: map.epoch,
+            nodes: map.nodes.iter().map(|n| (n.id, n.clone())).collect(),
+            shards: map.shards.iter().map(|s| (s.id, s.clone())).collect(),
+            tenants: map
+                .tenants
+                .iter()
+                .map(|t| (t.id.clone(), t.clone()))
+                .collect(),
+            map,
+        }
+    }
+
+    /// The map's epoch (0 = no map yet).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The map as received.
+    pub fn map(&self) -> &ClusterMap {
+        &self.map
+    }
+
+    /// A tenant's directory entry.
+    pub fn tenant(&self, id: &str) -> Option<&TenantInfo> {
+        self.tenants.get(id)
+    }
+
+    /// A shard's placement.
+    pub fn shard(&self, id: ShardId) -> Option<&ShardInfo> {
+        self.shards.get(&id)
+    }
+
+    /// A node's addresses and location.
+    pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.nodes.get(&id)
+    }
+
+    /// Every node, in id order.
+    pub fn nodes(&self) -> Vec<&NodeInfo> {
+        let mut v: Vec<&NodeInfo> = self.nodes.values().collect();
+        v.sort_by_key(|n| n.id);
+        v
+    }
+
+    /// The distinct shards a tenant lives on, in partition order.
+    ///
+    /// Two partitions on one shard are searched once: a shard's search
+    /// covers every document of the tenant it holds.
+    pub fn tenant_shards(tenant: &TenantInfo) -> Vec<ShardId> {
+        let mut out: Vec<ShardId> = Vec::with_capacity(tenant.partitions.len());
+        for s in &tenant.partitions {
+            if !out.contains(s) {
+                out.push(*s);
+            }
+        }
+        out
+    }
+
+    /// The shard owning document `id` of `tenant`: `partitions[hash(id) % p]`.
+    pub fn shard_for_doc(tenant: &TenantInfo, id: &str) -> Option<ShardId> {
+        let p = u32::try_from(tenant.partitions.len()).ok()?;
+        if p == 0 {
+            return None;
+        }
+        tenant.partitions.get(partition_of(id, p) as usize).copied()
+    }
+
+    /// Every replica (voters, then learners) of a shard on a known node.
+    pub fn replicas(&self, shard: ShardId) -> Vec<Replica> {
+        let Some(info) = self.shards.get(&shard) else {
+            return Vec::new();
+        };
+        info.voters
+            .iter()
+            .chain(info.learners.iter())
+            .filter_map(|n| {
+                self.nodes.get(n).map(|ni| Replica {
+                    node: *n,
+                    region: ni.region.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// A shard's voters (possible leaders), those in `region` first.
+    pub fn voters_local_first(&self, shard: ShardId, region: &str) -> Vec<NodeId> {
+        let Some(info) = self.shards.get(&shard) else {
+            return Vec::new();
+        };
+        let mut v = info.voters.clone();
+        v.sort_by_key(|n| {
+            let remote = self.nodes.get(n).is_none_or(|ni| ni.region != region);
+            (remote, *n)
+        });
+        v
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A map with 3 regions x 2 nodes; shard 1 has voters 1,2,3 and learners 5;
+    /// shard 2 has voters 2,3,4 and learner 6. Tenant `acme` (us-east, eu-west)
+    /// has partitions [1, 2, 1]; tenant `solo` lives on shard 2 only.
+    pub(crate) fn sample_map() -> ClusterMap {
+        let regions = [
+            "us-east", "us-east", "eu-west", "eu-west", "ap-south", "ap-south",
+        ];
+        ClusterMap {
+            epoch: 7,
+            nodes: regions
+                .iter()
+                .enumerate()
+                .map(|(i, r)| NodeInfo {
+                    id: i as u64 + 1,
+                    region: (*r).into(),
+                    zone: "a".into(),
+                    raft_addr: format!("127.0.0.{}:7101", i + 11),
+                    grpc_addr: format!("127.0.0.{}:7201", i + 11),
+                })
+                .collect(),
+            shards: vec![
+                ShardInfo {
+                    id: 1,
+                    voters: vec![3, 1, 2],
+                    learners: vec![5],
+                    ..Default::default()
+                },
+                ShardInfo {
+                    id: 2,
+                    voters: vec![2, 3, 4],
+                    learners: vec![6],
+                    ..Default::default()
+                },
+            ],
+            tenants: vec![
+                TenantInfo {
+                    id: "acme".into(),
+                    regions: vec!["us-east".into(), "eu-west".into()],
+                    home: "us-east".into(),
+                    survival: "zone".into(),
+                    partitions: vec![1, 2, 1],
+                },
+                TenantInfo {
+                    id: "solo".into(),
+                    regions: vec!["eu-west".into()],
+                    home: "eu-west".into(),
+                    survival: "zone".into(),
+                    partitions: vec![2],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn indexes_and_dedupes_shards() {
+        let t = Topology::from_map(sample_map());
+        assert_eq!(t.epoch(), 7);
+        let acme = t.tenant("acme").expect("acme");
+        assert_eq!(Topology::tenant_shards(acme), vec![1, 2]);
+        let shard = Topology::shard_for_doc(acme, "p-17").expect("shard");
+        assert!(shard == 1 || shard == 2);
+        assert_eq!(
+            shard,
+            acme.partitions[partition_of("p-17", 3) as usize],
+            "router and mover must agree on partition_of"
+        );
+        assert!(t.tenant("nope").is_none());
+    }
+
+    #[test]
+    fn replicas_and_local_first_voters() {
+        let t = Topology::from_map(sample_map());
+        let nodes: Vec<NodeId> = t.replicas(1).iter().map(|r| r.node).collect();
+        assert_eq!(nodes, vec![3, 1, 2, 5]);
+        assert_eq!(t.voters_local_first(1, "us-east"), vec![1, 2, 3]);
+        assert_eq!(t.voters_local_first(1, "eu-west"), vec![3, 1, 2]);
+        assert!(t.replicas(99).is_empty());
+    }
+}
