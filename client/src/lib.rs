@@ -29,6 +29,7 @@
 pub mod bulk;
 pub mod client;
 pub mod cluster_file;
+pub mod demo;
 pub mod error;
 pub mod types;
 

@@ -152,7 +152,10 @@ impl ClusterConfig {
 
     /// Peer-address overrides.
     pub fn route_table(&self) -> HashMap<(NodeId, NodeId), SocketAddr> {
-        self.routes.iter().map(|r| ((r.from, r.to), r.raft)).collect()
+        self.routes
+            .iter()
+            .map(|r| ((r.from, r.to), r.raft))
+            .collect()
     }
 }
 

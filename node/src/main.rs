@@ -32,6 +32,8 @@ enum Command {
         /// Directory with ca.pem and node-<id>.pem/.key (see `certs`).
         #[arg(long)]
         certs: PathBuf,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Generate the cluster CA (reused if present) and a certificate per node of --config.
     Certs {
@@ -42,6 +44,20 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Knobs with sensible defaults; tests use them to provoke rare paths.
+#[derive(clap::Args, Clone)]
+struct Tuning {
+    /// Longest time a change waits for its tantivy commit (near-real-time freshness).
+    #[arg(long, default_value_t = 100)]
+    index_commit_ms: u64,
+    /// Commit the index early once this many changes are pending.
+    #[arg(long, default_value_t = 10_000)]
+    index_commit_ops: usize,
+    /// Build a snapshot (and compact the log) after this many entries.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
 }
 
 #[tokio::main]
@@ -62,7 +78,11 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             generate_cluster_certs(&out, &nodes)
                 .with_context(|| format!("writing certificates to {}", out.display()))?;
-            println!("wrote certificates for {} nodes to {}", nodes.len(), out.display());
+            println!(
+                "wrote certificates for {} nodes to {}",
+                nodes.len(),
+                out.display()
+            );
             Ok(())
         }
         Command::Run {
@@ -70,11 +90,18 @@ async fn main() -> anyhow::Result<()> {
             id,
             data,
             certs,
-        } => run(config, id, data, certs).await,
+            tuning,
+        } => run(config, id, data, certs, tuning).await,
     }
 }
 
-async fn run(config: PathBuf, id: u64, data: PathBuf, certs: PathBuf) -> anyhow::Result<()> {
+async fn run(
+    config: PathBuf,
+    id: u64,
+    data: PathBuf,
+    certs: PathBuf,
+    tuning: Tuning,
+) -> anyhow::Result<()> {
     let cluster = ClusterConfig::load(&config)?;
     let spec = cluster
         .node(id)
@@ -86,15 +113,26 @@ async fn run(config: PathBuf, id: u64, data: PathBuf, certs: PathBuf) -> anyhow:
             .install()
             .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
     }
-    let tls = NodeTls::load(&certs, id)
-        .with_context(|| format!("loading certificates for node {id} from {}", certs.display()))?;
+    let tls = NodeTls::load(&certs, id).with_context(|| {
+        format!(
+            "loading certificates for node {id} from {}",
+            certs.display()
+        )
+    })?;
     let node = TesseraNode::start(NodeConfig {
         id,
         cluster,
         data_dir: data,
         tls,
-        raft: RaftTuning::default(),
-        index: IndexConfig::default(),
+        raft: RaftTuning {
+            snapshot_every: tuning.snapshot_every,
+            ..RaftTuning::default()
+        },
+        index: IndexConfig {
+            commit_interval: std::time::Duration::from_millis(tuning.index_commit_ms),
+            commit_ops: tuning.index_commit_ops,
+            ..IndexConfig::default()
+        },
     })
     .await?;
     println!("tessera-node {id} serving gRPC on {}", node.grpc_addr());

@@ -121,7 +121,11 @@ impl TesseraNode {
         });
         inner.open_meta_group().await?;
         let map = inner.meta.map();
-        for shard in map.shards.values().filter(|s| s.replicas().any(|r| r == inner.id)) {
+        for shard in map
+            .shards
+            .values()
+            .filter(|s| s.replicas().any(|r| r == inner.id))
+        {
             inner.open_shard(shard.id).await?;
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -138,7 +142,11 @@ impl TesseraNode {
                 source,
             })?;
         let tasks = vec![
-            tokio::spawn(crate::service::serve(inner.clone(), listener, shutdown_rx.clone())),
+            tokio::spawn(crate::service::serve(
+                inner.clone(),
+                listener,
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(meta_driver(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(reconciler(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(maintenance(inner.clone(), shutdown_rx)),
@@ -209,9 +217,15 @@ impl NodeInner {
     ) -> Result<(), NodeError> {
         let log = LogStore::new(group, self.storage.clone(), purge_limit.clone());
         let sm = StateMachine::open(group, self.storage.clone(), data.clone())?;
-        let raft = Raft::new(self.id, self.raft_config.clone(), self.network(group), log, sm)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            self.id,
+            self.raft_config.clone(),
+            self.network(group),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
         self.registry.insert(
             group,
             Arc::new(GroupHandle {
@@ -255,7 +269,11 @@ impl NodeInner {
                 .map_err(|e| NodeError::Index(e.to_string()))??
         };
         if replayed > 0 {
-            tracing::info!(shard, replayed, "re-indexed changes after the index watermark");
+            tracing::info!(
+                shard,
+                replayed,
+                "re-indexed changes after the index watermark"
+            );
         }
         let limit = Arc::new(AtomicU64::new(data.index.watermark()));
         self.open_group(shard, GroupData::Shard(data), limit).await
@@ -263,7 +281,10 @@ impl NodeInner {
 
     /// Proposes a meta command on the local meta group. When this node does
     /// not lead the meta group the error names the leader, if known.
-    pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<crate::raft::Response, ProposeError> {
+    pub async fn propose_meta(
+        &self,
+        cmd: MetaCommand,
+    ) -> Result<crate::raft::Response, ProposeError> {
         let raft = self
             .registry
             .raft(META_GROUP)
@@ -289,7 +310,12 @@ impl NodeInner {
 /// Whether a group has never been initialised on this node.
 fn uninitialized(raft: &Raft) -> bool {
     let m = raft.metrics().borrow().clone();
-    m.last_log_index.is_none() && m.membership_config.membership().voter_ids().next().is_none()
+    m.last_log_index.is_none()
+        && m.membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_none()
 }
 
 /// Whether this node should initialise a group with `voters` now.
@@ -462,7 +488,9 @@ pub async fn propose_indexed(
     match raft.client_write(request).await {
         Ok(resp) => Ok((resp.log_id.index, resp.data)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(ProposeError::NotLeader { leader: f.leader_id })
+            Err(ProposeError::NotLeader {
+                leader: f.leader_id,
+            })
         }
         Err(e) => Err(ProposeError::Failed(e.to_string())),
     }

@@ -73,7 +73,9 @@ pub enum DocumentError {
     TooManyPrincipals(usize),
     #[error("malformed principal {0:?}: expected `u:<user>` or `g:<group>` without '&', '|' or whitespace")]
     BadPrincipal(String),
-    #[error("malformed timestamp in {field}: {value:?} is not RFC 3339 (e.g. 2026-01-02T10:00:00Z)")]
+    #[error(
+        "malformed timestamp in {field}: {value:?} is not RFC 3339 (e.g. 2026-01-02T10:00:00Z)"
+    )]
     BadTimestamp { field: &'static str, value: String },
     #[error("version must be at least 1")]
     ZeroVersion,
@@ -86,8 +88,8 @@ pub enum DocumentError {
 impl Document {
     /// Parses and validates one JSON document from raw bytes.
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self, DocumentError> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| DocumentError::InvalidUtf8(e.valid_up_to()))?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| DocumentError::InvalidUtf8(e.valid_up_to()))?;
         let doc: Document =
             serde_json::from_str(text).map_err(|e| DocumentError::Json(e.to_string()))?;
         doc.validate()?;
@@ -107,7 +109,11 @@ impl Document {
         }
         check_len("title (MAX_TITLE_BYTES)", &self.title, MAX_TITLE_BYTES)?;
         check_len("body (MAX_BODY_BYTES)", &self.body, MAX_BODY_BYTES)?;
-        check_count("ancestors (MAX_ANCESTORS)", self.ancestors.len(), MAX_ANCESTORS)?;
+        check_count(
+            "ancestors (MAX_ANCESTORS)",
+            self.ancestors.len(),
+            MAX_ANCESTORS,
+        )?;
         check_count("labels (MAX_LABELS)", self.labels.len(), MAX_LABELS)?;
         check_count(
             "contributors (MAX_CONTRIBUTORS)",
@@ -260,28 +266,48 @@ mod tests {
     #[test]
     fn bad_inputs_have_clear_errors() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (b"{\"id\":\"a\xff\",\"version\":1}".to_vec(), "invalid UTF-8"),
-            (br#"{"id":"a","version":1,"permisions":{}}"#.to_vec(), "unknown field"),
+            (
+                b"{\"id\":\"a\xff\",\"version\":1}".to_vec(),
+                "invalid UTF-8",
+            ),
+            (
+                br#"{"id":"a","version":1,"permisions":{}}"#.to_vec(),
+                "unknown field",
+            ),
             (br#"{"version":1}"#.to_vec(), "missing field `id`"),
             (br#"{"id":"","version":1}"#.to_vec(), "missing id"),
             (
-                format!(r#"{{"id":"a","version":1,"body":"{}"}}"#, "x".repeat(MAX_BODY_BYTES + 1))
-                    .into_bytes(),
+                format!(
+                    r#"{{"id":"a","version":1,"body":"{}"}}"#,
+                    "x".repeat(MAX_BODY_BYTES + 1)
+                )
+                .into_bytes(),
                 "MAX_BODY_BYTES",
             ),
             (
                 format!(
                     r#"{{"id":"a","version":1,"permissions":{{"page":[{}]}}}}"#,
-                    (0..=MAX_PRINCIPALS).map(|i| format!("\"u:{i}\"")).collect::<Vec<_>>().join(",")
+                    (0..=MAX_PRINCIPALS)
+                        .map(|i| format!("\"u:{i}\""))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 )
                 .into_bytes(),
                 "MAX_PRINCIPALS",
             ),
-            (br#"{"id":"a","version":1,"updated_at":"yesterday"}"#.to_vec(), "RFC 3339"),
-            (br#"{"id":"a","version":1,"permissions":{"page":["alice"]}}"#.to_vec(), "principal"),
+            (
+                br#"{"id":"a","version":1,"updated_at":"yesterday"}"#.to_vec(),
+                "RFC 3339",
+            ),
+            (
+                br#"{"id":"a","version":1,"permissions":{"page":["alice"]}}"#.to_vec(),
+                "principal",
+            ),
         ];
         for (input, needle) in cases {
-            let err = Document::from_json_bytes(&input).expect_err(needle).to_string();
+            let err = Document::from_json_bytes(&input)
+                .expect_err(needle)
+                .to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
     }

@@ -34,8 +34,9 @@ mod tests {
         let a = partition_of("p-17", 8);
         assert_eq!(a, partition_of("p-17", 8));
         assert!(a < 8);
-        let spread: std::collections::HashSet<u32> =
-            (0..200).map(|i| partition_of(&format!("d{i}"), 4)).collect();
+        let spread: std::collections::HashSet<u32> = (0..200)
+            .map(|i| partition_of(&format!("d{i}"), 4))
+            .collect();
         assert_eq!(spread.len(), 4, "200 ids should hit all 4 partitions");
     }
 }

@@ -40,7 +40,11 @@ impl Backend {
     /// A backend with nothing learned yet.
     pub fn new(cfg: RouterConfig) -> Self {
         let pool = Arc::new(NodePool::new(Duration::from_secs(1)));
-        let map = Arc::new(MapCache::new(cfg.seeds.clone(), Arc::clone(&pool)));
+        let map = Arc::new(MapCache::with_routes(
+            cfg.seeds.clone(),
+            Arc::clone(&pool),
+            cfg.node_routes.clone(),
+        ));
         Backend {
             breakers: Breakers::new(cfg.breaker.clone()),
             stats: Arc::new(ReplicaStats::new()),

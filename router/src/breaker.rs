@@ -45,7 +45,7 @@ impl Default for BreakerConfig {
             error_rate: 0.5,
             min_samples: 10,
             cool_down: Duration::from_millis(500),
-            max_cool_down: Duration::from_secs(10),
+            max_cool_down: Duration::from_secs(5),
         }
     }
 }

@@ -4,8 +4,10 @@
 use crate::breaker::BreakerConfig;
 use crate::limits::LimitsConfig;
 use crate::select::SelectConfig;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tessera_proto::NodeId;
 
 /// How the router picks a replica when a request does not say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +54,10 @@ pub struct RouterConfig {
     pub probe_interval: Duration,
     /// How often the map is re-fetched even while a watch is healthy.
     pub map_poll_interval: Duration,
+    /// gRPC address overrides: node id → the address to reach that node's
+    /// gRPC at instead of the map's `grpc_addr` (typically a chaos proxy
+    /// that injects latency on the router→node link; `--node-route ID=ADDR`).
+    pub node_routes: BTreeMap<NodeId, String>,
 }
 
 impl RouterConfig {
@@ -74,6 +80,63 @@ impl RouterConfig {
             max_write_bytes: 3 * 1024 * 1024,
             probe_interval: Duration::from_millis(250),
             map_poll_interval: Duration::from_secs(10),
+            node_routes: BTreeMap::new(),
+        }
+    }
+}
+
+/// Parses one `--node-route` value, `ID=HOST:PORT`.
+pub fn parse_node_route(text: &str) -> Result<(NodeId, String), String> {
+    let (id, addr) = text.split_once('=').ok_or_else(|| {
+        format!("node route {text:?} must be ID=HOST:PORT (e.g. 3=127.0.0.1:9003)")
+    })?;
+    let id: NodeId = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|id| *id != 0)
+        .ok_or_else(|| {
+            format!("node route {text:?}: {id:?} is not a node id (a positive integer)")
+        })?;
+    let addr = addr.trim();
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !port_ok {
+        return Err(format!(
+            "node route {text:?}: {addr:?} is not HOST:PORT (e.g. 127.0.0.1:9003)"
+        ));
+    }
+    Ok((id, addr.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_node_routes() {
+        assert_eq!(
+            parse_node_route("3=127.0.0.1:9003"),
+            Ok((3, "127.0.0.1:9003".to_string()))
+        );
+        assert_eq!(
+            parse_node_route(" 12 = localhost:80 "),
+            Ok((12, "localhost:80".to_string()))
+        );
+        for bad in [
+            "",
+            "3",
+            "=1.2.3.4:5",
+            "x=1.2.3.4:5",
+            "0=1.2.3.4:5",
+            "3=1.2.3.4",
+            "3=:80",
+            "3=h:0",
+            "3=h:99999",
+        ] {
+            let e = parse_node_route(bad).expect_err(bad);
+            assert!(e.contains("node route"), "{e}");
         }
     }
 }

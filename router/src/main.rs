@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tessera_router::config::parse_node_route;
 use tessera_router::{Router, RouterConfig, SelectionPolicy};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -47,6 +48,11 @@ struct Args {
     /// Deadline of a write whose caller sets none, in ms.
     #[arg(long, default_value_t = 10000)]
     write_timeout_ms: u64,
+    /// Reach node ID's gRPC through ADDR instead of its cluster-map address
+    /// (e.g. a chaos proxy injecting latency on that link). Repeatable:
+    /// `--node-route 2=127.0.0.1:9002 --node-route 5=127.0.0.1:9005`.
+    #[arg(long = "node-route", value_name = "ID=ADDR", value_parser = parse_node_route)]
+    node_routes: Vec<(u64, String)>,
 }
 
 #[tokio::main]
@@ -71,6 +77,11 @@ async fn main() -> anyhow::Result<()> {
     };
     cfg.default_read_timeout = Duration::from_millis(args.read_timeout_ms);
     cfg.default_write_timeout = Duration::from_millis(args.write_timeout_ms);
+    for (id, addr) in args.node_routes {
+        if let Some(old) = cfg.node_routes.insert(id, addr.clone()) {
+            anyhow::bail!("--node-route given twice for node {id} ({old} and {addr})");
+        }
+    }
     let handle = Router::start(cfg).await.context("starting the router")?;
     shutdown_signal().await?;
     tracing::info!("shutting down");

@@ -11,9 +11,11 @@ use crate::deadline::Deadline;
 use crate::error::RouterError;
 use crate::pool::NodePool;
 use crate::topology::Topology;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::pb::{ClusterMap, ClusterMapRequest};
+use tessera_proto::NodeId;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -23,6 +25,7 @@ pub struct MapCache {
     tx: watch::Sender<Arc<Topology>>,
     seeds: Vec<String>,
     pool: Arc<NodePool>,
+    routes: BTreeMap<NodeId, String>,
     refresh_lock: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -32,11 +35,22 @@ const MIN_REFRESH_GAP: Duration = Duration::from_millis(50);
 impl MapCache {
     /// A cache with no map yet.
     pub fn new(seeds: Vec<String>, pool: Arc<NodePool>) -> Self {
+        Self::with_routes(seeds, pool, BTreeMap::new())
+    }
+
+    /// A cache with no map yet whose topologies reach the nodes in `routes`
+    /// at the given addresses (see `RouterConfig::node_routes`).
+    pub fn with_routes(
+        seeds: Vec<String>,
+        pool: Arc<NodePool>,
+        routes: BTreeMap<NodeId, String>,
+    ) -> Self {
         let (tx, _) = watch::channel(Arc::new(Topology::default()));
         MapCache {
             tx,
             seeds,
             pool,
+            routes,
             refresh_lock: tokio::sync::Mutex::new(None),
         }
     }
@@ -51,7 +65,7 @@ impl MapCache {
         let epoch = map.epoch;
         let installed = self.tx.send_if_modified(|cur| {
             if epoch > cur.epoch() {
-                *cur = Arc::new(Topology::from_map(map));
+                *cur = Arc::new(Topology::from_map_routed(map, &self.routes));
                 true
             } else {
                 false

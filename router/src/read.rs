@@ -51,6 +51,10 @@ pub fn classify_read(node: NodeId, status: &Status) -> ReadFailure {
     if let Some(v) = status.metadata().get(BEHIND_HEADER) {
         return ReadFailure::Behind(v.to_str().ok().and_then(|s| s.trim().parse().ok()));
     }
+    // A replica that says so without the header is still healthy, not failing.
+    if status.code() == Code::Unavailable && status.message().contains("behind") {
+        return ReadFailure::Behind(None);
+    }
     let ctx = format!("node {node}");
     match status.code() {
         Code::InvalidArgument
@@ -307,6 +311,13 @@ mod tests {
         assert!(matches!(
             classify_read(1, &behind),
             ReadFailure::Behind(Some(41))
+        ));
+        assert!(matches!(
+            classify_read(
+                1,
+                &Status::unavailable("replica behind the session token 9")
+            ),
+            ReadFailure::Behind(None)
         ));
         assert!(matches!(
             classify_read(1, &Status::unavailable("no")),

@@ -341,6 +341,7 @@ impl RouterService {
                 min_applied,
                 global_stats: global_stats.clone(),
                 timeout_ms: 0,
+                profile: req.profile.clone(),
             };
             async move {
                 let plan = self.plan(scope, shard, min_applied)?;
@@ -405,9 +406,6 @@ impl RouterService {
         };
         let token = SessionToken::decode(&req.token)?;
         let policy = self.policy(req.selection());
-        if !req.profile.is_empty() {
-            tracing::debug!(profile = %req.profile, "rank profiles are not in the node API yet; using the default");
-        }
         let mut attempt = 0;
         loop {
             let (topo, tenant) = self.tenant(&req.tenant, deadline).await?;
@@ -909,15 +907,23 @@ impl RouterService {
         } else {
             topo
         };
-        let mut self_reported: HashMap<ShardId, NodeId> = HashMap::new();
-        let mut hearsay: HashMap<ShardId, NodeId> = HashMap::new();
+        // A partitioned former leader may still call itself leader: the
+        // claim (or report) with the highest Raft term wins.
+        let mut self_reported: HashMap<ShardId, (u64, NodeId)> = HashMap::new();
+        let mut hearsay: HashMap<ShardId, (u64, NodeId)> = HashMap::new();
         for (node, st) in &answers {
             let Some(st) = st else { continue };
             for g in &st.groups {
-                if g.role == "leader" {
-                    self_reported.insert(g.group, *node);
+                let (table, claim) = if g.role == "leader" {
+                    (&mut self_reported, (g.term, *node))
                 } else if g.leader != 0 {
-                    hearsay.entry(g.group).or_insert(g.leader);
+                    (&mut hearsay, (g.term, g.leader))
+                } else {
+                    continue;
+                };
+                let e = table.entry(g.group).or_insert(claim);
+                if claim > *e {
+                    *e = claim;
                 }
             }
         }
@@ -929,7 +935,7 @@ impl RouterService {
                 let leader = self_reported
                     .get(&s.id)
                     .or_else(|| hearsay.get(&s.id))
-                    .copied();
+                    .map(|(_, n)| *n);
                 if let Some(l) = leader {
                     self.backend.set_leader(s.id, l);
                 }

@@ -4,7 +4,7 @@
 //! request never mixes two epochs; a newer map simply replaces the Arc.
 
 use crate::select::Replica;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use tessera_proto::pb::{ClusterMap, NodeInfo, ShardInfo, TenantInfo};
 use tessera_proto::{partition_of, NodeId, ShardId};
 
@@ -32,6 +32,18 @@ impl Topology {
                 .collect(),
             map,
         }
+    }
+
+    /// Indexes `map`, reaching the nodes named in `routes` at the given
+    /// address instead of their `grpc_addr` (a proxy on that link).
+    pub fn from_map_routed(map: ClusterMap, routes: &BTreeMap<NodeId, String>) -> Self {
+        let mut t = Self::from_map(map);
+        for (id, addr) in routes {
+            if let Some(n) = t.nodes.get_mut(id) {
+                n.grpc_addr = addr.clone();
+            }
+        }
+        t
     }
 
     /// The map's epoch (0 = no map yet).
@@ -191,6 +203,24 @@ pub(crate) mod tests {
             "router and mover must agree on partition_of"
         );
         assert!(t.tenant("nope").is_none());
+    }
+
+    #[test]
+    fn node_routes_replace_grpc_addresses() {
+        let routes = BTreeMap::from([(2, "127.9.9.9:1234".to_string()), (99, "x:1".to_string())]);
+        let t = Topology::from_map_routed(sample_map(), &routes);
+        assert_eq!(
+            t.node(2).map(|n| n.grpc_addr.as_str()),
+            Some("127.9.9.9:1234")
+        );
+        assert_eq!(
+            t.node(1).map(|n| n.grpc_addr.as_str()),
+            Some("127.0.0.11:7201")
+        );
+        assert!(
+            t.node(99).is_none(),
+            "a route to an unknown node adds nothing"
+        );
     }
 
     #[test]

@@ -128,7 +128,12 @@ impl Backend {
                 continue;
             };
             tried.insert(node);
-            let Some(addr) = hinted_addr.or_else(|| topo.node(node).map(|n| n.grpc_addr.clone()))
+            // A configured route wins over the hint's address, which names
+            // the node's own gRPC address and would bypass the route.
+            let routed = self.cfg.node_routes.get(&node).cloned();
+            let Some(addr) = routed
+                .or(hinted_addr)
+                .or_else(|| topo.node(node).map(|n| n.grpc_addr.clone()))
             else {
                 last_err =
                     format!("leader hint names node {node}, which is not in the cluster map");

@@ -89,7 +89,9 @@ fn drop_subsumed(mut conjuncts: Vec<Conjunct>) -> Vec<Conjunct> {
 
 /// The index token of one conjunct: `tenant|p1&p2` (principals sorted).
 pub fn token(tenant: &str, conjunct: &[String]) -> String {
-    let mut t = String::with_capacity(tenant.len() + 1 + conjunct.iter().map(|p| p.len() + 1).sum::<usize>());
+    let mut t = String::with_capacity(
+        tenant.len() + 1 + conjunct.iter().map(|p| p.len() + 1).sum::<usize>(),
+    );
     t.push_str(tenant);
     t.push(TENANT_SEP);
     for (i, p) in conjunct.iter().enumerate() {
@@ -176,7 +178,10 @@ mod tests {
 
     #[test]
     fn unrestricted_gets_open_token() {
-        assert_eq!(tokens("acme", &Permissions::default()).expect("small"), set(&["acme|*"]));
+        assert_eq!(
+            tokens("acme", &Permissions::default()).expect("small"),
+            set(&["acme|*"])
+        );
     }
 
     #[test]
@@ -186,7 +191,10 @@ mod tests {
             ancestors: vec![],
             page: set(&["u:b"]),
         };
-        assert!(compile(&perms).expect("small").is_empty(), "nobody can see it");
+        assert!(
+            compile(&perms).expect("small").is_empty(),
+            "nobody can see it"
+        );
     }
 
     #[test]

@@ -136,9 +136,15 @@ impl Default for IndexConfig {
 
 /// Work for the indexer thread, in submission order.
 enum Command {
-    Ops { applied: u64, ops: Vec<IndexOp> },
+    Ops {
+        applied: u64,
+        ops: Vec<IndexOp>,
+    },
     Flush(SyncSender<Result<u64, IndexError>>),
-    Reset { watermark: u64, reply: SyncSender<Result<(), IndexError>> },
+    Reset {
+        watermark: u64,
+        reply: SyncSender<Result<(), IndexError>>,
+    },
     Close(SyncSender<Result<(), IndexError>>),
     Abandon,
 }
@@ -223,7 +229,10 @@ impl ShardIndex {
     /// applied in submission order; upsert replaces any previous version of the document.
     pub fn submit(&self, applied: u64, ops: Vec<IndexOp>) {
         if self.commands.send(Command::Ops { applied, ops }).is_err() {
-            tracing::warn!(applied, "index closed; ops dropped (re-indexed from RocksDB on open)");
+            tracing::warn!(
+                applied,
+                "index closed; ops dropped (re-indexed from RocksDB on open)"
+            );
         }
     }
 
@@ -358,8 +367,10 @@ impl ShardIndex {
                     None => true,
                     Some(alive) => {
                         // Stops at the first live posting; only deleted postings are skipped.
-                        let mut postings = inverted
-                            .read_postings_from_terminfo(stream.value(), IndexRecordOption::Basic)?;
+                        let mut postings = inverted.read_postings_from_terminfo(
+                            stream.value(),
+                            IndexRecordOption::Basic,
+                        )?;
                         let mut doc = postings.doc();
                         while doc != TERMINATED && !alive.is_alive(doc) {
                             doc = postings.advance();

@@ -131,7 +131,10 @@ impl QueryBuilder {
     /// A zero-scoring conjunct that keeps documents whose `field` holds one of `values`.
     fn any_of(field: Field, values: &[String]) -> Box<dyn Query> {
         let terms = values.iter().map(|v| Term::from_field_text(field, v));
-        Box::new(ConstScoreQuery::new(Box::new(TermSetQuery::new(terms)), 0.0))
+        Box::new(ConstScoreQuery::new(
+            Box::new(TermSetQuery::new(terms)),
+            0.0,
+        ))
     }
 
     /// A zero-scoring conjunct restricting the search to one tenant.

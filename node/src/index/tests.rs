@@ -283,7 +283,10 @@ fn tenants_never_mix() {
     );
     index.flush().expect("flush");
     assert_eq!(search_ids(&index, &query("acme", "deploy")), ["p-1"]);
-    assert_eq!(search_ids(&index, &query("globex", "deploy")), ["p-1", "p-3"]);
+    assert_eq!(
+        search_ids(&index, &query("globex", "deploy")),
+        ["p-1", "p-3"]
+    );
     assert_eq!(search_ids(&index, &query("acme", "")), ["p-1", "p-2"]);
     assert!(search_ids(&index, &query("initech", "")).is_empty());
 
@@ -302,7 +305,10 @@ fn tenants_never_mix() {
     );
     index.flush().expect("flush");
     assert!(search_ids(&index, &query("acme", "deploy")).is_empty());
-    assert_eq!(search_ids(&index, &query("globex", "deploy")), ["p-1", "p-3"]);
+    assert_eq!(
+        search_ids(&index, &query("globex", "deploy")),
+        ["p-1", "p-3"]
+    );
 }
 
 #[test]
@@ -340,10 +346,19 @@ fn user_text_never_errors_and_never_escapes_its_fields() {
         index.term_stats("acme", text, false).expect("term stats");
     }
     // Upper-case operators are lowercased into plain words (default OR).
-    assert_eq!(search_ids(&index, &query("acme", "DEPLOY OR Nothing")), ["p-1"]);
-    assert_eq!(search_ids(&index, &query("acme", "runbook AND zzz")), ["p-1"]);
+    assert_eq!(
+        search_ids(&index, &query("acme", "DEPLOY OR Nothing")),
+        ["p-1"]
+    );
+    assert_eq!(
+        search_ids(&index, &query("acme", "runbook AND zzz")),
+        ["p-1"]
+    );
     // Stemming applies to queries as to documents.
-    assert_eq!(search_ids(&index, &query("acme", "deploying runbooks")), ["p-1"]);
+    assert_eq!(
+        search_ids(&index, &query("acme", "deploying runbooks")),
+        ["p-1"]
+    );
 }
 
 #[test]
@@ -485,6 +500,11 @@ fn all_pages(index: &ShardIndex, q: &IndexQuery, page: usize) -> Vec<(String, f3
     loop {
         let results = index.search(&q).expect("search");
         assert!(results.hits.len() <= page);
+        // A cursor that does not advance would page forever: fail instead.
+        assert!(
+            out.len() <= results.total_matches as usize,
+            "pages return more hits than match"
+        );
         let Some(last) = results.hits.last().cloned() else {
             return out;
         };
@@ -505,7 +525,12 @@ fn cursor_pages_concatenate_to_the_full_ordered_list() {
             .filter(|i| i % 3 == batch)
             .map(|i| {
                 let title = format!("common{}", " extra".repeat((i / 3) % 3));
-                doc("acme", &format!("doc-{:05}", (i * 7919) % N), &title, "filler")
+                doc(
+                    "acme",
+                    &format!("doc-{:05}", (i * 7919) % N),
+                    &title,
+                    "filler",
+                )
             })
             .collect();
         index.submit(batch as u64 + 1, upserts(&docs));
@@ -568,8 +593,22 @@ fn cursor_pages_concatenate_to_the_full_ordered_list() {
 /// A deterministic corpus over a small vocabulary, so terms repeat and scores tie.
 fn corpus(tenant: &str, n: usize, seed: u64, skew: usize) -> Vec<IndexedDoc> {
     const VOCAB: [&str; 16] = [
-        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
-        "lambda", "mu", "deploy", "deploying", "runbook", "incident",
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "epsilon",
+        "zeta",
+        "eta",
+        "theta",
+        "iota",
+        "kappa",
+        "lambda",
+        "mu",
+        "deploy",
+        "deploying",
+        "runbook",
+        "incident",
     ];
     let mut state = seed;
     let mut next = move |bound: usize| {
@@ -585,7 +624,12 @@ fn corpus(tenant: &str, n: usize, seed: u64, skew: usize) -> Vec<IndexedDoc> {
             let mut word = |_| VOCAB[(next(VOCAB.len()) + skew) % VOCAB.len()];
             let title: Vec<&str> = (0..title_len).map(&mut word).collect();
             let body: Vec<&str> = (0..body_len).map(&mut word).collect();
-            doc(tenant, &format!("{tenant}-{i:04}"), &title.join(" "), &body.join(" "))
+            doc(
+                tenant,
+                &format!("{tenant}-{i:04}"),
+                &title.join(" "),
+                &body.join(" "),
+            )
         })
         .collect()
 }
@@ -643,7 +687,11 @@ fn assert_same_ranking(expected: &[(String, f32)], actual: &[(String, f32)], wha
 fn dfs_stats_make_split_shards_score_like_one_index() {
     let dir = tempfile::tempdir().expect("tempdir");
     let docs = corpus("acme", 300, 7, 0);
-    let (even, odd): (Vec<_>, Vec<_>) = docs.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
+    let (even, odd): (Vec<_>, Vec<_>) = docs
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
     let even: Vec<IndexedDoc> = even.into_iter().map(|(_, d)| d).collect();
     let odd: Vec<IndexedDoc> = odd.into_iter().map(|(_, d)| d).collect();
     let whole = index_with(&dir.path().join("whole"), &docs);
@@ -655,7 +703,10 @@ fn dfs_stats_make_split_shards_score_like_one_index() {
         q.title_only = title_only;
         q.limit = MAX_SEARCH_LIMIT;
         let expected = whole.search(&q).expect("search");
-        assert!(expected.hits.len() > 1, "{text:?} should match several docs");
+        assert!(
+            expected.hits.len() > 1,
+            "{text:?} should match several docs"
+        );
 
         q.stats = Some(collection_stats(&[&a, &b], "acme", &docs, text, title_only));
         let mut merged = a.search(&q).expect("search a");
@@ -697,14 +748,39 @@ fn dfs_stats_make_a_shared_shard_score_like_a_private_index() {
         q.title_only = title_only;
         q.limit = MAX_SEARCH_LIMIT;
         let expected = private.search(&q).expect("search");
-        assert!(expected.hits.len() > 1, "{text:?} should match several docs");
+        assert!(
+            expected.hits.len() > 1,
+            "{text:?} should match several docs"
+        );
 
-        q.stats = Some(collection_stats(&[&shared], "acme", &mine, text, title_only));
+        q.stats = Some(collection_stats(
+            &[&shared],
+            "acme",
+            &mine,
+            text,
+            title_only,
+        ));
         let stats = q.stats.as_ref().expect("stats");
         assert_eq!(stats.num_docs, mine.len() as u64);
         let actual = shared.search(&q).expect("search");
         assert_eq!(actual.total_matches, expected.total_matches);
         assert_same_ranking(&expected.hits, &actual.hits, text);
+
+        // The neighbour does skew the shard's own statistics.
+        if !text.is_empty() {
+            let mut local = q.clone();
+            local.stats = None;
+            let skewed = shared.search(&local).expect("search");
+            let differs = skewed
+                .hits
+                .iter()
+                .zip(&expected.hits)
+                .any(|(s, e)| (s.1 - e.1).abs() > 1e-4);
+            assert!(
+                differs,
+                "{text:?}: the neighbour does not change the scores"
+            );
+        }
     }
 }
 

@@ -32,7 +32,9 @@ impl Survival {
         match s {
             "" | "zone" => Ok(Self::Zone),
             "region" => Ok(Self::Region),
-            other => Err(format!("unknown survival goal {other:?}: expected zone or region")),
+            other => Err(format!(
+                "unknown survival goal {other:?}: expected zone or region"
+            )),
         }
     }
 
@@ -175,7 +177,10 @@ impl ClusterMap {
                     epoch: self.epoch,
                 })
             } else {
-                Err(format!("tenant {:?} already exists with different settings", spec.id))
+                Err(format!(
+                    "tenant {:?} already exists with different settings",
+                    spec.id
+                ))
             };
         }
         let shards = placement::assign_partitions(self, &spec.id, &policy, partitions)?;
@@ -217,7 +222,9 @@ impl ClusterMap {
             spec.home.clone()
         };
         if !regions.contains(&home) {
-            return Err(format!("home region {home:?} is not among the allowed regions {regions:?}"));
+            return Err(format!(
+                "home region {home:?} is not among the allowed regions {regions:?}"
+            ));
         }
         let survival = Survival::parse(&spec.survival)?;
         Ok(Policy {

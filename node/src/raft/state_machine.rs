@@ -229,11 +229,13 @@ fn indexed_doc(tenant: &str, stored: &StoredDoc) -> Option<IndexedDoc> {
     })
 }
 
+/// The applied id row holds an `Option<LogId>` (what `apply` writes).
 fn read_applied(storage: &Storage, group: ShardId) -> Result<Option<LogId<NodeId>>, StorageError> {
-    storage
-        .get(CF_SM_META, &keys::meta_key(group, keys::suffix::APPLIED))?
-        .map(|b| decode(CF_SM_META, &b))
-        .transpose()
+    let row = storage.get(CF_SM_META, &keys::meta_key(group, keys::suffix::APPLIED))?;
+    Ok(row
+        .map(|b| decode::<Option<LogId<NodeId>>>(CF_SM_META, &b))
+        .transpose()?
+        .flatten())
 }
 
 /// What kind of group this state machine serves.
@@ -273,7 +275,7 @@ impl StateMachine {
         let last_applied = read_applied(&storage, group)?;
         let membership = storage
             .get(CF_SM_META, &keys::meta_key(group, keys::suffix::MEMBERSHIP))?
-            .map(|b| decode(CF_SM_META, &b))
+            .map(|b| decode::<StoredMembership<NodeId, openraft::BasicNode>>(CF_SM_META, &b))
             .transpose()?
             .unwrap_or_default();
         Ok(Self {
@@ -296,7 +298,11 @@ impl StateMachine {
         value: &T,
     ) -> Result<(), RaftStorageError> {
         let cf = self.storage.cf(CF_SM_META).map_err(Self::sm_err)?;
-        batch.put_cf(cf, keys::meta_key(self.group, suffix), encode(value).map_err(Self::sm_err)?);
+        batch.put_cf(
+            cf,
+            keys::meta_key(self.group, suffix),
+            encode(value).map_err(Self::sm_err)?,
+        );
         Ok(())
     }
 
@@ -389,7 +395,13 @@ impl<'a> ShardApplier<'a> {
         })
     }
 
-    fn record_change(&mut self, index: u64, seq: &mut u32, tenant: &str, id: &str) -> Result<(), StorageError> {
+    fn record_change(
+        &mut self,
+        index: u64,
+        seq: &mut u32,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), StorageError> {
         let mut doc_key = tenant.as_bytes().to_vec();
         doc_key.push(keys::SEP);
         doc_key.extend_from_slice(id.as_bytes());
@@ -491,8 +503,11 @@ impl<'a> ShardApplier<'a> {
     fn finish(self) -> Result<Vec<IndexOp>, StorageError> {
         let cf = self.data.storage.cf(CF_SM_META)?;
         for (tenant, stats) in &self.pending_stats {
-            self.batch
-                .put_cf(cf, keys::tenant_stats_key(self.data.group, tenant), encode(stats)?);
+            self.batch.put_cf(
+                cf,
+                keys::tenant_stats_key(self.data.group, tenant),
+                encode(stats)?,
+            );
         }
         Ok(self.index_ops)
     }
@@ -503,8 +518,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>), RaftStorageError>
-    {
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        RaftStorageError,
+    > {
         Ok((self.last_applied, self.membership.clone()))
     }
 
@@ -602,7 +622,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut seq = 0u32;
         for (cf_idx, k, v) in rows.rows {
             let Some(cf_name) = STATE_CFS.get(cf_idx as usize) else {
-                return Err(Self::sm_err(format!("snapshot row for unknown table {cf_idx}")));
+                return Err(Self::sm_err(format!(
+                    "snapshot row for unknown table {cf_idx}"
+                )));
             };
             let cf = self.storage.cf(cf_name).map_err(Self::sm_err)?;
             if *cf_name == CF_DOCS {
@@ -647,10 +669,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let raw = self
             .storage
-            .get(CF_SNAPSHOTS, &keys::meta_key(self.group, keys::suffix::SNAPSHOT))
+            .get(
+                CF_SNAPSHOTS,
+                &keys::meta_key(self.group, keys::suffix::SNAPSHOT),
+            )
             .map_err(|e| io_err(StorageIOError::read, e))?;
         let Some(raw) = raw else {
             return Ok(None);
@@ -713,8 +740,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 /// The doc's compiled ACL check for `get`: any conjunct satisfied.
-pub fn doc_visible(tenant: &str, stored: &StoredDoc, principals: &std::collections::BTreeSet<String>) -> bool {
-    !stored.deleted && stored.acl.iter().any(|t| acl::token_allows(tenant, t, principals))
+pub fn doc_visible(
+    tenant: &str,
+    stored: &StoredDoc,
+    principals: &std::collections::BTreeSet<String>,
+) -> bool {
+    !stored.deleted
+        && stored
+            .acl
+            .iter()
+            .any(|t| acl::token_allows(tenant, t, principals))
 }
 
 /// Reserved so `MetaCommand` stays referenced from this module's docs.

@@ -12,8 +12,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_proto::pb::node_server::{Node, NodeServer};
 use tessera_proto::pb;
+use tessera_proto::pb::node_server::{Node, NodeServer};
 use tessera_proto::{ShardId, META_GROUP};
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
@@ -75,14 +75,17 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl NodeService {
     /// The local shard group, or `NotFound` when this node has no replica.
     fn shard(&self, shard: ShardId) -> Result<(Arc<GroupHandle>, Arc<ShardData>), Status> {
-        let handle = self
-            .node
-            .registry
-            .get(shard)
-            .ok_or_else(|| Status::not_found(format!("shard {shard} has no replica on node {}", self.node.id)))?;
+        let handle = self.node.registry.get(shard).ok_or_else(|| {
+            Status::not_found(format!(
+                "shard {shard} has no replica on node {}",
+                self.node.id
+            ))
+        })?;
         match &handle.data {
             GroupData::Shard(data) => Ok((handle.clone(), data.clone())),
-            GroupData::Meta(_) => Err(Status::invalid_argument("group 0 is the meta group, not a shard")),
+            GroupData::Meta(_) => Err(Status::invalid_argument(
+                "group 0 is the meta group, not a shard",
+            )),
         }
     }
 
@@ -137,7 +140,12 @@ impl NodeService {
     }
 
     /// The tenant's BM25 statistics for `query` as this shard holds them.
-    fn local_stats(data: &ShardData, tenant: &str, query: &str, title_only: bool) -> Result<pb::GlobalStats, Status> {
+    fn local_stats(
+        data: &ShardData,
+        tenant: &str,
+        query: &str,
+        title_only: bool,
+    ) -> Result<pb::GlobalStats, Status> {
         let totals = data.tenant_stats(tenant).map_err(internal)?;
         let terms = data
             .index
@@ -150,12 +158,20 @@ impl NodeService {
             terms: terms
                 .doc_freq
                 .into_iter()
-                .map(|(field, term, doc_freq)| pb::TermStat { field, term, doc_freq })
+                .map(|(field, term, doc_freq)| pb::TermStat {
+                    field,
+                    term,
+                    doc_freq,
+                })
                 .collect(),
         })
     }
 
-    async fn wait_index(data: &ShardData, min_applied: u64, timeout: Duration) -> Result<(), Status> {
+    async fn wait_index(
+        data: &ShardData,
+        min_applied: u64,
+        timeout: Duration,
+    ) -> Result<(), Status> {
         if min_applied == 0 {
             return Ok(());
         }
@@ -188,7 +204,9 @@ fn collection_stats(g: &pb::GlobalStats) -> CollectionStats {
     }
 }
 
-async fn connect(addr: &str) -> Result<pb::node_client::NodeClient<tonic::transport::Channel>, Status> {
+async fn connect(
+    addr: &str,
+) -> Result<pb::node_client::NodeClient<tonic::transport::Channel>, Status> {
     pb::node_client::NodeClient::connect(format!("http://{addr}"))
         .await
         .map_err(|e| Status::unavailable(format!("cannot reach meta leader at {addr}: {e}")))
@@ -198,7 +216,10 @@ type MapStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterMapResponse, Status
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    async fn write(&self, request: Request<pb::WriteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn write(
+        &self,
+        request: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let req = request.into_inner();
         let cmd = validate::write(&req)?;
         self.check_tenant_shard(&req.tenant, req.shard).await?;
@@ -207,21 +228,34 @@ impl Node for NodeService {
         let proposal = propose_indexed(&handle.raft, RaftRequest::Shard(cmd));
         let (index, response) = tokio::time::timeout(timeout, proposal)
             .await
-            .map_err(|_| Status::unavailable(format!("write not committed within {timeout:?}; it may still apply, retrying is safe")))?
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "write not committed within {timeout:?}; it may still apply, retrying is safe"
+                ))
+            })?
             .map_err(|e| self.propose_error(e))?;
         let (applied_ops, noop_ops) = match response {
-            RaftResponse::Shard { applied_ops, noop_ops } => (applied_ops, noop_ops),
+            RaftResponse::Shard {
+                applied_ops,
+                noop_ops,
+            } => (applied_ops, noop_ops),
             _ => (0, 0),
         };
         metrics::counter!("tessera_write_ops_total").increment(u64::from(applied_ops + noop_ops));
         Ok(Response::new(pb::WriteResponse {
-            token: Some(pb::SessionToken { shard: req.shard, applied: index }),
+            token: Some(pb::SessionToken {
+                shard: req.shard,
+                applied: index,
+            }),
             applied_ops,
             noop_ops,
         }))
     }
 
-    async fn search(&self, request: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
         let started = std::time::Instant::now();
         let req = request.into_inner();
         let limit = validate::search(&req)?;
@@ -234,7 +268,12 @@ impl Node for NodeService {
         let allowed = acl::allowed_tokens(&req.tenant, &tenant_tokens, &principals);
         let stats = match &req.global_stats {
             Some(g) => collection_stats(g),
-            None => collection_stats(&Self::local_stats(&data, &req.tenant, &req.query, filters.title_only)?),
+            None => collection_stats(&Self::local_stats(
+                &data,
+                &req.tenant,
+                &req.query,
+                filters.title_only,
+            )?),
         };
         let query = IndexQuery {
             tenant: req.tenant.clone(),
@@ -269,10 +308,14 @@ impl Node for NodeService {
         }))
     }
 
-    async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
         let req = request.into_inner();
         validate::tenant(&req.tenant)?;
-        tessera_proto::document::validate_query(&req.query).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tessera_proto::document::validate_query(&req.query)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.check_tenant_shard(&req.tenant, req.shard).await?;
         let (_, data) = self.shard(req.shard)?;
         Self::wait_index(&data, req.min_applied, DEFAULT_TIMEOUT).await?;
@@ -281,7 +324,10 @@ impl Node for NodeService {
         Ok(Response::new(pb::StatsResponse { stats: Some(stats) }))
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
         validate::tenant(&req.tenant)?;
         validate::user(&req.user)?;
@@ -293,9 +339,23 @@ impl Node for NodeService {
                 .wait(Some(DEFAULT_TIMEOUT))
                 .applied_index_at_least(Some(req.min_applied), "session token")
                 .await
-                .map_err(|_| Status::unavailable(format!("replica behind the session token {}", req.min_applied)))?;
+                .map_err(|_| {
+                    let applied = data.applied().ok().flatten().map(|l| l.index).unwrap_or(0);
+                    let mut s = Status::unavailable(format!(
+                        "replica behind: applied {applied}, session needs {}",
+                        req.min_applied
+                    ));
+                    if let Ok(v) = MetadataValue::try_from(applied.to_string()) {
+                        s.metadata_mut().insert("x-tessera-behind", v);
+                    }
+                    s
+                })?;
         }
-        let applied = data.applied().map_err(internal)?.map(|l| l.index).unwrap_or(0);
+        let applied = data
+            .applied()
+            .map_err(internal)?
+            .map(|l| l.index)
+            .unwrap_or(0);
         let principals = Self::principals(&data, &req.tenant, &req.user)?;
         let stored = data.doc(&req.tenant, &req.id).map_err(internal)?;
         let visible = stored.filter(|d| doc_visible(&req.tenant, d, &principals));
@@ -306,7 +366,10 @@ impl Node for NodeService {
         }))
     }
 
-    async fn get_cluster_map(&self, _: Request<pb::ClusterMapRequest>) -> Result<Response<pb::ClusterMapResponse>, Status> {
+    async fn get_cluster_map(
+        &self,
+        _: Request<pb::ClusterMapRequest>,
+    ) -> Result<Response<pb::ClusterMapResponse>, Status> {
         Ok(Response::new(pb::ClusterMapResponse {
             map: Some(self.node.meta.map().to_proto()),
         }))
@@ -314,15 +377,26 @@ impl Node for NodeService {
 
     type WatchClusterMapStream = MapStream;
 
-    async fn watch_cluster_map(&self, request: Request<pb::ClusterMapRequest>) -> Result<Response<MapStream>, Status> {
+    async fn watch_cluster_map(
+        &self,
+        request: Request<pb::ClusterMapRequest>,
+    ) -> Result<Response<MapStream>, Status> {
         let known = request.into_inner().known_epoch;
         let rx = self.node.meta.subscribe();
-        let stream = tokio_stream::wrappers::WatchStream::new(rx)
-            .filter_map(move |m| (m.epoch > known || known == 0).then(|| Ok(pb::ClusterMapResponse { map: Some(m.to_proto()) })));
+        let stream = tokio_stream::wrappers::WatchStream::new(rx).filter_map(move |m| {
+            (m.epoch > known || known == 0).then(|| {
+                Ok(pb::ClusterMapResponse {
+                    map: Some(m.to_proto()),
+                })
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn create_tenant(&self, request: Request<pb::CreateTenantRequest>) -> Result<Response<pb::CreateTenantResponse>, Status> {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         let req = request.into_inner();
         let spec = TenantSpec {
             id: req.id.clone(),
@@ -331,12 +405,20 @@ impl Node for NodeService {
             survival: req.survival.clone(),
             partitions: req.partitions,
         };
-        match self.node.propose_meta(MetaCommand::CreateTenant(spec)).await {
-            Ok(RaftResponse::Meta(MetaOutcome::Tenant { tenant, epoch })) => Ok(Response::new(pb::CreateTenantResponse {
-                tenant: Some(tenant.to_proto()),
-                epoch,
-            })),
-            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => Err(Status::invalid_argument(msg)),
+        match self
+            .node
+            .propose_meta(MetaCommand::CreateTenant(spec))
+            .await
+        {
+            Ok(RaftResponse::Meta(MetaOutcome::Tenant { tenant, epoch })) => {
+                Ok(Response::new(pb::CreateTenantResponse {
+                    tenant: Some(tenant.to_proto()),
+                    epoch,
+                }))
+            }
+            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
+                Err(Status::invalid_argument(msg))
+            }
             Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
             Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
                 let addr = self.leader_addr(l)?;
@@ -347,12 +429,22 @@ impl Node for NodeService {
         }
     }
 
-    async fn add_learner(&self, request: Request<pb::AddLearnerRequest>) -> Result<Response<pb::AddLearnerResponse>, Status> {
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AddLearnerResponse>, Status> {
         let req = request.into_inner();
-        let cmd = MetaCommand::AddLearner { shard: req.shard, node: req.node };
+        let cmd = MetaCommand::AddLearner {
+            shard: req.shard,
+            node: req.node,
+        };
         match self.node.propose_meta(cmd).await {
-            Ok(RaftResponse::Meta(MetaOutcome::Ok { epoch })) => Ok(Response::new(pb::AddLearnerResponse { epoch })),
-            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => Err(Status::invalid_argument(msg)),
+            Ok(RaftResponse::Meta(MetaOutcome::Ok { epoch })) => {
+                Ok(Response::new(pb::AddLearnerResponse { epoch }))
+            }
+            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
+                Err(Status::invalid_argument(msg))
+            }
             Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
             Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
                 let addr = self.leader_addr(l)?;
@@ -363,7 +455,10 @@ impl Node for NodeService {
         }
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let mut groups = Vec::new();
         for (group, handle) in self.node.registry.all() {
             let m = handle.raft.metrics().borrow().clone();
@@ -399,7 +494,10 @@ impl Node for NodeService {
         }))
     }
 
-    async fn digest(&self, request: Request<pb::DigestRequest>) -> Result<Response<pb::DigestResponse>, Status> {
+    async fn digest(
+        &self,
+        request: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
         let shard = request.into_inner().shard;
         let (_, data) = self.shard(shard)?;
         let d = data.clone();
@@ -407,17 +505,28 @@ impl Node for NodeService {
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        let applied = data.applied().map_err(internal)?.map(|l| l.index).unwrap_or(0);
-        Ok(Response::new(pb::DigestResponse { shard, applied, docs, digest }))
+        let applied = data
+            .applied()
+            .map_err(internal)?
+            .map(|l| l.index)
+            .unwrap_or(0);
+        Ok(Response::new(pb::DigestResponse {
+            shard,
+            applied,
+            docs,
+            digest,
+        }))
     }
 
-    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<pb::SnapshotResponse>, Status> {
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
         let req = request.into_inner();
-        let raft = self
-            .node
-            .registry
-            .raft(req.group)
-            .ok_or_else(|| Status::not_found(format!("group {} is not on this node", req.group)))?;
+        let raft =
+            self.node.registry.raft(req.group).ok_or_else(|| {
+                Status::not_found(format!("group {} is not on this node", req.group))
+            })?;
         let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
         raft.trigger().snapshot().await.map_err(internal)?;
         let m = raft
@@ -429,7 +538,9 @@ impl Node for NodeService {
         if req.purge && req.group != META_GROUP {
             raft.trigger().purge_log(index).await.map_err(internal)?;
         }
-        Ok(Response::new(pb::SnapshotResponse { snapshot_index: index }))
+        Ok(Response::new(pb::SnapshotResponse {
+            snapshot_index: index,
+        }))
     }
 }
 
@@ -441,6 +552,8 @@ impl NodeService {
             .nodes
             .get(&leader)
             .map(|n| n.grpc_addr.clone())
-            .ok_or_else(|| Status::unavailable(format!("meta leader {leader} has no known address yet")))
+            .ok_or_else(|| {
+                Status::unavailable(format!("meta leader {leader} has no known address yet"))
+            })
     }
 }

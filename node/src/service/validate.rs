@@ -41,7 +41,11 @@ pub fn search(req: &pb::SearchRequest) -> Result<usize, Status> {
             req.limit
         )));
     }
-    Ok(if req.limit == 0 { DEFAULT_LIMIT } else { req.limit } as usize)
+    Ok(if req.limit == 0 {
+        DEFAULT_LIMIT
+    } else {
+        req.limit
+    } as usize)
 }
 
 /// Validates a whole write batch and turns it into a Raft command. One bad
@@ -58,7 +62,8 @@ pub fn write(req: &pb::WriteRequest) -> Result<ShardCommand, Status> {
         )));
     }
     for (i, json) in req.docs_json.iter().enumerate() {
-        let doc = Document::from_json_bytes(json).map_err(|e| invalid(format!("document {i}: {e}")))?;
+        let doc =
+            Document::from_json_bytes(json).map_err(|e| invalid(format!("document {i}: {e}")))?;
         acl::tokens(&req.tenant, &doc.permissions)
             .map_err(|e| invalid(format!("document {i} ({}): {e}", doc.id)))?;
     }
@@ -86,7 +91,9 @@ pub fn write(req: &pb::WriteRequest) -> Result<ShardCommand, Status> {
         for g in &m.groups {
             validate_principal(g).map_err(|e| invalid(format!("membership {i}: {e}")))?;
             if !g.starts_with("g:") {
-                return Err(invalid(format!("membership {i}: {g:?} must be a g:<group> principal")));
+                return Err(invalid(format!(
+                    "membership {i}: {g:?} must be a g:<group> principal"
+                )));
             }
         }
         memberships.push((m.user.clone(), m.groups.clone()));

@@ -64,6 +64,9 @@ fn rocks(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StorageError {
     move |source| StorageError::Rocks { op, source }
 }
 
+/// Key/value rows read by a range scan, in key order.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Shared handle to the node's RocksDB.
 #[derive(Clone)]
 pub struct Storage {
@@ -113,12 +116,7 @@ impl Storage {
     }
 
     /// Every `(key, value)` of `cf` whose key is in `[start, end)`, in key order.
-    pub fn scan(
-        &self,
-        cf: &'static str,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn scan(&self, cf: &'static str, start: &[u8], end: &[u8]) -> Result<Rows, StorageError> {
         let mut out = Vec::new();
         self.for_each(cf, start, end, |k, v| {
             out.push((k.to_vec(), v.to_vec()));

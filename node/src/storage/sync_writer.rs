@@ -24,10 +24,27 @@ struct Job {
     done: Completion,
 }
 
+/// Owns the writer thread; dropping the last handle drains the queue and
+/// joins the thread, so the database is closed when `Storage` goes away
+/// (a node restarted in the same process can reopen it at once).
+struct WriterThread {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Handle to the node-wide synced writer thread.
 #[derive(Clone)]
 pub struct SyncWriter {
-    tx: mpsc::Sender<Job>,
+    inner: Arc<WriterThread>,
 }
 
 impl SyncWriter {
@@ -37,16 +54,29 @@ impl SyncWriter {
         let spawned = std::thread::Builder::new()
             .name("tessera-sync-writer".into())
             .spawn(move || run(db, rx));
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the synced writer thread: {e}");
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("cannot start the synced writer thread: {e}");
+                None
+            }
+        };
+        Self {
+            inner: Arc::new(WriterThread {
+                tx: Some(tx),
+                thread,
+            }),
         }
-        Self { tx }
     }
 
     /// Queues `batch`; `done` runs after it (and everything queued before it)
     /// is fsynced. Order of submission is the order of application.
     pub fn submit(&self, batch: WriteBatch, done: Completion) {
-        if let Err(mpsc::SendError(job)) = self.tx.send(Job { batch, done }) {
+        let Some(tx) = &self.inner.tx else {
+            complete(done, Err("synced writer stopped".to_string()));
+            return;
+        };
+        if let Err(mpsc::SendError(job)) = tx.send(Job { batch, done }) {
             complete(job.done, Err("synced writer stopped".to_string()));
         }
     }

@@ -177,7 +177,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(RaftRpc::Append(self.group, rpc), option.hard_ttl()).await? {
+        match self
+            .call(RaftRpc::Append(self.group, rpc), option.hard_ttl())
+            .await?
+        {
             RaftRpcReply::Append(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -193,7 +196,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(RaftRpc::Snapshot(self.group, rpc), option.hard_ttl()).await? {
+        match self
+            .call(RaftRpc::Snapshot(self.group, rpc), option.hard_ttl())
+            .await?
+        {
             RaftRpcReply::Snapshot(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -206,7 +212,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(RaftRpc::Vote(self.group, rpc), option.hard_ttl()).await? {
+        match self
+            .call(RaftRpc::Vote(self.group, rpc), option.hard_ttl())
+            .await?
+        {
             RaftRpcReply::Vote(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Benchmarks with side-by-side baselines. Each section writes a Markdown
+# report under docs/bench/ and prints it.
+#
+#   scripts/bench.sh [router ...]     # default: every section
+#
+# Sections:
+#   router   search p50/p90/p99 through a tessera-router with adaptive replica
+#            selection vs round-robin, in the same run, on a healthy cluster and
+#            with one replica slowed by +50 ms (docs/bench/router.md).
+#            Knobs: BENCH_REQUESTS (2000), BENCH_CONCURRENCY (8), BENCH_DOCS (5000),
+#            BENCH_SLOW_MS (50), BENCH_OUT (docs/bench/router.md).
+#
+# Builds in release mode with the shared target directory
+# (CARGO_TARGET_DIR, default ~/.cache/tessera-target), so the node's C++
+# dependencies compile once for tests, the cluster script and benchmarks.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
+
+sections=("$@")
+if [ ${#sections[@]} -eq 0 ]; then
+  sections=(router)
+fi
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+bench_router() {
+  log "building release binaries"
+  cargo build --release --bins
+  export BENCH_COMMIT="${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')}"
+  export BENCH_DATE="${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%MZ)}"
+  export BENCH_OUT="${BENCH_OUT:-$root/docs/bench/router.md}"
+  log "router benchmark (report: $BENCH_OUT)"
+  cargo test --release -p tessera-tests --test router_bench -- --ignored --nocapture --test-threads=1
+}
+
+for s in "${sections[@]}"; do
+  case "$s" in
+    router) bench_router ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown section '$s' (known: router)" >&2; exit 2 ;;
+  esac
+done

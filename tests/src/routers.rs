@@ -1,0 +1,437 @@
+//! Routers for the integration tests: `tessera-router` processes (or
+//! in-process [`tessera_router::Router`]s) in front of a [`TestCluster`],
+//! clients for them, fault proxies on router→node links, and the `tessera`
+//! CLI.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use tessera_chaos::process::ManagedProcess;
+use tessera_chaos::{LinkControl, TcpLinkProxy};
+use tessera_client::TesseraClient;
+use tessera_proto::pb;
+use tessera_proto::pb::router_client::RouterClient;
+use tessera_proto::NodeId;
+use tessera_router::{Router, RouterConfig, RouterHandle};
+use tonic::transport::Channel;
+
+use crate::cluster::{node_binary, SETTLE};
+use crate::wait::eventually;
+use crate::TestCluster;
+
+/// Port every router process of a test cluster listens on (each router has
+/// its own IP in the cluster's 127.A.B.x range).
+const ROUTER_PORT: u16 = 7300;
+
+/// A binary built next to `tessera-node` (the workspace's release binaries).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let bin = node_binary().with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+/// The 127.A.B prefix of a cluster's addresses.
+fn ip_prefix(cluster: &TestCluster) -> [u8; 3] {
+    match cluster.config.nodes.first().map(|n| n.grpc.ip()) {
+        Some(IpAddr::V4(ip)) => {
+            let o = ip.octets();
+            [o[0], o[1], o[2]]
+        }
+        _ => [127, 0, 0],
+    }
+}
+
+/// An address in the cluster's 127.A.B.x range that no node uses: host
+/// `100 + k` (routers: 101, 102, ...; proxies: 200+).
+pub fn spare_ip(cluster: &TestCluster, k: u8) -> IpAddr {
+    let [a, b, c] = ip_prefix(cluster);
+    IpAddr::V4(Ipv4Addr::new(a, b, c, 100 + k))
+}
+
+/// A `tessera-router` process. Dropping it kills the process.
+pub struct RouterProc {
+    /// Its region.
+    pub region: String,
+    /// The address its API listens on.
+    pub addr: SocketAddr,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    proc: Option<ManagedProcess>,
+}
+
+impl RouterProc {
+    /// `host:port` for clients.
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// kill -9.
+    pub async fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.kill9();
+            let _ = p.wait().await;
+        }
+    }
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            let _ = p.kill9();
+        }
+    }
+}
+
+/// Every node's gRPC address, comma-separated (`--seeds`).
+pub fn seeds(cluster: &TestCluster) -> String {
+    cluster
+        .config
+        .nodes
+        .iter()
+        .map(|n| n.grpc.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts router number `k` (1-based) of `region` as a process, seeded with
+/// every node, plus `extra` flags; waits until it has a cluster map that
+/// lists every node.
+pub async fn spawn_router(
+    cluster: &TestCluster,
+    k: u8,
+    region: &str,
+    extra: &[String],
+) -> RouterProc {
+    let addr = SocketAddr::new(spare_ip(cluster, k), ROUTER_PORT);
+    let log = cluster.dir.path().join(format!("router-{k}-{region}.log"));
+    let out = std::fs::File::create(&log).expect("router log file");
+    let err = out.try_clone().expect("router log file");
+    let mut cmd = tokio::process::Command::new(sibling_binary("tessera-router"));
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .arg("--seeds")
+        .arg(seeds(cluster))
+        .arg("--region")
+        .arg(region)
+        .args(extra)
+        .stdout(out)
+        .stderr(err);
+    let proc =
+        ManagedProcess::spawn(format!("router-{k}"), &mut cmd).expect("spawn tessera-router");
+    let r = RouterProc {
+        region: region.to_string(),
+        addr,
+        log,
+        proc: Some(proc),
+    };
+    wait_router_ready(&r.endpoint(), cluster.config.nodes.len()).await;
+    r
+}
+
+/// Starts a router in this process on 127.0.0.1 (any free port) after
+/// `edit` has adjusted its configuration; waits until it knows every node.
+pub async fn start_inproc_router(
+    cluster: &TestCluster,
+    region: &str,
+    edit: impl FnOnce(&mut RouterConfig),
+) -> RouterHandle {
+    let seeds = cluster
+        .config
+        .nodes
+        .iter()
+        .map(|n| n.grpc.to_string())
+        .collect();
+    let mut cfg = RouterConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), seeds, region);
+    edit(&mut cfg);
+    let handle = Router::start(cfg).await.expect("router starts");
+    wait_router_ready(&handle.local_addr().to_string(), cluster.config.nodes.len()).await;
+    handle
+}
+
+/// Waits until the router at `addr` answers `Status` with a map of `nodes` nodes.
+pub async fn wait_router_ready(addr: &str, nodes: usize) {
+    eventually(
+        SETTLE,
+        &format!("router {addr} to know all {nodes} nodes"),
+        || async move {
+            let mut c = raw_client(addr).await.map_err(|e| e.to_string())?;
+            let st = c
+                .status(pb::RouterStatusRequest { timeout_ms: 2_000 })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            if st.epoch > 0 && st.nodes.len() >= nodes {
+                Ok(Some(()))
+            } else {
+                Err(format!("epoch {}, {} nodes", st.epoch, st.nodes.len()))
+            }
+        },
+    )
+    .await
+}
+
+/// A typed client of the router at `addr`.
+pub async fn client(addr: &str) -> TesseraClient {
+    let addr = addr.to_string();
+    eventually(SETTLE, &format!("a connection to router {addr}"), || {
+        let addr = addr.clone();
+        async move { TesseraClient::connect(&addr).await.map(Some) }
+    })
+    .await
+}
+
+/// A raw gRPC client of the router at `addr` (for fields the typed client
+/// does not expose: replica selection, breaker states).
+pub async fn raw_client(addr: &str) -> Result<RouterClient<Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(RouterClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+/// Breaker state of `node` as the router at `addr` reports it.
+pub async fn breaker_state(
+    router: &mut RouterClient<Channel>,
+    node: NodeId,
+) -> Result<String, String> {
+    let st = router
+        .status(pb::RouterStatusRequest { timeout_ms: 2_000 })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    st.nodes
+        .iter()
+        .find(|n| n.id == node)
+        .map(|n| n.breaker.clone())
+        .ok_or_else(|| format!("node {node} not in the router's status"))
+}
+
+/// A TCP fault proxy in front of node `id`'s gRPC, listening on spare host
+/// `k` of the cluster's range (any free port). Pass
+/// `--node-route ID=<local_addr>` (or `RouterConfig::node_routes`) to send
+/// a router's traffic to that node through it.
+pub async fn grpc_proxy(cluster: &TestCluster, id: NodeId, k: u8) -> TcpLinkProxy {
+    let listen = SocketAddr::new(spare_ip(cluster, k), 0);
+    TcpLinkProxy::bind(listen, cluster.grpc(id), LinkControl::healthy())
+        .await
+        .expect("bind grpc proxy")
+}
+
+/// `--node-route` flag pair for `proxy` in front of node `id`.
+pub fn node_route_args(id: NodeId, proxy: &TcpLinkProxy) -> Vec<String> {
+    vec![
+        "--node-route".into(),
+        format!("{id}={}", proxy.local_addr()),
+    ]
+}
+
+/// Runs the `tessera` CLI with `args` and returns its output (exit code,
+/// stdout, stderr).
+pub async fn cli(args: &[&str]) -> Output {
+    tokio::process::Command::new(sibling_binary("tessera"))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the tessera CLI")
+}
+
+/// Writes `docs` (JSON documents) through the router in batches of `batch`,
+/// retrying retryable errors until [`SETTLE`]; returns the session token
+/// covering all of them.
+pub async fn put_all(
+    client: &TesseraClient,
+    tenant: &str,
+    docs: Vec<Vec<u8>>,
+    batch: usize,
+) -> String {
+    let mut token = String::new();
+    for chunk in docs.chunks(batch.max(1)) {
+        let chunk = chunk.to_vec();
+        let t = token.clone();
+        let out = eventually(
+            SETTLE,
+            &format!("a batch of {} documents for {tenant}", chunk.len()),
+            || {
+                let chunk = chunk.clone();
+                let t = t.clone();
+                async move {
+                    match client.put_documents(tenant, chunk, Vec::new(), &t).await {
+                        Ok(out) => Ok(Some(out)),
+                        Err(e) if e.is_retryable() => Err(e.to_string()),
+                        Err(e) => panic!("put to {tenant} failed: {e}"),
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(
+            out.rejected.is_empty(),
+            "documents rejected: {:?}",
+            out.rejected
+        );
+        token = out.token;
+    }
+    token
+}
+
+/// One search through a raw router client with an explicit replica
+/// selection policy (the benchmarks' and tests' override).
+pub async fn search_with(
+    router: &mut RouterClient<Channel>,
+    tenant: &str,
+    query: &str,
+    limit: u32,
+    selection: pb::ReplicaSelection,
+) -> Result<pb::RouterSearchResponse, tonic::Status> {
+    router
+        .search(pb::RouterSearchRequest {
+            tenant: tenant.to_string(),
+            user: "u:reader".into(),
+            query: query.to_string(),
+            limit,
+            timeout_ms: 10_000,
+            selection: selection as i32,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// What a bounded search load observed.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Client-side latency of every successful search.
+    pub latencies: Vec<Duration>,
+    /// Successful searches per serving node (every shard's replica counts).
+    pub served: std::collections::BTreeMap<NodeId, u64>,
+    /// Shard answers that came from a hedge or failover.
+    pub hedged: u64,
+    /// Failed searches, with their errors.
+    pub errors: Vec<String>,
+}
+
+impl LoadReport {
+    /// Successful searches.
+    pub fn ok(&self) -> usize {
+        self.latencies.len()
+    }
+
+    /// Share of shard answers served by `node` (0 when nothing was served).
+    pub fn share(&self, node: NodeId) -> f64 {
+        let total: u64 = self.served.values().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        self.served.get(&node).copied().unwrap_or(0) as f64 / total as f64
+    }
+
+    /// The `q` quantile (0..=1) of the latencies, by nearest rank.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut v = self.latencies.clone();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v.sort_unstable();
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    }
+
+    /// Mean latency.
+    pub fn mean(&self) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        self.latencies.iter().sum::<Duration>() / self.latencies.len() as u32
+    }
+
+    fn absorb(&mut self, other: LoadReport) {
+        self.latencies.extend(other.latencies);
+        for (n, c) in other.served {
+            *self.served.entry(n).or_default() += c;
+        }
+        self.hedged += other.hedged;
+        self.errors.extend(other.errors);
+    }
+}
+
+/// Runs searches against the router at `addr` from `workers` concurrent
+/// loops, each back to back, cycling through `queries`, until `max_requests`
+/// searches were sent in all or `max_time` has passed (whichever first).
+pub async fn search_load(
+    addr: &str,
+    tenant: &str,
+    queries: &[&str],
+    workers: usize,
+    max_requests: usize,
+    max_time: Duration,
+    selection: pb::ReplicaSelection,
+) -> LoadReport {
+    let base = raw_client(addr).await.expect("router client");
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let queries: Vec<String> = queries.iter().map(|q| q.to_string()).collect();
+    let tasks = (0..workers.max(1)).map(|w| {
+        let mut c = base.clone();
+        let sent = sent.clone();
+        let queries = queries.clone();
+        let tenant = tenant.to_string();
+        async move {
+            let mut rep = LoadReport::default();
+            loop {
+                let n = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= max_requests || started.elapsed() >= max_time {
+                    break;
+                }
+                let q = &queries[(n + w) % queries.len().max(1)];
+                let t0 = std::time::Instant::now();
+                match search_with(&mut c, &tenant, q, 10, selection).await {
+                    Ok(resp) => {
+                        rep.latencies.push(t0.elapsed());
+                        for s in &resp.served_by {
+                            *rep.served.entry(s.node).or_default() += 1;
+                            rep.hedged += u64::from(s.hedged);
+                        }
+                    }
+                    Err(e) => rep.errors.push(format!("{:?}: {}", e.code(), e.message())),
+                }
+            }
+            rep
+        }
+    });
+    let mut all = LoadReport::default();
+    for rep in futures::future::join_all(tasks).await {
+        all.absorb(rep);
+    }
+    all
+}
+
+/// Creates a tenant through the router, retrying retryable errors.
+pub async fn create_tenant(
+    client: &TesseraClient,
+    spec: &tessera_client::TenantSpec,
+) -> tessera_client::TenantView {
+    eventually(
+        SETTLE,
+        &format!("creation of tenant {}", spec.id),
+        || async move {
+            match client.create_tenant(spec).await {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if e.is_retryable() => Err(e.to_string()),
+                Err(e) => panic!("create tenant {}: {e}", spec.id),
+            }
+        },
+    )
+    .await
+}
