@@ -5,6 +5,10 @@
 #   scripts/bench.sh [router ...]     # default: every section
 #
 # Sections:
+#   write    documents/s acknowledged by a 3-node shard group (Raft over QUIC,
+#            fsynced, applied, indexed on all replicas) vs raw in-process
+#            tantivy indexing of the same Wikipedia articles, same run
+#            (docs/bench/write.md). Knobs: BENCH_WRITE_DOCS (20000), BENCH_ROUNDS (3).
 #   router   search p50/p90/p99 through a tessera-router with adaptive replica
 #            selection vs round-robin, in the same run, on a healthy cluster and
 #            with one replica slowed by +50 ms (docs/bench/router.md).
@@ -22,7 +26,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
 
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
-  sections=(router)
+  sections=(write router)
 fi
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -37,10 +41,19 @@ bench_router() {
   cargo test --release -p tessera-tests --test router_bench -- --ignored --nocapture --test-threads=1
 }
 
+bench_write() {
+  log "building release binaries"
+  cargo build --release --bins
+  mkdir -p "$root/docs/bench"
+  "$CARGO_TARGET_DIR/release/write_throughput" --docs "${BENCH_WRITE_DOCS:-20000}" \
+    --rounds "${BENCH_ROUNDS:-3}" --out "$root/docs/bench/write.md"
+}
+
 for s in "${sections[@]}"; do
   case "$s" in
+    write) bench_write ;;
     router) bench_router ;;
     -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench.sh: unknown section '$s' (known: router)" >&2; exit 2 ;;
+    *) echo "bench.sh: unknown section '$s' (known: write, router)" >&2; exit 2 ;;
   esac
 done
