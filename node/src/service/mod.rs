@@ -212,6 +212,32 @@ async fn connect(
         .map_err(|e| Status::unavailable(format!("cannot reach meta leader at {addr}: {e}")))
 }
 
+/// The committed index: on the leader, the highest index a majority of
+/// voters has matched; elsewhere the applied index, a lower bound (openraft
+/// 0.9 does not expose a follower's committed index).
+fn committed_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
+    let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+    let Some(replication) = &m.replication else {
+        return applied;
+    };
+    let membership = m.membership_config.membership();
+    let mut matched: Vec<u64> = membership
+        .voter_ids()
+        .map(|v| {
+            if v == m.id {
+                m.last_log_index.unwrap_or(0)
+            } else {
+                replication.get(&v).copied().flatten().map(|l| l.index).unwrap_or(0)
+            }
+        })
+        .collect();
+    if matched.is_empty() {
+        return applied;
+    }
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched[matched.len() / 2].max(applied)
+}
+
 type MapStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterMapResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -479,7 +505,7 @@ impl Node for NodeService {
                 role: role.to_string(),
                 leader: m.current_leader.unwrap_or(0),
                 term: m.current_term,
-                committed: applied.max(m.last_log_index.unwrap_or(0).min(applied)),
+                committed: committed_index(&m),
                 applied,
                 index_watermark: watermark,
                 docs,
