@@ -48,6 +48,19 @@ pub enum ChaosError {
     /// The process was not there when we tried to signal it.
     #[error("no such process {0}")]
     NoSuchProcess(u32),
+    /// A test cluster could not be built or driven (a binary is missing, a
+    /// process exited while starting, a name is unknown).
+    #[error("cluster: {0}")]
+    Cluster(String),
+    /// An observer or setup call to a node or router failed.
+    #[error("rpc: {0}")]
+    Rpc(String),
+    /// A condition the harness waits for did not hold before its deadline.
+    #[error("timed out waiting for {0}")]
+    Deadline(String),
+    /// A scenario or option the harness does not know.
+    #[error("invalid scenario: {0}")]
+    Scenario(String),
 }
 
 /// Short alias used throughout the crate.

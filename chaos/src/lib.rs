@@ -8,16 +8,34 @@
 //!   can partition the cluster.
 //! - [`process`]: process nemeses (kill -9, pause, resume, restart) that only
 //!   ever touch processes we started.
-//!
-//! Workloads, checkers and scenarios come later; the binary leaves room for
-//! a `run --scenario` subcommand.
+//! - [`cluster`]: a throwaway multi-region cluster of `tessera-node` and
+//!   `tessera-router` processes with a fault proxy on every link.
+//! - [`nemesis`]: faults (kill, pause, partitions, one-way cuts, region
+//!   outages, slow and flapping links, restarts) applied and healed at run
+//!   time.
+//! - [`workload`], [`history`], [`model`]: versioned writers, readers with
+//!   the permission oracle, session-token checks, failover probes, and the
+//!   record the checkers judge.
+//! - [`check`], [`report`]: convergence and no-lost-write checkers, read
+//!   availability per fault window, failover percentiles, the verdict.
+//! - [`scenario`]: named, seeded fault schedules and the run that ties it
+//!   all together (`tessera-chaos run --scenario NAME`).
 
 #![warn(missing_docs)]
 
+pub mod check;
+pub mod cluster;
 pub mod control;
 pub mod error;
+pub mod history;
+pub mod model;
+pub mod nemesis;
 pub mod process;
 pub mod proxy;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+pub mod workload;
 
 pub use control::{
     ControlClient, ControlRequest, ControlResponse, ControlServer, LinkStatus, ProxySet,

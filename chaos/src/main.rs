@@ -1,5 +1,5 @@
-//! `tessera-chaos`: run fault proxies for a local cluster and change their
-//! faults from scripts.
+//! `tessera-chaos`: run chaos scenarios against a throwaway cluster, or run
+//! fault proxies for a local cluster and change their faults from scripts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use tessera_chaos::cluster::{default_bin_dir, Layout};
 use tessera_chaos::control::{ControlClient, ControlRequest, ControlServer, ProxySet};
 use tessera_chaos::proxy::{LinkFaults, LinkSpec};
+use tessera_chaos::scenario::{self, RunOptions, SCENARIOS};
+use tessera_chaos::workload;
 
 /// Fault injection for Tessera test clusters.
 ///
@@ -27,6 +30,64 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one chaos scenario on a fresh cluster and check it.
+    ///
+    /// Starts 6 nodes (3 regions x 2) and a router per region, with a fault
+    /// proxy on every link, creates two tenants (zone and region survival),
+    /// drives writers and readers through the routers while the scenario's
+    /// seeded fault schedule runs, heals everything, then checks: no lost
+    /// acknowledged write, replicas converge, no permission leak,
+    /// read-your-writes, no duplicate hits, read availability, failover
+    /// times. Prints a summary (or one JSON object with --json) and exits 1
+    /// on any violation, 3 when the harness itself could not run.
+    Run {
+        /// Scenario name (see `tessera-chaos scenarios`).
+        #[arg(long)]
+        scenario: String,
+        /// Workload duration in seconds (faults happen inside it).
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Seed of the fault schedule and the workload.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Directory with tessera-node and tessera-router (default: next to
+        /// this binary).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Keep the cluster's directory (logs, data) even when the run passes.
+        #[arg(long)]
+        keep: bool,
+        /// Writer tasks.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Reader tasks.
+        #[arg(long, default_value_t = 3)]
+        readers: usize,
+        /// Documents per tenant.
+        #[arg(long, default_value_t = 120)]
+        docs: u32,
+        /// Require (or not) 100% read availability; default: every
+        /// scenario but mixed.
+        #[arg(long)]
+        require_availability: Option<bool>,
+    },
+    /// Print a scenario's fault schedule for a seed (JSON) without running it.
+    Plan {
+        /// Scenario name.
+        #[arg(long)]
+        scenario: String,
+        /// Workload duration in seconds.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// List the scenarios.
+    Scenarios,
     /// Run the links described by a JSON config until SIGTERM or ctrl-c.
     ///
     /// The config is a JSON array of links:
@@ -98,36 +159,106 @@ enum CtlOp {
     },
 }
 
+/// Exit code of a scenario run that found a violation.
+const EXIT_VIOLATION: u8 = 1;
+/// Exit code when a scenario could not run at all (harness error).
+const EXIT_HARNESS: u8 = 3;
+
 /// Errors end the process with one line on stderr naming the cause (the
-/// anyhow context chain) and exit code 1; usage errors exit 2 via clap.
+/// anyhow context chain) and exit code 1 (3 for `run`); usage errors exit 2
+/// via clap. `run` exits 1 when its checks found a violation.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let is_run = matches!(cli.command, Command::Run { .. });
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("tessera-chaos: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(if is_run { EXIT_HARNESS } else { 1 })
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let default_filter = match cli.command {
+        // A scenario logs its faults (to stderr); the cluster's own chatter
+        // stays in its log files.
+        Command::Run { json: true, .. } => "warn",
+        Command::Run { .. } => "warn,tessera_chaos::nemesis=info,tessera_chaos::scenario=info",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Proxy { config, control } => run_proxy(config, control).await,
+            Command::Run {
+                scenario,
+                duration,
+                seed,
+                json,
+                bin_dir,
+                keep,
+                writers,
+                readers,
+                docs,
+                require_availability,
+            } => {
+                let bin_dir = match bin_dir {
+                    Some(d) => d,
+                    None => default_bin_dir().context("locating the tessera binaries")?,
+                };
+                let mut opts =
+                    RunOptions::new(&scenario, Duration::from_secs(duration), seed, bin_dir);
+                opts.cluster.keep_dir = keep;
+                opts.workload.writers = writers;
+                opts.workload.readers = readers;
+                opts.docs_per_tenant = docs;
+                opts.require_availability = require_availability;
+                let report = scenario::run(opts)
+                    .await
+                    .with_context(|| format!("running scenario {scenario}"))?;
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print!("{}", report.summary());
+                }
+                Ok(if report.ok { 0 } else { EXIT_VIOLATION })
+            }
+            Command::Plan {
+                scenario,
+                duration,
+                seed,
+            } => {
+                let plan = scenario::plan(
+                    &scenario,
+                    Duration::from_secs(duration),
+                    seed,
+                    &Layout::three_regions(),
+                    &workload::default_tenants(120),
+                )?;
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+                Ok(0)
+            }
+            Command::Scenarios => {
+                for s in SCENARIOS {
+                    println!("{s}");
+                }
+                Ok(0)
+            }
+            Command::Proxy { config, control } => run_proxy(config, control).await.map(|()| 0),
             Command::Ctl {
                 addr,
                 timeout_ms,
                 op,
-            } => run_ctl(addr, Duration::from_millis(timeout_ms), op).await,
+            } => run_ctl(addr, Duration::from_millis(timeout_ms), op)
+                .await
+                .map(|()| 0),
         }
     })
 }

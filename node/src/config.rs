@@ -170,16 +170,26 @@ pub struct RaftTuning {
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot (for slow followers).
     pub keep_after_snapshot: u64,
+    /// Entries per AppendEntries. One entry is a whole write batch (up to
+    /// megabytes), so a catch-up payload must stay small enough to arrive
+    /// within one heartbeat interval; otherwise a lagging follower never
+    /// catches up.
+    pub max_payload_entries: u64,
 }
 
 impl Default for RaftTuning {
+    /// openraft 0.9 bounds every AppendEntries (heartbeats included) by the
+    /// heartbeat interval, so the interval must cover a cross-region round
+    /// trip (up to 2 x 80 ms here) plus the transfer of a full payload and
+    /// the follower's fsync; 500 ms does, with room for a loaded machine.
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_millis(150),
-            election_min: Duration::from_millis(1000),
-            election_max: Duration::from_millis(2000),
+            heartbeat: Duration::from_millis(500),
+            election_min: Duration::from_millis(1500),
+            election_max: Duration::from_millis(3000),
             snapshot_every: 20_000,
             keep_after_snapshot: 1_000,
+            max_payload_entries: 8,
         }
     }
 }

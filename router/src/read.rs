@@ -46,6 +46,14 @@ pub enum ReadFailure {
     Fatal(RouterError),
 }
 
+/// Whether a node says it has no replica of the shard (yet). Right after a
+/// tenant is created, the map lists a new shard's replicas before every node
+/// has opened its group, so this is a transient, per-node condition (a
+/// really stale router map is fixed by the refresh that follows).
+pub fn is_replica_not_open(status: &Status) -> bool {
+    status.code() == Code::NotFound && status.message().contains("has no replica on node")
+}
+
 /// Classifies a node's error status for a read.
 pub fn classify_read(node: NodeId, status: &Status) -> ReadFailure {
     if let Some(v) = status.metadata().get(BEHIND_HEADER) {
@@ -56,6 +64,9 @@ pub fn classify_read(node: NodeId, status: &Status) -> ReadFailure {
         return ReadFailure::Behind(None);
     }
     let ctx = format!("node {node}");
+    if is_replica_not_open(status) {
+        return ReadFailure::Transient(format!("{ctx}: {}", status.message()));
+    }
     match status.code() {
         Code::InvalidArgument
         | Code::OutOfRange
@@ -322,6 +333,10 @@ mod tests {
         assert!(matches!(
             classify_read(1, &Status::unavailable("no")),
             ReadFailure::Node(_)
+        ));
+        assert!(matches!(
+            classify_read(1, &Status::not_found("shard 3 has no replica on node 1")),
+            ReadFailure::Transient(_)
         ));
         assert!(matches!(
             classify_read(1, &Status::not_found("tenant")),

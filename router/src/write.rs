@@ -196,8 +196,16 @@ impl Backend {
                                 status.message()
                             )))
                         }
-                        Code::NotFound
-                        | Code::PermissionDenied
+                        // A new shard's group not yet open on this node is
+                        // retried below like "no quorum"; other NotFounds
+                        // (unknown tenant, stale map) go back to the caller.
+                        Code::NotFound if !crate::read::is_replica_not_open(&status) => {
+                            return Err(RouterError::from_node_status(
+                                &format!("shard {shard}"),
+                                &status,
+                            ))
+                        }
+                        Code::PermissionDenied
                         | Code::Unauthenticated
                         | Code::AlreadyExists
                         | Code::ResourceExhausted

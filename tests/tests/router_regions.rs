@@ -128,16 +128,6 @@ async fn home_region_outage_keeps_reads_and_fails_writes_loudly() {
         assert_eq!(a, b, "us-east and eu-west routers disagree on {q:?}");
         expected.push(a);
     }
-    let eu_page = eu_c
-        .search(&SearchQuery::new("acme", "u:reader", "deploy").token(&token))
-        .await
-        .expect("search");
-    assert!(
-        eu_page.served_by.iter().all(|s| s.region == "eu-west"),
-        "the eu-west router prefers its own region: {:?}",
-        eu_page.served_by
-    );
-
     // A reader on the eu-west router, bounded in count and time, counts
     // failed searches and wrong answers before, during and after the outage.
     let stop = Arc::new(AtomicBool::new(false));
@@ -201,6 +191,10 @@ async fn home_region_outage_keeps_reads_and_fails_writes_loudly() {
             }
         }
     }
+    println!(
+        "writes refused {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
     // The CLI says the same with exit code 3 and a one-line error.
     let file = cluster.dir.path().join("outage.jsonl");
     std::fs::write(
@@ -217,6 +211,8 @@ async fn home_region_outage_keeps_reads_and_fails_writes_loudly() {
         "put",
         "acme",
         file.to_str().expect("utf-8 path"),
+        "--retry-secs",
+        "0",
         "--json",
     ])
     .await;
@@ -227,6 +223,11 @@ async fn home_region_outage_keeps_reads_and_fails_writes_loudly() {
         "CLI put during the outage: {stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one-line error: {stderr}");
+    println!(
+        "CLI exit 3 {:.1}s after the kill: {}",
+        killed_at.elapsed().as_secs_f64(),
+        stderr.trim()
+    );
 
     // Keep reading well past the kill, then stop the reader.
     let after_kill_target = done.load(Ordering::SeqCst) + 100;

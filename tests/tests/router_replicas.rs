@@ -29,9 +29,17 @@ const QUERIES: [&str; 6] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_replica_share_of_reads_falls_below_ten_percent() {
     let cluster = TestCluster::start(&Layout::one_region_three_zones(), Mode::Process).await;
-    // The router reaches node 2 only through a fault proxy.
-    let proxy = grpc_proxy(&cluster, 2, 100).await;
-    let router = spawn_router(&cluster, 1, "us-east", &node_route_args(2, &proxy)).await;
+    // The router reaches every node through a fault proxy (so all pay the
+    // same proxy overhead); node 2's is the one that gets slow.
+    let mut proxies = Vec::new();
+    let mut args = Vec::new();
+    for id in [1, 2, 3] {
+        let p = grpc_proxy(&cluster, id, 100 + id as u8).await;
+        args.extend(node_route_args(id, &p));
+        proxies.push(p);
+    }
+    let proxy = &proxies[1];
+    let router = spawn_router(&cluster, 1, "us-east", &args).await;
     let c = client(&router.endpoint()).await;
     let tenant = create_tenant(&c, &TenantSpec::new("acme", ["us-east"])).await;
     assert_eq!(tenant.partitions.len(), 1);
@@ -60,6 +68,11 @@ async fn slow_replica_share_of_reads_falls_below_ten_percent() {
     );
     let forwarded = proxy.control().counters().forward.forwarded_bytes;
     assert!(forwarded > 0, "node 2's reads go through the proxy");
+
+    // Healthy and adaptive: node 2 gets a share like the others.
+    let before = search_load(&addr, "acme", &QUERIES, 4, 400, SETTLE, ReplicaSelection::Adaptive).await;
+    assert!(before.errors.is_empty(), "{:?}", before.errors);
+    assert!(before.share(2) > 0.15, "healthy node 2 serves adaptive reads too: {:?}", before.served);
 
     // +50 ms on every round trip between the router and node 2.
     proxy
@@ -103,6 +116,11 @@ async fn slow_replica_share_of_reads_falls_below_ten_percent() {
     )
     .await;
     assert!(rr.errors.is_empty(), "{:?}", rr.errors);
+    println!(
+        "healthy adaptive: node 2 share {:.1}% ({:?})",
+        before.share(2) * 100.0,
+        before.served
+    );
     println!(
         "slow node 2: warm-up {} searches ({:.1}% node 2), adaptive share {:.1}% of {} ({:?}, {} hedged), round-robin share {:.1}% ({:?})",
         warm.ok(),

@@ -75,12 +75,27 @@ fn internal(e: impl std::fmt::Display) -> Status {
 impl NodeService {
     /// The local shard group, or `NotFound` when this node has no replica.
     fn shard(&self, shard: ShardId) -> Result<(Arc<GroupHandle>, Arc<ShardData>), Status> {
-        let handle = self.node.registry.get(shard).ok_or_else(|| {
-            Status::not_found(format!(
-                "shard {shard} has no replica on node {}",
-                self.node.id
-            ))
-        })?;
+        let Some(handle) = self.node.registry.get(shard) else {
+            let assigned = self
+                .node
+                .meta
+                .map()
+                .shards
+                .get(&shard)
+                .is_some_and(|s| s.replicas().any(|r| r == self.node.id));
+            return Err(if assigned {
+                // The map already assigns it here; the reconciler is opening it.
+                Status::unavailable(format!(
+                    "shard {shard} is still opening on node {}; retry",
+                    self.node.id
+                ))
+            } else {
+                Status::not_found(format!(
+                    "shard {shard} has no replica on node {}",
+                    self.node.id
+                ))
+            });
+        };
         match &handle.data {
             GroupData::Shard(data) => Ok((handle.clone(), data.clone())),
             GroupData::Meta(_) => Err(Status::invalid_argument(
@@ -227,7 +242,12 @@ fn committed_index(m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> u64 {
             if v == m.id {
                 m.last_log_index.unwrap_or(0)
             } else {
-                replication.get(&v).copied().flatten().map(|l| l.index).unwrap_or(0)
+                replication
+                    .get(&v)
+                    .copied()
+                    .flatten()
+                    .map(|l| l.index)
+                    .unwrap_or(0)
             }
         })
         .collect();

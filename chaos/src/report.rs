@@ -1,0 +1,589 @@
+//! The result of a chaos run: what was injected, what the workload saw,
+//! what the checkers found, and the verdict. Serialises to the `--json`
+//! object and prints as a human summary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::check::{ShardConvergence, StoreCheck};
+use crate::history::{OnlineFindings, OpStatus, ReadSample, Snapshot};
+use crate::nemesis::AppliedFault;
+
+/// Reads that succeeded out of those attempted.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Availability {
+    /// Reads attempted.
+    pub reads: u64,
+    /// Reads that succeeded.
+    pub ok: u64,
+    /// `ok / reads` (1.0 when there were none).
+    pub availability: f64,
+}
+
+impl Availability {
+    fn add(&mut self, ok: bool) {
+        self.reads += 1;
+        if ok {
+            self.ok += 1;
+        }
+        self.availability = self.ok as f64 / self.reads as f64;
+    }
+
+    fn new() -> Self {
+        Availability {
+            availability: 1.0,
+            ..Availability::default()
+        }
+    }
+}
+
+/// Read availability split by when the read happened.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReadAvailability {
+    /// Every counted read.
+    pub overall: Availability,
+    /// Reads that started while no fault was active.
+    pub steady: Availability,
+    /// Reads that started while some fault was active.
+    pub during_faults: Availability,
+    /// By fault kind (a read during two overlapping faults counts for both).
+    pub by_kind: BTreeMap<String, Availability>,
+    /// Reads through a router whose own region was out at the time: not
+    /// counted, since its clients are in the failed region too.
+    pub excluded: u64,
+}
+
+/// Splits reads into fault windows. A read belongs to a window when it
+/// started inside it; a fault not yet healed at the end extends to `end_ms`.
+pub fn read_availability(
+    reads: &[ReadSample],
+    faults: &[AppliedFault],
+    router_region: &dyn Fn(usize) -> usize,
+    end_ms: u64,
+) -> ReadAvailability {
+    let mut out = ReadAvailability {
+        overall: Availability::new(),
+        steady: Availability::new(),
+        during_faults: Availability::new(),
+        ..ReadAvailability::default()
+    };
+    let windows: Vec<(&AppliedFault, u64, u64)> = faults
+        .iter()
+        .filter(|f| f.injected)
+        .map(|f| (f, f.at_ms, f.healed_ms.unwrap_or(end_ms)))
+        .collect();
+    for r in reads {
+        let active: Vec<&AppliedFault> = windows
+            .iter()
+            .filter(|(_, a, b)| r.start_ms >= *a && r.start_ms <= *b)
+            .map(|(f, _, _)| *f)
+            .collect();
+        if active
+            .iter()
+            .any(|f| f.region.is_some_and(|reg| reg == router_region(r.router)))
+        {
+            out.excluded += 1;
+            continue;
+        }
+        out.overall.add(r.ok);
+        if active.is_empty() {
+            out.steady.add(r.ok);
+        } else {
+            out.during_faults.add(r.ok);
+            let mut kinds: Vec<&str> = active.iter().map(|f| f.kind.as_str()).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            for k in kinds {
+                out.by_kind
+                    .entry(k.to_string())
+                    .or_insert_with(Availability::new)
+                    .add(r.ok);
+            }
+        }
+    }
+    out
+}
+
+/// One failover measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailoverSample {
+    /// What was measured: `write-after-leader-loss`, `read-after-region-loss`
+    /// or `write-after-region-loss`.
+    pub what: String,
+    /// The fault's kind.
+    pub fault: String,
+    /// The schedule step.
+    pub step: usize,
+    /// Tenant probed.
+    pub tenant: String,
+    /// Router probed through.
+    pub router: usize,
+    /// Milliseconds to the first success; `None`: no success before the
+    /// probe's deadline.
+    pub ms: Option<u64>,
+}
+
+/// Percentiles of one kind of failover.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct FailoverStats {
+    /// Measurements that succeeded.
+    pub samples: usize,
+    /// Probes that never succeeded before their deadline.
+    pub timeouts: usize,
+    /// Median, ms.
+    pub p50_ms: Option<u64>,
+    /// 99th percentile (nearest rank), ms.
+    pub p99_ms: Option<u64>,
+    /// Largest, ms.
+    pub max_ms: Option<u64>,
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+/// Stats per measured thing.
+pub fn failover_stats(samples: &[FailoverSample]) -> BTreeMap<String, FailoverStats> {
+    let mut groups: BTreeMap<String, Vec<Option<u64>>> = BTreeMap::new();
+    for s in samples {
+        groups.entry(s.what.clone()).or_default().push(s.ms);
+    }
+    groups
+        .into_iter()
+        .map(|(what, v)| {
+            let mut ok: Vec<u64> = v.iter().flatten().copied().collect();
+            ok.sort_unstable();
+            let stats = FailoverStats {
+                samples: ok.len(),
+                timeouts: v.len() - ok.len(),
+                p50_ms: percentile(&ok, 50.0),
+                p99_ms: percentile(&ok, 99.0),
+                max_ms: ok.last().copied(),
+            };
+            (what, stats)
+        })
+        .collect()
+}
+
+/// Counts of the workload's writes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WriteStats {
+    /// Write requests (batches) sent by writers.
+    pub batches: u64,
+    /// Batches fully acknowledged.
+    pub batches_ok: u64,
+    /// Document operations acknowledged.
+    pub acked: u64,
+    /// Document operations indeterminate (failed or timed out).
+    pub indeterminate: u64,
+    /// Document operations rejected.
+    pub rejected: u64,
+    /// Documents written at least once.
+    pub documents: u64,
+}
+
+/// Summarises the write history.
+pub fn write_stats(snap: &Snapshot) -> WriteStats {
+    let mut out = WriteStats {
+        batches: snap.writes.len() as u64,
+        batches_ok: snap.writes.iter().filter(|w| w.ok).count() as u64,
+        ..WriteStats::default()
+    };
+    for docs in snap.docs.values() {
+        for d in docs.values() {
+            out.documents += 1;
+            for o in &d.ops {
+                match o.status {
+                    OpStatus::Acked => out.acked += 1,
+                    OpStatus::Rejected => out.rejected += 1,
+                    OpStatus::Indeterminate | OpStatus::Pending => out.indeterminate += 1,
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Everything a run produced. The first fields are the contract of
+/// `--json` (scripts read them); the rest is detail.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed of the schedule and workload.
+    pub seed: u64,
+    /// Acknowledged writes missing after heal (documents).
+    pub lost_acked: u64,
+    /// Permission leaks (hits or gets the user may not see, or of another tenant).
+    pub leaks: u64,
+    /// Every shard's replicas reported equal digests after heal.
+    pub converged: bool,
+    /// Fraction of counted reads that succeeded (see `reads`).
+    pub read_availability: f64,
+    /// Faults injected.
+    pub faults_injected: u64,
+    /// Read-your-writes violations.
+    pub rw_violations: u64,
+    /// p99 of the time from losing a shard leader (kill, pause, isolation,
+    /// one-way cut) to the first acknowledged write on that shard, ms.
+    pub failover_ms_p99: Option<u64>,
+    /// p99 of the time from a region outage to the first successful read
+    /// through a router of a surviving region, ms.
+    pub region_read_failover_ms_p99: Option<u64>,
+    /// Duplicate hits in one page.
+    pub duplicates: u64,
+    /// Hits or gets of documents never written.
+    pub phantoms: u64,
+    /// Documents whose content differs from what was written (online or at rest).
+    pub corrupt: u64,
+    /// Whether 100% read availability is required in this scenario.
+    pub availability_required: bool,
+    /// Every violation, one line each; empty means the run passed.
+    pub violations: Vec<String>,
+    /// True when `violations` is empty.
+    pub ok: bool,
+    /// Requested duration of the workload, s.
+    pub duration_s: u64,
+    /// Wall time of the whole run (setup and checks included), s.
+    pub elapsed_s: f64,
+    /// Faults that could not be injected (target unresolvable).
+    pub faults_skipped: u64,
+    /// Every fault as it happened.
+    pub faults: Vec<AppliedFault>,
+    /// Heals that failed (a node that did not come back).
+    pub heal_errors: Vec<String>,
+    /// Writes.
+    pub writes: WriteStats,
+    /// Read availability detail.
+    pub reads: ReadAvailability,
+    /// Failover measurements.
+    pub failover: Vec<FailoverSample>,
+    /// Failover percentiles by measurement.
+    pub failover_stats: BTreeMap<String, FailoverStats>,
+    /// Convergence per shard.
+    pub shards: Vec<ShardConvergence>,
+    /// The at-rest checks.
+    pub store: StoreCheck,
+    /// The online checks.
+    pub online: OnlineFindings,
+    /// Read-your-writes checks that passed.
+    pub rw_checks_ok: u64,
+    /// Where the cluster's files were kept (failed runs, or `--keep`).
+    pub cluster_dir: Option<String>,
+}
+
+impl Report {
+    /// Fills the headline numbers and the violation list from the detail.
+    pub fn finalize(&mut self) {
+        let o = &self.online;
+        self.leaks = o.leaks.count;
+        self.phantoms = o.phantoms.count;
+        self.duplicates = o.duplicates.count;
+        self.corrupt = o.corrupt.count + self.store.corrupt.count;
+        self.rw_violations = o.rw_violations.count;
+        self.rw_checks_ok = o.rw_ok;
+        self.lost_acked = self.store.lost_acked.count;
+        self.converged = !self.shards.is_empty() && self.shards.iter().all(|s| s.converged);
+        self.read_availability = self.reads.overall.availability;
+        self.faults_injected = self.faults.iter().filter(|f| f.injected).count() as u64;
+        self.faults_skipped = self.faults.iter().filter(|f| !f.injected).count() as u64;
+        self.failover_stats = failover_stats(&self.failover);
+        self.failover_ms_p99 = self
+            .failover_stats
+            .get("write-after-leader-loss")
+            .and_then(|s| s.p99_ms);
+        self.region_read_failover_ms_p99 = self
+            .failover_stats
+            .get("read-after-region-loss")
+            .and_then(|s| s.p99_ms);
+        let mut v = Vec::new();
+        let mut count = |n: u64, what: &str, examples: &[String]| {
+            if n > 0 {
+                let first = examples.first().cloned().unwrap_or_default();
+                v.push(format!("{n} {what} (first: {first})"));
+            }
+        };
+        count(
+            self.lost_acked,
+            "lost acknowledged writes",
+            &self.store.lost_acked.examples,
+        );
+        count(o.leaks.count, "permission leaks", &o.leaks.examples);
+        count(o.phantoms.count, "phantom hits", &o.phantoms.examples);
+        count(o.duplicates.count, "duplicate hits", &o.duplicates.examples);
+        count(
+            o.corrupt.count,
+            "corrupt documents read",
+            &o.corrupt.examples,
+        );
+        count(
+            self.store.corrupt.count,
+            "corrupt documents at rest",
+            &self.store.corrupt.examples,
+        );
+        count(
+            self.store.unexplained.count,
+            "unexplained versions at rest",
+            &self.store.unexplained.examples,
+        );
+        count(
+            self.store.misplaced.count,
+            "misplaced documents",
+            &self.store.misplaced.examples,
+        );
+        count(
+            self.store.index_mismatch.count,
+            "index/store mismatches",
+            &self.store.index_mismatch.examples,
+        );
+        count(
+            o.rw_violations.count,
+            "read-your-writes violations",
+            &o.rw_violations.examples,
+        );
+        count(
+            o.rejected_writes.count,
+            "valid writes rejected",
+            &o.rejected_writes.examples,
+        );
+        count(
+            self.store.unreadable.count,
+            "replica reads failed after heal",
+            &self.store.unreadable.examples,
+        );
+        if !self.converged {
+            let bad: Vec<String> = self
+                .shards
+                .iter()
+                .filter(|s| !s.converged)
+                .map(|s| {
+                    format!(
+                        "shard {} ({}): {:?} {}",
+                        s.shard,
+                        s.tenant,
+                        s.last
+                            .iter()
+                            .map(|(n, a, d, _)| (n, a, d))
+                            .collect::<Vec<_>>(),
+                        s.error.clone().unwrap_or_default()
+                    )
+                })
+                .collect();
+            v.push(format!("replicas did not converge: {}", bad.join("; ")));
+        }
+        for e in &self.heal_errors {
+            v.push(format!("heal failed: {e}"));
+        }
+        for (what, s) in &self.failover_stats {
+            if s.timeouts > 0 {
+                v.push(format!("{what}: {} probes never succeeded", s.timeouts));
+            }
+        }
+        if self.availability_required && self.reads.overall.ok < self.reads.overall.reads {
+            v.push(format!(
+                "read availability {:.4} < 1 ({} of {} reads failed; by fault kind: {})",
+                self.reads.overall.availability,
+                self.reads.overall.reads - self.reads.overall.ok,
+                self.reads.overall.reads,
+                self.reads
+                    .by_kind
+                    .iter()
+                    .map(|(k, a)| format!("{k} {}/{}", a.ok, a.reads))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        self.ok = v.is_empty();
+        self.violations = v;
+    }
+
+    /// Whether the safety invariants held (no lost, leaked, corrupt or
+    /// duplicated data, replicas converged, read-your-writes), ignoring
+    /// availability and failover timing.
+    pub fn safety_ok(&self) -> bool {
+        self.lost_acked == 0
+            && self.leaks == 0
+            && self.phantoms == 0
+            && self.duplicates == 0
+            && self.corrupt == 0
+            && self.rw_violations == 0
+            && self.converged
+            && self.store.unexplained.count == 0
+            && self.store.misplaced.count == 0
+            && self.store.index_mismatch.count == 0
+            && self.online.rejected_writes.count == 0
+            && self.heal_errors.is_empty()
+    }
+
+    /// A few lines for a human.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let pct =
+            |a: &Availability| format!("{:.2}% ({}/{})", a.availability * 100.0, a.ok, a.reads);
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+        let _ = writeln!(
+            s,
+            "scenario {} seed {}: {} ({:.0} s, {} faults injected, {} skipped)",
+            self.scenario,
+            self.seed,
+            if self.ok { "PASS" } else { "FAIL" },
+            self.elapsed_s,
+            self.faults_injected,
+            self.faults_skipped
+        );
+        let _ = writeln!(
+            s,
+            "  writes: {} batches ({} ok), {} acked, {} indeterminate, {} rejected, {} documents",
+            self.writes.batches,
+            self.writes.batches_ok,
+            self.writes.acked,
+            self.writes.indeterminate,
+            self.writes.rejected,
+            self.writes.documents
+        );
+        let _ = writeln!(
+            s,
+            "  reads: availability {} overall, {} steady, {} during faults, {} excluded (router in a failed region)",
+            pct(&self.reads.overall),
+            pct(&self.reads.steady),
+            pct(&self.reads.during_faults),
+            self.reads.excluded
+        );
+        for (k, a) in &self.reads.by_kind {
+            let _ = writeln!(s, "    during {k}: {}", pct(a));
+        }
+        let _ = writeln!(
+            s,
+            "  lost acked {}, leaks {}, phantoms {}, duplicates {}, corrupt {}, read-your-writes violations {} ({} checks ok, {} unavailable)",
+            self.lost_acked,
+            self.leaks,
+            self.phantoms,
+            self.duplicates,
+            self.corrupt,
+            self.rw_violations,
+            self.rw_checks_ok,
+            self.online.rw_unavailable
+        );
+        let _ = writeln!(
+            s,
+            "  converged: {} ({} shards); store check: {} documents, {} replica reads, {} index mismatches",
+            self.converged,
+            self.shards.len(),
+            self.store.docs_checked,
+            self.store.replica_reads,
+            self.store.index_mismatch.count
+        );
+        for (what, st) in &self.failover_stats {
+            let _ = writeln!(
+                s,
+                "  failover {what}: n={} p50 {} p99 {} max {} timeouts {}",
+                st.samples,
+                ms(st.p50_ms),
+                ms(st.p99_ms),
+                ms(st.max_ms),
+                st.timeouts
+            );
+        }
+        for v in &self.violations {
+            let _ = writeln!(s, "  VIOLATION: {v}");
+        }
+        if let Some(d) = &self.cluster_dir {
+            let _ = writeln!(s, "  cluster files: {d}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        assert_eq!(percentile(&[], 99.0), None);
+        assert_eq!(percentile(&[1, 2, 3], 99.0), Some(3));
+    }
+
+    fn read(start: u64, router: usize, ok: bool) -> ReadSample {
+        ReadSample {
+            start_ms: start,
+            end_ms: start + 1,
+            router,
+            tenant: "zt".into(),
+            ok,
+        }
+    }
+
+    #[test]
+    fn availability_by_window_and_region_exclusion() {
+        let faults = vec![
+            AppliedFault {
+                kind: "kill".into(),
+                at_ms: 100,
+                healed_ms: Some(200),
+                injected: true,
+                ..AppliedFault::default()
+            },
+            AppliedFault {
+                kind: "region-outage".into(),
+                region: Some(0),
+                at_ms: 300,
+                healed_ms: None,
+                injected: true,
+                ..AppliedFault::default()
+            },
+        ];
+        let reads = vec![
+            read(50, 0, true),
+            read(150, 1, false),
+            read(160, 1, true),
+            read(350, 0, false), // router 0 is in region 0: excluded
+            read(360, 1, true),
+        ];
+        let a = read_availability(&reads, &faults, &|r| r, 1000);
+        assert_eq!(a.excluded, 1);
+        assert_eq!((a.overall.reads, a.overall.ok), (4, 3));
+        assert_eq!((a.steady.reads, a.steady.ok), (1, 1));
+        assert_eq!(a.by_kind["kill"].reads, 2);
+        assert_eq!(a.by_kind["kill"].ok, 1);
+        assert_eq!(a.by_kind["region-outage"].ok, 1);
+    }
+
+    #[test]
+    fn finalize_flags_violations() {
+        let mut r = Report {
+            availability_required: true,
+            ..Report::default()
+        };
+        r.reads.overall = Availability {
+            reads: 10,
+            ok: 9,
+            availability: 0.9,
+        };
+        r.finalize();
+        assert!(!r.ok);
+        assert!(!r.converged, "no shard checked is not converged");
+        assert!(r.violations.iter().any(|v| v.contains("availability")));
+        r.failover = vec![FailoverSample {
+            what: "write-after-leader-loss".into(),
+            fault: "kill".into(),
+            step: 0,
+            tenant: "zt".into(),
+            router: 0,
+            ms: Some(1500),
+        }];
+        r.finalize();
+        assert_eq!(r.failover_ms_p99, Some(1500));
+    }
+}
