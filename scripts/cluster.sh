@@ -11,9 +11,9 @@
 #        region, zones a, b, ...), one router per region, and one chaos
 #        proxy that adds region-to-region latency (20-80 ms one way) on every
 #        inter-region link: UDP for Raft between nodes, TCP for router->node
-#        gRPC. --latency picks the matrix: fast (default; us-east<->eu-west
-#        20, eu-west<->ap-south 30, us-east<->ap-south 40 ms), wan (40, 60,
-#        80 ms), or one number of ms for every pair. Waits until every router answers, writes .cluster/cluster.json,
+#        gRPC. --latency picks the matrix: wan (default; us-east<->eu-west
+#        40, eu-west<->ap-south 60, us-east<->ap-south 80 ms), fast (20, 30,
+#        40 ms), or one number of ms for every pair. Waits until every router answers, writes .cluster/cluster.json,
 #        then (unless --no-demo) loads the synthetic demo set (--tenants,
 #        default 20; --docs in total, default 10000; --seed, default 42) and
 #        prints the endpoints and commands to try.
@@ -92,11 +92,10 @@ nnodes() { say $((NREGIONS * NPR)); }
 
 # One-way latency in ms between regions a and b (1-based), all within
 # 20-80 ms. `--latency` picks a matrix:
-#   fast (default)  us-east<->eu-west 20, eu-west<->ap-south 30, us-east<->ap-south 40
-#   wan             us-east<->eu-west 40, eu-west<->ap-south 60, us-east<->ap-south 80
+#   wan (default)   us-east<->eu-west 40, eu-west<->ap-south 60, us-east<->ap-south 80
+#   fast            us-east<->eu-west 20, eu-west<->ap-south 30, us-east<->ap-south 40
 #   MS              the same number for every pair
-# (wan is the realistic one; see README.md "Known limits" for why it is not
-# the default yet.) Regions past the third get a fixed value from the pair.
+# Regions past the third get a fixed value from the pair.
 latency() {
     local a=$1 b=$2 t
     if ((a > b)); then t=$a; a=$b; b=$t; fi
@@ -377,7 +376,7 @@ any_alive() {
 }
 
 cmd_up() {
-    local demo=yes do_build=yes tenants=20 docs=10000 seed=42 regions="" npr="" latency=fast
+    local demo=yes do_build=yes tenants=20 docs=10000 seed=42 regions="" npr="" latency=wan
     while (($# > 0)); do
         case "$1" in
         --regions) regions=${2:?--regions needs a number}; shift 2 ;;
@@ -387,7 +386,7 @@ cmd_up() {
         --tenants) tenants=${2:?--tenants needs a number}; shift 2 ;;
         --docs) docs=${2:?--docs needs a number}; shift 2 ;;
         --seed) seed=${2:?--seed needs a number}; shift 2 ;;
-        --latency) latency=${2:?--latency needs fast, wan or a number of ms}; shift 2 ;;
+        --latency) latency=${2:?--latency needs wan, fast or a number of ms}; shift 2 ;;
         *) die "up: unknown option $1 (see scripts/cluster.sh --help)" ;;
         esac
     done
@@ -678,7 +677,7 @@ cmd_start() {
 
 NODE_ROUTE=no
 ROUTER_HAS_NODE_ROUTE=no
-LATENCY=fast
+LATENCY=wan
 LOAD_JOBS=${TESSERA_LOAD_JOBS:-3}
 LOAD_BATCH=${TESSERA_LOAD_BATCH:-200}
 cmd=${1:-help}

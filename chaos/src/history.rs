@@ -232,6 +232,9 @@ pub struct OnlineFindings {
     pub rw_ok: u64,
     /// A router refused a valid item (should never happen).
     pub rejected_writes: Tally,
+    /// Reads that failed, with their error (not a violation by itself:
+    /// read availability judges them).
+    pub failed_reads: Tally,
 }
 
 #[derive(Default)]

@@ -56,7 +56,9 @@ pub struct ReadAvailability {
 }
 
 /// Splits reads into fault windows. A read belongs to a window when it
-/// started inside it; a fault not yet healed at the end extends to `end_ms`.
+/// was in flight at some point of it (a read sent just before a fault and
+/// caught by it is a read during the fault); a fault not yet healed at the
+/// end extends to `end_ms`.
 pub fn read_availability(
     reads: &[ReadSample],
     faults: &[AppliedFault],
@@ -77,7 +79,7 @@ pub fn read_availability(
     for r in reads {
         let active: Vec<&AppliedFault> = windows
             .iter()
-            .filter(|(_, a, b)| r.start_ms >= *a && r.start_ms <= *b)
+            .filter(|(_, a, b)| r.end_ms >= *a && r.start_ms <= *b)
             .map(|(f, _, _)| *f)
             .collect();
         if active
@@ -388,7 +390,7 @@ impl Report {
         }
         if self.availability_required && self.reads.overall.ok < self.reads.overall.reads {
             v.push(format!(
-                "read availability {:.4} < 1 ({} of {} reads failed; by fault kind: {})",
+                "read availability {:.4} < 1 ({} of {} reads failed; by fault kind: {}; first failure: {})",
                 self.reads.overall.availability,
                 self.reads.overall.reads - self.reads.overall.ok,
                 self.reads.overall.reads,
@@ -397,7 +399,13 @@ impl Report {
                     .iter()
                     .map(|(k, a)| format!("{k} {}/{}", a.ok, a.reads))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                self.online
+                    .failed_reads
+                    .examples
+                    .first()
+                    .cloned()
+                    .unwrap_or_default()
             ));
         }
         self.ok = v.is_empty();

@@ -483,7 +483,12 @@ pub async fn reader(shared: Shared, client: TesseraClient, router: usize, idx: u
                     true
                 }
                 Err(e) => {
-                    tracing::debug!(%tenant, error = %e, "search failed");
+                    let t = shared.clock.ms();
+                    h.with_findings(|f| {
+                        f.failed_reads.add(|| {
+                            format!("t={start}..{t}ms router {router} search {tenant} as {user}: {e}")
+                        })
+                    });
                     false
                 }
             }
@@ -508,7 +513,12 @@ pub async fn reader(shared: Shared, client: TesseraClient, router: usize, idx: u
                     true
                 }
                 Err(e) => {
-                    tracing::debug!(%tenant, error = %e, "get failed");
+                    let t = shared.clock.ms();
+                    h.with_findings(|f| {
+                        f.failed_reads.add(|| {
+                            format!("t={start}..{t}ms router {router} get {id} as {user}: {e}")
+                        })
+                    });
                     false
                 }
             }

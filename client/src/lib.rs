@@ -36,3 +36,13 @@ pub mod types;
 pub use client::TesseraClient;
 pub use error::{exit, ClientError, ErrorClass};
 pub use types::*;
+
+/// Restores the default SIGPIPE action so a CLI piped into `head` ends
+/// quietly like other Unix tools instead of panicking on a closed stdout.
+/// Call it first thing in `main`, before any thread exists.
+pub fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: runs before any other thread exists; SIG_DFL installs no Rust
+    // code as a handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}

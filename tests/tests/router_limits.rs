@@ -79,7 +79,7 @@ async fn tenant_over_budget_is_limited_and_others_are_not() {
     let noisy = {
         let (c, stop) = (c.clone(), stop.clone());
         tokio::spawn(
-            async move { hammer(&c, "noisy", 20_000, Duration::from_secs(60), &stop).await },
+            async move { hammer(&c, "noisy", 1_000_000, Duration::from_secs(60), &stop).await },
         )
     };
     let mut quiet_ok = 0;

@@ -66,6 +66,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tessera_client::quiet_on_closed_pipe();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,17 +7,8 @@ use clap::Parser;
 use std::process::ExitCode;
 use tessera_client::exit;
 
-/// Restores the default SIGPIPE action so `tessera ... | head` ends quietly
-/// like other Unix tools instead of panicking on a closed stdout.
-fn quiet_on_closed_pipe() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: called first thing in main, before any thread exists; SIG_DFL
-    // installs no Rust code as a handler.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-}
-
 fn main() -> ExitCode {
-    quiet_on_closed_pipe();
+    tessera_client::quiet_on_closed_pipe();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => {
