@@ -38,7 +38,7 @@ bench_router() {
   export BENCH_DATE="${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%MZ)}"
   export BENCH_OUT="${BENCH_OUT:-$root/docs/bench/router.md}"
   log "router benchmark (report: $BENCH_OUT)"
-  cargo test --release -p tessera-tests --test router_bench -- --ignored --nocapture --test-threads=1
+  "$CARGO_TARGET_DIR/release/router_bench"
 }
 
 bench_write() {
@@ -53,7 +53,7 @@ for s in "${sections[@]}"; do
   case "$s" in
     write) bench_write ;;
     router) bench_router ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown section '$s' (known: write, router)" >&2; exit 2 ;;
   esac
 done

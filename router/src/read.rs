@@ -51,7 +51,13 @@ pub enum ReadFailure {
 /// has opened its group, so this is a transient, per-node condition (a
 /// really stale router map is fixed by the refresh that follows).
 pub fn is_replica_not_open(status: &Status) -> bool {
-    status.code() == Code::NotFound && status.message().contains("has no replica on node")
+    match status.code() {
+        // Nodes that know the map assigns them the shard say so.
+        Code::Unavailable => status.message().contains("is still opening on node"),
+        // Older nodes only say they do not have it.
+        Code::NotFound => status.message().contains("has no replica on node"),
+        _ => false,
+    }
 }
 
 /// Classifies a node's error status for a read.
@@ -151,9 +157,17 @@ impl Backend {
                     failures.push(format!("node {}: not in the cluster map", r.node));
                     continue;
                 };
-                let delay = self
-                    .stats
-                    .hedge_delay(r.node, &r.region, &self.cfg.select, now);
+                let cfg = &self.cfg.select;
+                let own = self.stats.hedge_delay(r.node, &r.region, cfg, now);
+                // A replica picked because its estimate decayed back toward
+                // the prior may still be slow, and its own p95 says so: never
+                // wait longer than twice what the next candidate takes.
+                let delay = match queue.front() {
+                    Some(next) => {
+                        own.min(2 * self.stats.hedge_delay(next.node, &next.region, cfg, now))
+                    }
+                    None => own,
+                };
                 *hedge_at = Some(tokio::time::Instant::now() + delay);
                 inflight.push(self.attempt(r, addr, launched, deadline, &op));
                 launched += 1;
@@ -336,6 +350,13 @@ mod tests {
         ));
         assert!(matches!(
             classify_read(1, &Status::not_found("shard 3 has no replica on node 1")),
+            ReadFailure::Transient(_)
+        ));
+        assert!(matches!(
+            classify_read(
+                1,
+                &Status::unavailable("shard 3 is still opening on node 1; retry")
+            ),
             ReadFailure::Transient(_)
         ));
         assert!(matches!(

@@ -15,7 +15,7 @@ use tessera_proto::pb::router_server::RouterServer;
 use tessera_proto::pb::StatusRequest;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// Largest request the public API accepts (a put batch of many documents).
 pub const MAX_API_MESSAGE: usize = 64 * 1024 * 1024;
@@ -79,9 +79,15 @@ impl Router {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = rx.await;
-                }),
+                // `Server::tcp_nodelay` does not apply to an incoming stream
+                // we bind ourselves: set it on the accepted sockets, or Nagle
+                // plus delayed ACKs add ~40 ms to some responses.
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = rx.await;
+                    },
+                ),
         );
         tracing::info!(%addr, region = %backend.cfg.region, seeds = ?backend.cfg.seeds, "router listening");
         Ok(RouterHandle {

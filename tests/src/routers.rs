@@ -356,7 +356,8 @@ impl LoadReport {
         self.latencies.iter().sum::<Duration>() / self.latencies.len() as u32
     }
 
-    fn absorb(&mut self, other: LoadReport) {
+    /// Adds `other`'s observations to this report.
+    pub fn absorb(&mut self, other: LoadReport) {
         self.latencies.extend(other.latencies);
         for (n, c) in other.served {
             *self.served.entry(n).or_default() += c;

@@ -70,9 +70,22 @@ async fn slow_replica_share_of_reads_falls_below_ten_percent() {
     assert!(forwarded > 0, "node 2's reads go through the proxy");
 
     // Healthy and adaptive: node 2 gets a share like the others.
-    let before = search_load(&addr, "acme", &QUERIES, 4, 400, SETTLE, ReplicaSelection::Adaptive).await;
+    let before = search_load(
+        &addr,
+        "acme",
+        &QUERIES,
+        4,
+        400,
+        SETTLE,
+        ReplicaSelection::Adaptive,
+    )
+    .await;
     assert!(before.errors.is_empty(), "{:?}", before.errors);
-    assert!(before.share(2) > 0.15, "healthy node 2 serves adaptive reads too: {:?}", before.served);
+    assert!(
+        before.share(2) > 0.15,
+        "healthy node 2 serves adaptive reads too: {:?}",
+        before.served
+    );
 
     // +50 ms on every round trip between the router and node 2.
     proxy

@@ -40,7 +40,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic ignores the builder's TCP_NODELAY for a listener we pass in, and
+    // Nagle's algorithm adds tens of milliseconds to small replies.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let service = NodeServer::new(NodeService { node })
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
