@@ -100,7 +100,7 @@ pub fn read_availability(
             for k in kinds {
                 out.by_kind
                     .entry(k.to_string())
-                    .or_insert_with(Availability::new)
+                    .or_default()
                     .add(r.ok);
             }
         }

@@ -486,7 +486,9 @@ pub async fn reader(shared: Shared, client: TesseraClient, router: usize, idx: u
                     let t = shared.clock.ms();
                     h.with_findings(|f| {
                         f.failed_reads.add(|| {
-                            format!("t={start}..{t}ms router {router} search {tenant} as {user}: {e}")
+                            format!(
+                                "t={start}..{t}ms router {router} search {tenant} as {user}: {e}"
+                            )
                         })
                     });
                     false
