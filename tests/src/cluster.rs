@@ -379,6 +379,33 @@ impl TestCluster {
         }
     }
 
+    /// The node that currently leads `shard`, as the up nodes report it.
+    pub async fn leader_of(&self, shard: u64) -> NodeId {
+        eventually(
+            SETTLE,
+            &format!("a leader for shard {shard}"),
+            || async move {
+                for id in self.up() {
+                    let mut c = self.client(id).await?;
+                    let st = c
+                        .status(pb::StatusRequest {})
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_inner();
+                    if let Some(g) = st
+                        .groups
+                        .iter()
+                        .find(|g| g.group == shard && g.role == "leader")
+                    {
+                        return Ok::<_, String>(Some(g.leader));
+                    }
+                }
+                Ok(None)
+            },
+        )
+        .await
+    }
+
     /// The shard digest on node `id`.
     pub async fn digest(&self, id: NodeId, shard: u64) -> Result<pb::DigestResponse, String> {
         let mut c = self.client(id).await?;

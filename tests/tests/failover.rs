@@ -9,28 +9,6 @@ use tessera_tests::cluster::{Mode, SETTLE};
 use tessera_tests::{docs, eventually, Layout, TestCluster};
 use tokio::sync::Mutex;
 
-async fn leader_of(cluster: &TestCluster, shard: u64) -> u64 {
-    eventually(SETTLE, "a shard leader", || async move {
-        for id in cluster.up() {
-            let mut c = cluster.client(id).await?;
-            let st = c
-                .status(pb::StatusRequest {})
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            if let Some(g) = st
-                .groups
-                .iter()
-                .find(|g| g.group == shard && g.role == "leader")
-            {
-                return Ok::<_, String>(Some(g.leader));
-            }
-        }
-        Ok(None)
-    })
-    .await
-}
-
 fn batch(shard: u64, from: u64, n: u64) -> pb::WriteRequest {
     pb::WriteRequest {
         tenant: "acme".into(),
@@ -53,7 +31,7 @@ async fn leader_kill_loses_no_acknowledged_write() {
         .write(batch(shard, 0, 100), SETTLE)
         .await
         .expect("first batch");
-    let leader = leader_of(&cluster, shard).await;
+    let leader = cluster.leader_of(shard).await;
 
     // The writer runs in the background and records every acknowledged batch.
     let cluster = Arc::new(Mutex::new(cluster));
@@ -94,7 +72,7 @@ async fn leader_kill_loses_no_acknowledged_write() {
         .ok()
         .expect("sole owner")
         .into_inner();
-    let new_leader = leader_of(&cluster, shard).await;
+    let new_leader = cluster.leader_of(shard).await;
     assert_ne!(new_leader, leader, "a new leader was elected");
     cluster.start_node(leader).await;
     let last = acked.iter().map(|(_, i)| *i).max().unwrap_or(0);

@@ -10,9 +10,9 @@ use tessera_chaos::{LinkControl, LinkFaults, UdpLinkProxy};
 use tessera_client::TenantSpec;
 use tessera_proto::pb;
 use tessera_router::session::SessionToken;
-use tessera_tests::cluster::{Mode, SETTLE};
+use tessera_tests::cluster::Mode;
 use tessera_tests::routers::{client, create_tenant, put_all, raw_client, spare_ip, spawn_router};
-use tessera_tests::{docs, eventually, Layout, TestCluster};
+use tessera_tests::{docs, Layout, TestCluster};
 
 /// One-way latency added to every Raft link into the lagging follower.
 /// (openraft 0.9 times an AppendEntries out after one heartbeat interval,
@@ -51,25 +51,7 @@ async fn session_tokens_give_read_your_writes_under_replication_lag() {
     put_all(&c, "acme", seed, 100).await;
 
     // The shard's leader, and the follower that is made to lag.
-    let leader = eventually(SETTLE, "the shard's leader", || async {
-        for id in [1, 2, 3] {
-            let mut n = cluster.client(id).await?;
-            let st = n
-                .status(pb::StatusRequest {})
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            if let Some(g) = st
-                .groups
-                .iter()
-                .find(|g| g.group == shard && g.role == "leader")
-            {
-                return Ok::<_, String>(Some(g.leader));
-            }
-        }
-        Ok(None)
-    })
-    .await;
+    let leader = cluster.leader_of(shard).await;
     let lagger = [3, 2, 1]
         .into_iter()
         .find(|n| *n != leader)
