@@ -98,10 +98,7 @@ pub fn read_availability(
             kinds.sort_unstable();
             kinds.dedup();
             for k in kinds {
-                out.by_kind
-                    .entry(k.to_string())
-                    .or_default()
-                    .add(r.ok);
+                out.by_kind.entry(k.to_string()).or_default().add(r.ok);
             }
         }
     }
