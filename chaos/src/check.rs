@@ -114,6 +114,52 @@ pub async fn convergence(
     out
 }
 
+/// Waits until every replica's search index covers what its store has
+/// applied (Status: `index_watermark >= applied` for each shard), or
+/// `deadline` passes. Returns the replicas whose index is still behind,
+/// with a description: a stalled index serves stale searches forever.
+pub async fn index_lag(
+    cluster: &Cluster,
+    shards: &BTreeMap<ShardId, (String, Vec<NodeId>)>,
+    deadline: Instant,
+) -> BTreeMap<(ShardId, NodeId), String> {
+    let mut tick = tokio::time::interval(CONVERGE_POLL);
+    loop {
+        tick.tick().await;
+        let mut behind = BTreeMap::new();
+        for (shard, (_, reps)) in shards {
+            for n in reps {
+                match cluster.status(*n).await {
+                    Ok(st) => match st.groups.iter().find(|g| g.group == *shard) {
+                        Some(g) if g.index_watermark >= g.applied => {}
+                        Some(g) => {
+                            behind.insert(
+                                (*shard, *n),
+                                format!(
+                                    "shard {shard} on node {n}: index watermark {} behind applied {}",
+                                    g.index_watermark, g.applied
+                                ),
+                            );
+                        }
+                        None => {
+                            behind.insert(
+                                (*shard, *n),
+                                format!("shard {shard} is not open on node {n}"),
+                            );
+                        }
+                    },
+                    Err(e) => {
+                        behind.insert((*shard, *n), e.to_string());
+                    }
+                }
+            }
+        }
+        if behind.is_empty() || Instant::now() > deadline {
+            return behind;
+        }
+    }
+}
+
 /// The store checker's findings.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StoreCheck {
@@ -133,6 +179,17 @@ pub struct StoreCheck {
     pub index_mismatch: Tally,
     /// Replica reads that failed (the checker could not look).
     pub unreadable: Tally,
+    /// At rest, a replica's search as some user returned a document whose
+    /// stored version does not admit that user (a permission leak).
+    pub acl_leaks: Tally,
+    /// At rest, a replica's search as some user missed a document its
+    /// stored version admits (over-filtering: not a leak, still a bug).
+    pub acl_missing: Tally,
+    /// (user, replica) searches compared against the oracle at rest.
+    pub acl_searches: u64,
+    /// Replicas whose search index never caught up with their store after
+    /// heal (searches there are stale); their index checks are skipped.
+    pub index_stalled: Tally,
 }
 
 /// What one replica holds for one document.
@@ -193,6 +250,58 @@ async fn replica_count(
     Ok(r.total_matches)
 }
 
+/// Every document id of `tenant` a replica's match-all search returns for
+/// `user`, page by page, once its index covers `applied`.
+async fn replica_ids(
+    cluster: &Cluster,
+    node: NodeId,
+    tenant: &str,
+    shard: ShardId,
+    user: &str,
+    applied: u64,
+) -> std::result::Result<std::collections::BTreeSet<String>, String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut after: Option<pb::SearchAfter> = None;
+    // Bounded: each page adds new ids and ids are finite; the cap only
+    // guards against a server that repeats pages forever.
+    for _ in 0..1000 {
+        let mut c = cluster.node_client(node).map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(pb::SearchRequest {
+            tenant: tenant.to_string(),
+            shard,
+            user: user.to_string(),
+            query: String::new(),
+            limit: 500,
+            min_applied: applied,
+            after: after.clone(),
+            timeout_ms: 10_000,
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(12));
+        let r = tokio::time::timeout(Duration::from_secs(12), c.search(req))
+            .await
+            .map_err(|_| format!("node {node}: no answer"))?
+            .map_err(|s| format!("node {node}: {}", s.message()))?
+            .into_inner();
+        let Some(last) = r.hits.last() else {
+            return Ok(out);
+        };
+        after = Some(pb::SearchAfter {
+            score: last.score,
+            id: last.id.clone(),
+        });
+        let before = out.len();
+        out.extend(r.hits.iter().map(|h| h.id.clone()));
+        if out.len() == before {
+            return Err(format!(
+                "node {node}: search as {user} repeated a page after {}",
+                last.id
+            ));
+        }
+    }
+    Err(format!("node {node}: search as {user} never ended"))
+}
+
 /// Checks every written document on every replica of every shard of its
 /// tenant against the history, then each replica's index against its store.
 pub async fn check_store(
@@ -200,9 +309,13 @@ pub async fn check_store(
     tenants: &[TenantState],
     shards: &BTreeMap<ShardId, (String, Vec<NodeId>)>,
     convergence: &[ShardConvergence],
+    lagging: &BTreeMap<(ShardId, NodeId), String>,
     snap: &Snapshot,
 ) -> StoreCheck {
     let mut out = StoreCheck::default();
+    for why in lagging.values() {
+        out.index_stalled.add(|| why.clone());
+    }
     // (tenant, k, home shard, shard read, node) for every read to make.
     let mut jobs = Vec::new();
     for t in tenants {
@@ -233,6 +346,7 @@ pub async fn check_store(
     out.replica_reads = results.len() as u64;
     // Documents found per (shard, node, tenant), for the index check.
     let mut found_count: BTreeMap<(ShardId, NodeId, String), u64> = BTreeMap::new();
+    let mut stored: BTreeMap<(ShardId, NodeId, String), Vec<Document>> = BTreeMap::new();
     let mut lost_docs: BTreeMap<(String, u32), Vec<String>> = BTreeMap::new();
     for (tenant, k, id, home, shard, node, r) in results {
         let doc = match r {
@@ -242,7 +356,11 @@ pub async fn check_store(
                 continue;
             }
         };
-        if doc.is_some() {
+        if let Some(d) = &doc {
+            stored
+                .entry((shard, node, tenant.clone()))
+                .or_default()
+                .push(d.clone());
             *found_count
                 .entry((shard, node, tenant.clone()))
                 .or_default() += 1;
@@ -302,10 +420,56 @@ pub async fn check_store(
             )
         });
     }
+    // The permission filter at rest: every user's match-all search on
+    // every replica must return exactly the documents whose stored version
+    // admits the user.
+    for conv in convergence {
+        for (node, applied, _, _) in &conv.last {
+            if lagging.contains_key(&(conv.shard, *node)) {
+                continue;
+            }
+            let held: Vec<&Document> = stored
+                .get(&(conv.shard, *node, conv.tenant.clone()))
+                .map(|v| v.iter().collect())
+                .unwrap_or_default();
+            for user in model::reader_users() {
+                let principals = model::principals_of(user);
+                let want: std::collections::BTreeSet<&str> = held
+                    .iter()
+                    .filter(|d| model::admits(&d.permissions, &principals))
+                    .map(|d| d.id.as_str())
+                    .collect();
+                let got =
+                    match replica_ids(cluster, *node, &conv.tenant, conv.shard, user, *applied)
+                        .await
+                    {
+                        Ok(ids) => ids,
+                        Err(e) => {
+                            out.unreadable.add(|| e);
+                            continue;
+                        }
+                    };
+                out.acl_searches += 1;
+                for id in got.iter().filter(|id| !want.contains(id.as_str())) {
+                    out.acl_leaks.add(|| {
+                        format!("shard {} node {node}: match-all search as {user} returned {id}, whose stored version does not admit {user}", conv.shard)
+                    });
+                }
+                for id in want.iter().filter(|id| !got.contains(**id)) {
+                    out.acl_missing.add(|| {
+                        format!("shard {} node {node}: match-all search as {user} missed {id}, which its stored version admits", conv.shard)
+                    });
+                }
+            }
+        }
+    }
     // Index versus store, per replica, once the index covers what the
     // store has applied.
     for conv in convergence {
         for (node, applied, _, _) in &conv.last {
+            if lagging.contains_key(&(conv.shard, *node)) {
+                continue;
+            }
             let want = found_count
                 .get(&(conv.shard, *node, conv.tenant.clone()))
                 .copied()

@@ -811,23 +811,28 @@ impl Cluster {
     }
 
     /// A graceful stop: SIGTERM, then wait for the exit until `deadline`,
-    /// then kill -9 if it is still there.
-    pub async fn stop_gracefully(&self, p: Proc, deadline: Instant) -> Result<()> {
+    /// then kill -9 if it is still there. Returns whether it exited on its
+    /// own (false: it hung and had to be killed, which is a bug worth
+    /// reporting).
+    pub async fn stop_gracefully(&self, p: Proc, deadline: Instant) -> Result<bool> {
         let mut procs = self.procs.lock().await;
         let m = procs
             .get_mut(&p)
             .ok_or_else(|| ChaosError::Cluster(format!("no process {p}")))?;
         if !m.is_alive() {
-            return Ok(());
+            return Ok(true);
         }
-        m.resume()?;
+        if m.is_stopped() {
+            m.resume()?;
+        }
         m.terminate()?;
         if tokio::time::timeout_at(deadline, m.wait()).await.is_err() {
             tracing::warn!(%p, "did not exit after SIGTERM; kill -9");
             m.kill9()?;
             m.wait().await?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Heals every link and brings every process back (resumed or

@@ -235,6 +235,13 @@ pub struct OnlineFindings {
     /// Reads that failed, with their error (not a violation by itself:
     /// read availability judges them).
     pub failed_reads: Tally,
+    /// Search hits the oracle checked.
+    pub hits_checked: u64,
+    /// Documents returned by gets that the oracle checked.
+    pub gets_checked: u64,
+    /// Of those, hits and documents returned to users other than root
+    /// (whose permissions are the interesting ones).
+    pub non_root_checked: u64,
 }
 
 #[derive(Default)]
@@ -339,6 +346,12 @@ impl History {
     /// that was written, with exactly the content written, and its own
     /// permissions must admit the user.
     pub fn check_returned(&self, tenant: &str, user: &str, doc: &Document) -> Result<(), Finding> {
+        self.with_findings(|f| {
+            f.gets_checked += 1;
+            if user != model::ROOT_USER {
+                f.non_root_checked += 1;
+            }
+        });
         let Some(k) = model::parse_doc_id(tenant, &doc.id) else {
             return Err(Finding::Leak(format!(
                 "get as {user} in {tenant} returned foreign document {}",
@@ -371,6 +384,11 @@ impl History {
             )));
         }
         Ok(())
+    }
+
+    /// Write operations recorded so far (cheap, for progress polling).
+    pub fn write_count(&self) -> usize {
+        self.inner.lock().writes.len()
     }
 
     /// Records a read.

@@ -42,8 +42,8 @@ enum Command {
     /// on any violation, 3 when the harness itself could not run.
     Run {
         /// Scenario name (see `tessera-chaos scenarios`).
-        #[arg(long)]
-        scenario: String,
+        #[arg(long, required_unless_present = "plan_file")]
+        scenario: Option<String>,
         /// Workload duration in seconds (faults happen inside it).
         #[arg(long, default_value_t = 60)]
         duration: u64,
@@ -73,6 +73,33 @@ enum Command {
         /// scenario but mixed.
         #[arg(long)]
         require_availability: Option<bool>,
+        /// Run this schedule (JSON, the shape `plan` prints) instead of
+        /// generating one; --scenario, --duration and --seed are then taken
+        /// from the file. For replaying or hand-crafting a fault sequence.
+        #[arg(long)]
+        plan_file: Option<PathBuf>,
+    },
+    /// Run several scenarios one after another (each on a fresh cluster)
+    /// and print a markdown table of the results; exits 1 if any failed.
+    Suite {
+        /// Scenarios to run, comma-separated (default: all of them).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// Seconds of workload per scenario.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Seconds of workload for `mixed` (100+ faults need 60 or more).
+        #[arg(long, default_value_t = 120)]
+        mixed_duration: u64,
+        /// Seed of every scenario.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Append each scenario's JSON report as one line to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Directory with tessera-node and tessera-router.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
     },
     /// Print a scenario's fault schedule for a seed (JSON) without running it.
     Plan {
@@ -169,7 +196,7 @@ const EXIT_HARNESS: u8 = 3;
 /// via clap. `run` exits 1 when its checks found a violation.
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_run = matches!(cli.command, Command::Run { .. });
+    let is_run = matches!(cli.command, Command::Run { .. } | Command::Suite { .. });
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -184,7 +211,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         // A scenario logs its faults (to stderr); the cluster's own chatter
         // stays in its log files.
         Command::Run { json: true, .. } => "warn",
-        Command::Run { .. } => "warn,tessera_chaos::nemesis=info,tessera_chaos::scenario=info",
+        Command::Run { .. } | Command::Suite { .. } => {
+            "warn,tessera_chaos::nemesis=info,tessera_chaos::scenario=info"
+        }
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -209,11 +238,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 readers,
                 docs,
                 require_availability,
+                plan_file,
             } => {
                 let bin_dir = match bin_dir {
                     Some(d) => d,
                     None => default_bin_dir().context("locating the tessera binaries")?,
                 };
+                let scenario = scenario.unwrap_or_default();
                 let mut opts =
                     RunOptions::new(&scenario, Duration::from_secs(duration), seed, bin_dir);
                 opts.cluster.keep_dir = keep;
@@ -221,15 +252,76 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 opts.workload.readers = readers;
                 opts.docs_per_tenant = docs;
                 opts.require_availability = require_availability;
+                if let Some(path) = plan_file {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let plan: scenario::Plan = serde_json::from_str(&text)
+                        .with_context(|| format!("parsing the plan in {}", path.display()))?;
+                    opts.scenario = plan.scenario.clone();
+                    opts.seed = plan.seed;
+                    opts.duration = Duration::from_millis(plan.duration_ms);
+                    opts.plan = Some(plan);
+                }
+                let name = opts.scenario.clone();
                 let report = scenario::run(opts)
                     .await
-                    .with_context(|| format!("running scenario {scenario}"))?;
+                    .with_context(|| format!("running scenario {name}"))?;
                 if json {
                     println!("{}", serde_json::to_string(&report)?);
                 } else {
                     print!("{}", report.summary());
                 }
                 Ok(if report.ok { 0 } else { EXIT_VIOLATION })
+            }
+            Command::Suite {
+                scenarios,
+                duration,
+                mixed_duration,
+                seed,
+                out,
+                bin_dir,
+            } => {
+                let bin_dir = match bin_dir {
+                    Some(d) => d,
+                    None => default_bin_dir().context("locating the tessera binaries")?,
+                };
+                let names: Vec<String> = if scenarios.is_empty() {
+                    SCENARIOS.iter().map(|s| s.to_string()).collect()
+                } else {
+                    scenarios
+                };
+                let mut reports = Vec::new();
+                for name in &names {
+                    let secs = if name == "mixed" {
+                        mixed_duration
+                    } else {
+                        duration
+                    };
+                    eprintln!("== {name}: {secs} s, seed {seed}");
+                    let opts =
+                        RunOptions::new(name, Duration::from_secs(secs), seed, bin_dir.clone());
+                    let report = scenario::run(opts)
+                        .await
+                        .with_context(|| format!("running scenario {name}"))?;
+                    eprint!("{}", report.summary());
+                    if let Some(path) = &out {
+                        use std::io::Write as _;
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .with_context(|| format!("opening {}", path.display()))?;
+                        writeln!(f, "{}", serde_json::to_string(&report)?)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
+                    reports.push(report);
+                }
+                print!("{}", tessera_chaos::report::table(&reports));
+                Ok(if reports.iter().all(|r| r.ok) {
+                    0
+                } else {
+                    EXIT_VIOLATION
+                })
             }
             Command::Plan {
                 scenario,

@@ -26,6 +26,15 @@ use crate::control::ProxySet;
 use crate::error::{ChaosError, Result};
 use crate::proxy::LinkFaults;
 
+/// How long a fault waits for its target's shard to have a leader. Short,
+/// because the schedule waits with it: a fault that cannot find its target
+/// is skipped (and reported) rather than stretching every other fault.
+pub const RESOLVE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a node may take to exit after SIGTERM before a graceful
+/// restart gives up, kills it and reports the hang.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
 /// Which node a fault hits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "of", rename_all = "kebab-case")]
@@ -206,7 +215,8 @@ pub struct AppliedFault {
     /// Whether it was injected at all (false: its target could not be
     /// resolved, e.g. no leader during an election).
     pub injected: bool,
-    /// Why injecting or healing failed, if it did.
+    /// Why injecting or healing failed, if it did. On an injected fault
+    /// this is a finding (a node that hung on SIGTERM or did not come back).
     pub error: Option<String>,
 }
 
@@ -374,7 +384,7 @@ impl Nemesis {
     }
 
     async fn wait_leader(&self, shard: ShardId) -> Result<NodeId> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + RESOLVE_WAIT;
         let mut tick = tokio::time::interval(POLL);
         loop {
             tick.tick().await;
@@ -421,7 +431,9 @@ impl Nemesis {
         match self.try_apply(idx, &step.fault, &mut out).await {
             Ok(undo) => {
                 out.injected = true;
-                self.active.lock().insert(idx, undo);
+                if !matches!(undo, Undo::Nothing) {
+                    self.active.lock().insert(idx, undo);
+                }
             }
             Err(e) => {
                 tracing::warn!(step = idx, error = %e, "fault not injected");
@@ -640,14 +652,22 @@ impl Nemesis {
                     if *graceful { "graceful" } else { "crash" }
                 );
                 let deadline = Instant::now() + SETTLE;
+                let mut hung = false;
                 if *graceful {
-                    c.stop_gracefully(Proc::Node(id), Instant::now() + Duration::from_secs(20))
-                        .await?;
+                    let grace = Instant::now() + STOP_GRACE;
+                    hung = !c.stop_gracefully(Proc::Node(id), grace).await?;
                 } else {
                     c.kill(Proc::Node(id)).await?;
                 }
                 c.restart(Proc::Node(id), deadline).await?;
                 self.wait_caught_up(id, deadline).await?;
+                if hung {
+                    // Injected all the same; the hang is the finding.
+                    out.error = Some(format!(
+                        "node {id} did not exit within {} s of SIGTERM and was killed",
+                        STOP_GRACE.as_secs()
+                    ));
+                }
                 Ok(Undo::Nothing)
             }
         }

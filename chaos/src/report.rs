@@ -12,7 +12,7 @@ use crate::history::{OnlineFindings, OpStatus, ReadSample, Snapshot};
 use crate::nemesis::AppliedFault;
 
 /// Reads that succeeded out of those attempted.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Availability {
     /// Reads attempted.
     pub reads: u64,
@@ -30,11 +30,15 @@ impl Availability {
         }
         self.availability = self.ok as f64 / self.reads as f64;
     }
+}
 
-    fn new() -> Self {
+impl Default for Availability {
+    /// No reads yet: nothing failed, so fully available.
+    fn default() -> Self {
         Availability {
+            reads: 0,
+            ok: 0,
             availability: 1.0,
-            ..Availability::default()
         }
     }
 }
@@ -53,6 +57,23 @@ pub struct ReadAvailability {
     /// Reads through a router whose own region was out at the time: not
     /// counted, since its clients are in the failed region too.
     pub excluded: u64,
+    /// Per fault window (each injected fault, in schedule order).
+    pub windows: Vec<WindowAvailability>,
+}
+
+/// Read availability inside one fault's window.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WindowAvailability {
+    /// Schedule step.
+    pub step: usize,
+    /// Fault kind.
+    pub kind: String,
+    /// Window start (ms).
+    pub at_ms: u64,
+    /// Window end (ms).
+    pub healed_ms: u64,
+    /// Reads in flight during the window, and how many succeeded.
+    pub reads: Availability,
 }
 
 /// Splits reads into fault windows. A read belongs to a window when it
@@ -65,16 +86,21 @@ pub fn read_availability(
     router_region: &dyn Fn(usize) -> usize,
     end_ms: u64,
 ) -> ReadAvailability {
-    let mut out = ReadAvailability {
-        overall: Availability::new(),
-        steady: Availability::new(),
-        during_faults: Availability::new(),
-        ..ReadAvailability::default()
-    };
+    let mut out = ReadAvailability::default();
     let windows: Vec<(&AppliedFault, u64, u64)> = faults
         .iter()
         .filter(|f| f.injected)
         .map(|f| (f, f.at_ms, f.healed_ms.unwrap_or(end_ms)))
+        .collect();
+    out.windows = windows
+        .iter()
+        .map(|(f, a, b)| WindowAvailability {
+            step: f.step,
+            kind: f.kind.clone(),
+            at_ms: *a,
+            healed_ms: *b,
+            reads: Availability::default(),
+        })
         .collect();
     for r in reads {
         let active: Vec<&AppliedFault> = windows
@@ -82,10 +108,17 @@ pub fn read_availability(
             .filter(|(_, a, b)| r.end_ms >= *a && r.start_ms <= *b)
             .map(|(f, _, _)| *f)
             .collect();
-        if active
+        let excluded = active
             .iter()
-            .any(|f| f.region.is_some_and(|reg| reg == router_region(r.router)))
-        {
+            .any(|f| f.region.is_some_and(|reg| reg == router_region(r.router)));
+        if !excluded {
+            for (w, (_, a, b)) in out.windows.iter_mut().zip(&windows) {
+                if r.end_ms >= *a && r.start_ms <= *b {
+                    w.reads.add(r.ok);
+                }
+            }
+        }
+        if excluded {
             out.excluded += 1;
             continue;
         }
@@ -210,6 +243,23 @@ pub fn write_stats(snap: &Snapshot) -> WriteStats {
     out
 }
 
+/// One shard of a tenant as placed when the workload started.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ShardPlacement {
+    /// Tenant.
+    pub tenant: String,
+    /// Partition index.
+    pub partition: usize,
+    /// Shard id.
+    pub shard: u64,
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// Leader at the start.
+    pub leader: Option<u64>,
+}
+
 /// Everything a run produced. The first fields are the contract of
 /// `--json` (scripts read them); the rest is detail.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -276,13 +326,15 @@ pub struct Report {
     pub rw_checks_ok: u64,
     /// Where the cluster's files were kept (failed runs, or `--keep`).
     pub cluster_dir: Option<String>,
+    /// Tenants' shards, replicas and leaders at the start.
+    pub placement: Vec<ShardPlacement>,
 }
 
 impl Report {
     /// Fills the headline numbers and the violation list from the detail.
     pub fn finalize(&mut self) {
         let o = &self.online;
-        self.leaks = o.leaks.count;
+        self.leaks = o.leaks.count + self.store.acl_leaks.count;
         self.phantoms = o.phantoms.count;
         self.duplicates = o.duplicates.count;
         self.corrupt = o.corrupt.count + self.store.corrupt.count;
@@ -315,6 +367,16 @@ impl Report {
             &self.store.lost_acked.examples,
         );
         count(o.leaks.count, "permission leaks", &o.leaks.examples);
+        count(
+            self.store.acl_leaks.count,
+            "permission leaks at rest",
+            &self.store.acl_leaks.examples,
+        );
+        count(
+            self.store.acl_missing.count,
+            "documents hidden from users who may see them",
+            &self.store.acl_missing.examples,
+        );
         count(o.phantoms.count, "phantom hits", &o.phantoms.examples);
         count(o.duplicates.count, "duplicate hits", &o.duplicates.examples);
         count(
@@ -341,6 +403,11 @@ impl Report {
             self.store.index_mismatch.count,
             "index/store mismatches",
             &self.store.index_mismatch.examples,
+        );
+        count(
+            self.store.index_stalled.count,
+            "replicas whose search index stalled behind their store",
+            &self.store.index_stalled.examples,
         );
         count(
             o.rw_violations.count,
@@ -380,6 +447,11 @@ impl Report {
         for e in &self.heal_errors {
             v.push(format!("heal failed: {e}"));
         }
+        for f in self.faults.iter().filter(|f| f.injected) {
+            if let Some(e) = &f.error {
+                v.push(format!("fault {} ({}): {e}", f.step, f.detail));
+            }
+        }
         for (what, s) in &self.failover_stats {
             if s.timeouts > 0 {
                 v.push(format!("{what}: {} probes never succeeded", s.timeouts));
@@ -409,9 +481,10 @@ impl Report {
         self.violations = v;
     }
 
-    /// Whether the safety invariants held (no lost, leaked, corrupt or
+    /// Whether the data invariants held (no lost, leaked, corrupt or
     /// duplicated data, replicas converged, read-your-writes), ignoring
-    /// availability and failover timing.
+    /// availability, failover timing and process-level findings (a hang on
+    /// SIGTERM), which depend on timing or are reported separately.
     pub fn safety_ok(&self) -> bool {
         self.lost_acked == 0
             && self.leaks == 0
@@ -423,8 +496,9 @@ impl Report {
             && self.store.unexplained.count == 0
             && self.store.misplaced.count == 0
             && self.store.index_mismatch.count == 0
+            && self.store.acl_missing.count == 0
+            && self.store.index_stalled.count == 0
             && self.online.rejected_writes.count == 0
-            && self.heal_errors.is_empty()
     }
 
     /// A few lines for a human.
@@ -464,6 +538,22 @@ impl Report {
         for (k, a) in &self.reads.by_kind {
             let _ = writeln!(s, "    during {k}: {}", pct(a));
         }
+        for w in self
+            .reads
+            .windows
+            .iter()
+            .filter(|w| w.reads.ok < w.reads.reads)
+        {
+            let _ = writeln!(
+                s,
+                "    window of fault {} ({}, {}..{} ms): {}",
+                w.step,
+                w.kind,
+                w.at_ms,
+                w.healed_ms,
+                pct(&w.reads)
+            );
+        }
         let _ = writeln!(
             s,
             "  lost acked {}, leaks {}, phantoms {}, duplicates {}, corrupt {}, read-your-writes violations {} ({} checks ok, {} unavailable)",
@@ -478,12 +568,22 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  converged: {} ({} shards); store check: {} documents, {} replica reads, {} index mismatches",
+            "  converged: {} ({} shards); store check: {} documents, {} replica reads, {} index mismatches; permission filter at rest: {} searches, {} leaks, {} missing",
             self.converged,
             self.shards.len(),
             self.store.docs_checked,
             self.store.replica_reads,
-            self.store.index_mismatch.count
+            self.store.index_mismatch.count,
+            self.store.acl_searches,
+            self.store.acl_leaks.count,
+            self.store.acl_missing.count
+        );
+        let _ = writeln!(
+            s,
+            "  oracle: {} hits and {} found documents checked online ({} for users other than root)",
+            self.online.hits_checked,
+            self.online.gets_checked,
+            self.online.non_root_checked
         );
         for (what, st) in &self.failover_stats {
             let _ = writeln!(
@@ -499,11 +599,61 @@ impl Report {
         for v in &self.violations {
             let _ = writeln!(s, "  VIOLATION: {v}");
         }
+        let placed: Vec<String> = self
+            .placement
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{} shard {} voters {:?} learners {:?} leader {}",
+                    p.tenant,
+                    p.partition,
+                    p.shard,
+                    p.voters,
+                    p.learners,
+                    p.leader.map_or("-".into(), |l| l.to_string())
+                )
+            })
+            .collect();
+        if !placed.is_empty() {
+            let _ = writeln!(s, "  placement: {}", placed.join("; "));
+        }
         if let Some(d) = &self.cluster_dir {
             let _ = writeln!(s, "  cluster files: {d}");
         }
         s
     }
+}
+
+/// A markdown table of several runs, one row per scenario: what
+/// `scripts/chaos.sh` prints and `docs/reliability.md` records.
+pub fn table(reports: &[Report]) -> String {
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let mut s = String::from(
+        "| scenario | seed | s | faults | lost acked | leaks | converged | read avail. | rw viol. | dup. | write failover p99 ms | region read failover p99 ms | result |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in reports {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2}% ({}/{}) | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.seed,
+            r.duration_s,
+            r.faults_injected,
+            r.lost_acked,
+            r.leaks,
+            if r.converged { "yes" } else { "NO" },
+            r.read_availability * 100.0,
+            r.reads.overall.ok,
+            r.reads.overall.reads,
+            r.rw_violations,
+            r.duplicates,
+            ms(r.failover_ms_p99),
+            ms(r.region_read_failover_ms_p99),
+            if r.ok { "pass" } else { "FAIL" }
+        );
+    }
+    s
 }
 
 #[cfg(test)]
@@ -563,6 +713,9 @@ mod tests {
         assert_eq!(a.by_kind["kill"].reads, 2);
         assert_eq!(a.by_kind["kill"].ok, 1);
         assert_eq!(a.by_kind["region-outage"].ok, 1);
+        assert_eq!(a.windows.len(), 2);
+        assert_eq!((a.windows[0].reads.reads, a.windows[0].reads.ok), (2, 1));
+        assert_eq!((a.windows[1].reads.reads, a.windows[1].reads.ok), (1, 1));
     }
 
     #[test]
@@ -590,5 +743,8 @@ mod tests {
         }];
         r.finalize();
         assert_eq!(r.failover_ms_p99, Some(1500));
+        let t = table(&[r]);
+        assert_eq!(t.lines().count(), 3);
+        assert!(t.contains("| 1500 |") && t.contains("FAIL"), "{t}");
     }
 }

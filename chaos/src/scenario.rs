@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ use crate::cluster::{Cluster, ClusterOptions, Layout};
 use crate::error::{ChaosError, Result};
 use crate::history::{Clock, History};
 use crate::nemesis::{AppliedFault, Fault, Nemesis, Step, Target};
-use crate::report::{self, FailoverSample, Report};
+use crate::report::{self, FailoverSample, Report, ShardPlacement};
 use crate::rng::SeededRng;
 use crate::workload::{self, Shared, TenantPlan, TenantState, WorkloadConfig};
 
@@ -50,11 +50,10 @@ pub const SCENARIOS: &[&str] = &[
 pub const MIN_DURATION: Duration = Duration::from_secs(8);
 /// How long a failover probe keeps trying.
 const PROBE_DEADLINE: Duration = Duration::from_secs(60);
-/// Deadline of a probe's single attempt.
-const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
 
-/// A generated schedule.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A generated schedule (or one read from a file, to replay or hand-craft
+/// a fault sequence: `tessera-chaos plan` prints this shape).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// Scenario name.
     pub scenario: String,
@@ -215,6 +214,27 @@ pub fn plan(
         window_end_ms: end,
         steps,
     })
+}
+
+/// Rejects a hand-written plan that could not run as written.
+fn check_plan(p: &Plan) -> Result<()> {
+    if p.duration_ms < MIN_DURATION.as_millis() as u64 {
+        return Err(ChaosError::Scenario(format!(
+            "plan duration {} ms is below the minimum of {:?}",
+            p.duration_ms, MIN_DURATION
+        )));
+    }
+    if let Some(s) = p
+        .steps
+        .iter()
+        .find(|s| s.at_ms + s.duration_ms > p.duration_ms)
+    {
+        return Err(ChaosError::Scenario(format!(
+            "step {s:?} ends after the plan's duration of {} ms",
+            p.duration_ms
+        )));
+    }
+    Ok(())
 }
 
 struct Gen<'a> {
@@ -422,6 +442,9 @@ pub struct RunOptions {
     pub docs_per_tenant: u32,
     /// Override of [`requires_full_read_availability`].
     pub require_availability: Option<bool>,
+    /// A schedule to run instead of generating one (its scenario name,
+    /// seed and duration are used as they are).
+    pub plan: Option<Plan>,
 }
 
 impl RunOptions {
@@ -435,6 +458,7 @@ impl RunOptions {
             workload: WorkloadConfig::default(),
             docs_per_tenant: 120,
             require_availability: None,
+            plan: None,
         }
     }
 }
@@ -446,13 +470,19 @@ pub async fn run(opts: RunOptions) -> Result<Report> {
     let started = std::time::Instant::now();
     let tenants = workload::default_tenants(opts.docs_per_tenant);
     // The schedule exists before the cluster does: it depends on the seed only.
-    let plan = plan(
-        &opts.scenario,
-        opts.duration,
-        opts.seed,
-        &opts.cluster.layout,
-        &tenants,
-    )?;
+    let plan = match &opts.plan {
+        Some(p) => {
+            check_plan(p)?;
+            p.clone()
+        }
+        None => plan(
+            &opts.scenario,
+            opts.duration,
+            opts.seed,
+            &opts.cluster.layout,
+            &tenants,
+        )?,
+    };
     let cluster = Arc::new(Cluster::start(opts.cluster.clone()).await?);
     let result = run_on(&cluster, &opts, &plan, &tenants).await;
     let failed = !matches!(&result, Ok(r) if r.ok);
@@ -474,6 +504,7 @@ async fn run_on(
         .iter()
         .filter_map(|t| t.shards.first().map(|s| (t.plan.name.clone(), *s)))
         .collect();
+    let placement = placement(cluster, &tenants).await;
     let nemesis = Arc::new(Nemesis::new(cluster.clone(), first_shards));
     let history = Arc::new(History::new());
     let mut config = opts.workload.clone();
@@ -558,8 +589,10 @@ async fn run_on(
     let shards = check::replicas(cluster, &tenants).await?;
     let convergence =
         check::convergence(cluster, &shards, Instant::now() + Duration::from_secs(90)).await;
+    let lagging =
+        check::index_lag(cluster, &shards, Instant::now() + Duration::from_secs(30)).await;
     let snap = history.snapshot();
-    let store = check::check_store(cluster, &tenants, &shards, &convergence, &snap).await;
+    let store = check::check_store(cluster, &tenants, &shards, &convergence, &lagging, &snap).await;
 
     let router_region = |k: usize| cluster.routers().get(k).map_or(usize::MAX, |r| r.region);
     let mut report = Report {
@@ -577,10 +610,35 @@ async fn run_on(
         shards: convergence,
         store,
         online: snap.findings.clone(),
+        placement,
         ..Report::default()
     };
     report.finalize();
     Ok(report)
+}
+
+/// Where each tenant's shards ended up and who led them when the workload
+/// started, for the report (a failure is easier to read with it).
+async fn placement(cluster: &Cluster, tenants: &[TenantState]) -> Vec<ShardPlacement> {
+    let Ok(map) = cluster.any_map().await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tenants {
+        for (partition, shard) in t.shards.iter().enumerate() {
+            if let Some(s) = map.shards.iter().find(|s| s.id == *shard) {
+                out.push(ShardPlacement {
+                    tenant: t.plan.name.clone(),
+                    partition,
+                    shard: *shard,
+                    voters: s.voters.clone(),
+                    learners: s.learners.clone(),
+                    leader: cluster.leader_of(*shard).await,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Fires the schedule's events in time order (heals before injections at
@@ -641,6 +699,10 @@ fn spawn_probes(
     probes: &mut JoinSet<FailoverSample>,
 ) {
     let deadline = Instant::now() + PROBE_DEADLINE;
+    // Probes are patient clients with the workload's deadlines, so they
+    // measure when the cluster accepted a write again, not how a short
+    // client deadline interacts with the router's own retries.
+    let (write_timeout, read_timeout) = (shared.config.write_timeout, shared.config.read_timeout);
     let routers = cluster.routers().to_vec();
     let surviving: Vec<usize> = routers
         .iter()
@@ -657,7 +719,7 @@ fn spawn_probes(
                 .find(|k| routers.get(*k).is_some_and(|r| r.region == t.plan.home))
                 .or_else(|| surviving.first().copied())
                 .unwrap_or(0);
-            let Ok(client) = cluster.router_client(router, PROBE_ATTEMPT) else {
+            let Ok(client) = cluster.router_client(router, write_timeout) else {
                 continue;
             };
             let (h, clock, ts, at, step, fault) = (
@@ -687,7 +749,7 @@ fn spawn_probes(
                 continue;
             }
             for &router in &surviving {
-                let Ok(client) = cluster.router_client(router, PROBE_ATTEMPT) else {
+                let Ok(client) = cluster.router_client(router, read_timeout) else {
                     continue;
                 };
                 let (clock, name, at, step, fault) = (
@@ -713,7 +775,7 @@ fn spawn_probes(
             // come back too.
             if t.plan.survival == "region" {
                 if let Some(&router) = surviving.first() {
-                    let Ok(client) = cluster.router_client(router, PROBE_ATTEMPT) else {
+                    let Ok(client) = cluster.router_client(router, write_timeout) else {
                         continue;
                     };
                     let (h, clock, ts, at, step, fault, name) = (

@@ -539,6 +539,12 @@ pub async fn reader(shared: Shared, client: TesseraClient, router: usize, idx: u
 /// Checks one page of hits: no duplicates, nothing of another tenant,
 /// nothing never written, nothing the user may not see under any version.
 pub fn check_hits(h: &History, tenant: &str, user: &str, query: &str, ids: &[String]) {
+    h.with_findings(|f| {
+        f.hits_checked += ids.len() as u64;
+        if user != model::ROOT_USER {
+            f.non_root_checked += ids.len() as u64;
+        }
+    });
     let mut seen = HashSet::new();
     for id in ids {
         if !seen.insert(id.as_str()) {

@@ -28,6 +28,8 @@ use crate::raft::{Raft, Request};
 use crate::storage::Storage;
 
 /// How often the control loops re-check state even without a map change.
+/// How long a stopping node lets open calls finish before cutting them.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 const CONTROL_TICK: Duration = Duration::from_millis(300);
 /// A voter other than the first initialises a group nobody initialised
 /// after this long (the first voter may be down).
@@ -75,6 +77,9 @@ pub struct NodeInner {
     pub meta: Arc<MetaState>,
     transport: QuicTransport,
     raft_config: Arc<openraft::Config>,
+    /// The same with doubled election timeouts, for voters outside a
+    /// shard's home region (see `shard_raft_config`).
+    away_raft_config: Arc<openraft::Config>,
     index_config: IndexConfig,
     data_dir: PathBuf,
     routes: Routes,
@@ -104,6 +109,11 @@ impl TesseraNode {
         let transport = QuicTransport::bind(spec.raft, &config.tls, server)
             .await
             .map_err(|e| NodeError::Transport(e.to_string()))?;
+        let away_raft_config = Arc::new(raft_config(&RaftTuning {
+            election_min: config.raft.election_min * 2,
+            election_max: config.raft.election_max * 2,
+            ..config.raft.clone()
+        })?);
         let raft_config = Arc::new(raft_config(&config.raft)?);
         let meta = Arc::new(MetaState::load(&storage)?);
         let inner = Arc::new(NodeInner {
@@ -116,6 +126,7 @@ impl TesseraNode {
             meta,
             transport,
             raft_config,
+            away_raft_config,
             index_config: config.index,
             data_dir: config.data_dir,
         });
@@ -166,14 +177,31 @@ impl TesseraNode {
     }
 
     /// Stops serving, shuts every group down and flushes every index.
+    ///
+    /// The Raft groups stop first, so that the other replicas elect new
+    /// leaders while this node drains its calls rather than after; the
+    /// drain is bounded by `SHUTDOWN_DRAIN`, after which open calls are
+    /// cut off.
     pub async fn shutdown(&self) {
         let _ = self.shutdown_tx.send(true);
-        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
-        for t in tasks {
-            let _ = t.await;
-        }
-        for group in self.inner.registry.drain() {
+        let groups = self.inner.registry.drain();
+        for group in &groups {
             let _ = group.raft.shutdown().await;
+        }
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for mut t in tasks {
+            if tokio::time::timeout(SHUTDOWN_DRAIN, &mut t).await.is_err() {
+                tracing::warn!("a node task outlived the shutdown drain; aborting it");
+                t.abort();
+                let _ = t.await;
+            }
+        }
+        // A control loop may have opened a group while the first drain ran.
+        let late = self.inner.registry.drain();
+        for group in &late {
+            let _ = group.raft.shutdown().await;
+        }
+        for group in groups.into_iter().chain(late) {
             if let GroupData::Shard(shard) = &group.data {
                 let index = shard.index.clone();
                 let _ = tokio::task::spawn_blocking(move || index.close()).await;
@@ -209,6 +237,20 @@ impl NodeInner {
         }
     }
 
+    /// The Raft config of a shard group on this node. openraft 0.9 has no
+    /// leader transfer, so leadership is steered by election timing: a
+    /// voter outside the shard's home region waits twice as long before
+    /// standing, and a home-region voter normally wins. Writes then commit
+    /// with home-region latency; if the whole home region is gone, the
+    /// others still elect, only later.
+    fn shard_raft_config(&self, shard: ShardId) -> Arc<openraft::Config> {
+        let map = self.meta.map();
+        match map.shards.get(&shard) {
+            Some(entry) if entry.policy.home != self.spec.region => self.away_raft_config.clone(),
+            _ => self.raft_config.clone(),
+        }
+    }
+
     async fn open_group(
         &self,
         group: ShardId,
@@ -217,15 +259,14 @@ impl NodeInner {
     ) -> Result<(), NodeError> {
         let log = LogStore::new(group, self.storage.clone(), purge_limit.clone());
         let sm = StateMachine::open(group, self.storage.clone(), data.clone())?;
-        let raft = Raft::new(
-            self.id,
-            self.raft_config.clone(),
-            self.network(group),
-            log,
-            sm,
-        )
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let config = if group == META_GROUP {
+            self.raft_config.clone()
+        } else {
+            self.shard_raft_config(group)
+        };
+        let raft = Raft::new(self.id, config, self.network(group), log, sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
         self.registry.insert(
             group,
             Arc::new(GroupHandle {
@@ -318,10 +359,29 @@ fn uninitialized(raft: &Raft) -> bool {
             .is_none()
 }
 
-/// Whether this node should initialise a group with `voters` now.
-fn should_initialize(me: NodeId, voters: &[NodeId], opened_at: Instant) -> bool {
-    let first = voters.iter().min().copied();
+/// Whether this node should initialise a group with `voters` now: the
+/// preferred voter at once, any other voter after a grace period (in case
+/// the preferred one is down).
+fn should_initialize(
+    me: NodeId,
+    voters: &[NodeId],
+    preferred: Option<NodeId>,
+    opened_at: Instant,
+) -> bool {
+    let first = preferred.or_else(|| voters.iter().min().copied());
     first == Some(me) || (voters.contains(&me) && opened_at.elapsed() > INIT_GRACE)
+}
+
+/// The voter that initialises a shard: the lowest id in the home region.
+/// openraft's `initialize` makes the caller stand for election at once, so
+/// this choice decides the first leader; a home-region leader commits
+/// writes at home-region latency.
+fn home_initializer(map: &ClusterMap, voters: &[NodeId], home: &str) -> Option<NodeId> {
+    voters
+        .iter()
+        .filter(|v| map.nodes.get(v).is_some_and(|n| n.region == home))
+        .min()
+        .copied()
 }
 
 /// Bootstraps the meta group and, on its leader, keeps the map's node list
@@ -348,7 +408,7 @@ async fn drive_meta_once(
     voters: &[NodeId],
 ) -> Result<(), String> {
     let raft = &group.raft;
-    if uninitialized(raft) && should_initialize(node.id, voters, group.opened_at) {
+    if uninitialized(raft) && should_initialize(node.id, voters, None, group.opened_at) {
         let members = node.basic_nodes(&ClusterMap::default(), voters);
         match raft.initialize(members).await {
             Ok(()) => tracing::info!(voters = ?voters, "initialised the meta group"),
@@ -406,7 +466,10 @@ async fn reconcile_once(node: &NodeInner, map: &ClusterMap) -> Result<(), String
             continue;
         };
         let raft = &group.raft;
-        if uninitialized(raft) && should_initialize(node.id, &shard.voters, group.opened_at) {
+        let preferred = home_initializer(map, &shard.voters, &shard.policy.home);
+        if uninitialized(raft)
+            && should_initialize(node.id, &shard.voters, preferred, group.opened_at)
+        {
             let members = node.basic_nodes(map, &shard.voters);
             if let Err(e) = raft.initialize(members).await {
                 tracing::debug!(shard = shard.id, "initialise: {e}");
@@ -493,5 +556,44 @@ pub async fn propose_indexed(
             })
         }
         Err(e) => Err(ProposeError::Failed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::NodeEntry;
+
+    fn map(regions: &[(NodeId, &str)]) -> ClusterMap {
+        let mut m = ClusterMap::default();
+        m.apply(&MetaCommand::RegisterNodes(
+            regions
+                .iter()
+                .map(|(id, region)| NodeEntry {
+                    id: *id,
+                    region: region.to_string(),
+                    zone: "a".into(),
+                    raft_addr: String::new(),
+                    grpc_addr: String::new(),
+                })
+                .collect(),
+        ));
+        m
+    }
+
+    /// The chaos harness saw region-survival shards led from outside their
+    /// home region: the lowest voter id initialised (and so led) them.
+    #[test]
+    fn a_home_region_voter_initialises_the_shard() {
+        let m = map(&[(1, "us"), (3, "eu"), (5, "ap")]);
+        let preferred = home_initializer(&m, &[1, 3, 5], "eu");
+        assert_eq!(preferred, Some(3));
+        let fresh = Instant::now();
+        assert!(should_initialize(3, &[1, 3, 5], preferred, fresh));
+        assert!(!should_initialize(1, &[1, 3, 5], preferred, fresh));
+        assert!(!should_initialize(7, &[1, 3, 5], preferred, fresh));
+        // No voter at home: the lowest id, as before.
+        assert_eq!(home_initializer(&m, &[1, 5], "eu"), None);
+        assert!(should_initialize(1, &[1, 5], None, fresh));
     }
 }

@@ -222,6 +222,28 @@ impl TestCluster {
         }
     }
 
+    /// SIGTERM to a process node: true when it exits within `grace`. A node
+    /// that outlives the grace period is killed (and false returned), so a
+    /// hang fails the calling test instead of leaking the process.
+    pub async fn terminate(&mut self, id: NodeId, grace: Duration) -> bool {
+        match self.slots.insert(id, NodeSlot::Down) {
+            Some(NodeSlot::Proc(mut p)) => {
+                p.terminate().expect("SIGTERM");
+                let exited = tokio::time::timeout(grace, p.wait()).await.is_ok();
+                if !exited {
+                    let _ = p.kill9();
+                    let _ = p.wait().await;
+                }
+                exited
+            }
+            Some(NodeSlot::InProc(n)) => {
+                n.shutdown().await;
+                true
+            }
+            _ => true,
+        }
+    }
+
     /// Stops every node.
     pub async fn stop_all(&mut self) {
         let ids: Vec<NodeId> = self.slots.keys().copied().collect();

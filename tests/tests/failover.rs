@@ -201,3 +201,47 @@ async fn crash_between_apply_and_index_commit_is_repaired() {
         .expect("search after catch-up");
     assert_eq!(found, 300, "the catch-up re-indexed every applied change");
 }
+
+/// Chaos BUG-1: a node whose cluster map a router watches ignored SIGTERM.
+/// The gRPC server drained gracefully, the watch stream never ended, and
+/// the node kept leading while refusing writes until it was killed. Now
+/// shutdown ends the watch streams, stops the Raft groups first and bounds
+/// the drain: the node exits, the watcher sees its stream end, and the
+/// other replicas take the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_a_watched_leader_and_writes_move_on() {
+    let mut cluster = TestCluster::start(&Layout::one_region_three_zones(), Mode::Process).await;
+    let shard = cluster
+        .create_tenant("acme", &["us-east"], 1)
+        .await
+        .partitions[0];
+    cluster
+        .write(batch(shard, 0, 10), SETTLE)
+        .await
+        .expect("first batch");
+    let leader = cluster.leader_of(shard).await;
+    let mut watcher = cluster.client(leader).await.expect("client");
+    let mut maps = watcher
+        .watch_cluster_map(pb::ClusterMapRequest { known_epoch: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    maps.message().await.expect("first map").expect("a map");
+
+    // The grace is a hang detector, far above the node's 3 s drain bound.
+    let exited = cluster.terminate(leader, Duration::from_secs(30)).await;
+    assert!(exited, "node {leader} did not exit on SIGTERM");
+    let ended = maps.message().await;
+    assert!(
+        !matches!(ended, Ok(Some(_))),
+        "the watch stream ended with the node, got {ended:?}"
+    );
+    let after = cluster
+        .write(batch(shard, 10, 10), SETTLE)
+        .await
+        .expect("writes after the leader stopped");
+    assert_ne!(cluster.leader_of(shard).await, leader);
+    cluster.start_node(leader).await;
+    let digest = cluster.converged(shard, &[1, 2, 3], after.applied).await;
+    assert_eq!(digest.docs, 20, "every acknowledged doc on every replica");
+}

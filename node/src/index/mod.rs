@@ -188,6 +188,15 @@ impl ShardIndex {
         let watermark = read_watermark(&index)?;
         let writer: IndexWriter<TantivyDocument> =
             index.writer_with_num_threads(1, config.writer_memory)?;
+        // A process killed inside a commit leaves that commit's files behind
+        // (listed as managed, named by opstamp) while meta.json names the
+        // previous commit. The replay after the watermark can reach the same
+        // opstamp, and writing the same file name then fails for good
+        // (chaos BUG-2), so drop every file the last commit does not use.
+        writer
+            .garbage_collect_files()
+            .wait()
+            .map_err(IndexError::from)?;
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

@@ -194,6 +194,57 @@ fn crash_keeps_the_old_watermark_and_loses_uncommitted_docs() {
     assert_eq!(search_ids(&index, &query("acme", "")), ["p-2"]);
 }
 
+/// Chaos BUG-2: a process killed inside a tantivy commit leaves that
+/// commit's files (e.g. `<segment>.<opstamp>.del`) on disk, listed in
+/// `.managed.json`, while `meta.json` still names the previous commit. The
+/// restart replays the same changes, reaches the same opstamp and used to
+/// fail with `FileAlreadyExists`, stalling the index for good. The test
+/// recreates exactly that directory state: it commits the second batch,
+/// then puts the first commit's `meta.json` back.
+#[test]
+fn replay_after_a_crash_inside_a_commit_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first: Vec<IndexedDoc> = (0..20)
+        .map(|i| doc("acme", &format!("p-{i}"), "first version", ""))
+        .collect();
+    let second: Vec<IndexedDoc> = (0..10)
+        .map(|i| doc("acme", &format!("p-{i}"), "second version", ""))
+        .collect();
+    let meta = dir.path().join("meta.json");
+    let committed_meta;
+    {
+        let index = open_manual(dir.path());
+        index.submit(5, upserts(&first));
+        assert_eq!(index.flush().expect("flush"), 5);
+        committed_meta = std::fs::read(&meta).expect("meta.json");
+        // Updates delete from the committed segment: the commit writes a .del file.
+        index.submit(6, upserts(&second));
+        assert_eq!(index.flush().expect("flush"), 6);
+        index.close().expect("close");
+    }
+    let has_del = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".del"))
+    };
+    assert!(has_del(dir.path()), "the second commit wrote a delete file");
+    // The crash: the second commit's files exist, its meta.json does not.
+    std::fs::write(&meta, &committed_meta).expect("restore meta.json");
+
+    // A live writer runs two opstamps ahead of a reopened one, so the
+    // replay plus one more change (applied after the crash) lands on the
+    // crashed commit's opstamp, as it did in the chaos run.
+    let index = open_manual(dir.path());
+    assert_eq!(index.watermark(), 5);
+    index.submit(6, upserts(&second));
+    index.submit(7, upserts(&[doc("acme", "p-new", "second version", "")]));
+    assert_eq!(index.flush().expect("replayed commit"), 7);
+    assert_eq!(search_ids(&index, &query("acme", "second")).len(), 11);
+    assert_eq!(search_ids(&index, &query("acme", "first")).len(), 10);
+    assert_eq!(index.num_docs(), 21);
+}
+
 #[test]
 fn reset_deletes_everything_and_sets_the_watermark() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -61,7 +61,10 @@ pub struct NodeEntry {
 /// with the same policy, so residency holds by construction.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Policy {
-    /// Allowed regions, sorted.
+    /// Allowed regions: the home region first, then the others in the
+    /// order the tenant listed them (nearest first), without repeats.
+    /// Placement tops voters up in this order, and two tenants that list
+    /// the same regions in an order that places alike share shards.
     pub regions: Vec<String>,
     pub home: String,
     pub survival: Survival,
@@ -207,10 +210,7 @@ impl ClusterMap {
                 spec.partitions
             ));
         }
-        let mut regions = spec.regions.clone();
-        regions.sort();
-        regions.dedup();
-        for r in &regions {
+        for r in &spec.regions {
             check_name("region", r).map_err(|e| e.to_string())?;
             if !self.nodes.values().any(|n| &n.region == r) {
                 return Err(format!("region {r:?} has no nodes in this cluster"));
@@ -221,11 +221,13 @@ impl ClusterMap {
         } else {
             spec.home.clone()
         };
-        if !regions.contains(&home) {
+        if !spec.regions.contains(&home) {
             return Err(format!(
-                "home region {home:?} is not among the allowed regions {regions:?}"
+                "home region {home:?} is not among the allowed regions {:?}",
+                spec.regions
             ));
         }
+        let regions = home_first_listed_order(&spec.regions, &home);
         let survival = Survival::parse(&spec.survival)?;
         Ok(Policy {
             regions,
@@ -325,4 +327,18 @@ impl TenantEntry {
             partitions: self.partitions.clone(),
         }
     }
+}
+
+/// The home region, then the other listed regions in their listed order,
+/// each once. Sorting them instead (as an early version did) lost the
+/// nearest-first order, so zone-survival voters were topped up from the
+/// alphabetically first region (chaos BUG-3).
+fn home_first_listed_order(listed: &[String], home: &str) -> Vec<String> {
+    let mut out = vec![home.to_string()];
+    for r in listed {
+        if !out.contains(r) {
+            out.push(r.clone());
+        }
+    }
+    out
 }

@@ -235,6 +235,31 @@ mod tests {
         assert!(shard.replicas().all(|r| r <= 4), "no replica in ap");
     }
 
+    /// Chaos BUG-3: the top-up voter came from the alphabetically first
+    /// other region ("ap"), not the next listed (nearest) one.
+    #[test]
+    fn zone_tenant_tops_up_voters_from_the_next_listed_region() {
+        for (listed, top_up) in [(["us", "eu", "ap"], "eu"), (["us", "ap", "eu"], "ap")] {
+            let mut m = six();
+            let MetaOutcome::Tenant { tenant, .. } = m.apply(&spec("zt", &listed, "zone", 1))
+            else {
+                panic!("expected a tenant");
+            };
+            let shard = &m.shards[&tenant.partitions[0]];
+            let voter_regions: Vec<&str> = shard
+                .voters
+                .iter()
+                .map(|v| m.nodes[v].region.as_str())
+                .collect();
+            assert_eq!(
+                voter_regions.iter().filter(|r| **r == top_up).count(),
+                1,
+                "listed {listed:?}: voters in {voter_regions:?}"
+            );
+            assert_eq!(voter_regions.iter().filter(|r| **r == "us").count(), 2);
+        }
+    }
+
     #[test]
     fn region_survival_spreads_voters_and_adds_learners() {
         let mut m = map_with(&[

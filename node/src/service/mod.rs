@@ -35,6 +35,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAP_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Serves the API on `listener` until `shutdown` flips.
+///
+/// Shutdown ends every open `WatchClusterMap` stream as well: a graceful
+/// server waits for open calls, and a watch never ends by itself, so a
+/// watched node would otherwise never stop (chaos BUG-1).
 pub async fn serve(
     node: Arc<NodeInner>,
     listener: tokio::net::TcpListener,
@@ -43,9 +47,12 @@ pub async fn serve(
     // tonic ignores the builder's TCP_NODELAY for a listener we pass in, and
     // Nagle's algorithm adds tens of milliseconds to small replies.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = NodeServer::new(NodeService { node })
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024);
+    let service = NodeServer::new(NodeService {
+        node,
+        shutdown: shutdown.clone(),
+    })
+    .max_decoding_message_size(64 * 1024 * 1024)
+    .max_encoding_message_size(64 * 1024 * 1024);
     let result = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -60,6 +67,8 @@ pub async fn serve(
 /// The gRPC handlers.
 pub struct NodeService {
     node: Arc<NodeInner>,
+    /// Flips when the node stops; long-lived streams end on it.
+    shutdown: watch::Receiver<bool>,
 }
 
 fn timeout_of(ms: u32) -> Duration {
@@ -431,13 +440,18 @@ impl Node for NodeService {
     ) -> Result<Response<MapStream>, Status> {
         let known = request.into_inner().known_epoch;
         let rx = self.node.meta.subscribe();
-        let stream = tokio_stream::wrappers::WatchStream::new(rx).filter_map(move |m| {
+        let mut shutdown = self.shutdown.clone();
+        let stopping = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        let maps = tokio_stream::wrappers::WatchStream::new(rx).filter_map(move |m| {
             (m.epoch > known || known == 0).then(|| {
                 Ok(pb::ClusterMapResponse {
                     map: Some(m.to_proto()),
                 })
             })
         });
+        let stream = futures::StreamExt::take_until(maps, stopping);
         Ok(Response::new(Box::pin(stream)))
     }
 
