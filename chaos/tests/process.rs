@@ -12,9 +12,9 @@ use tessera_chaos::process::{self, ManagedProcess, ProcessSpec};
 /// this yields between checks; it never asserts on elapsed time.
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     within(what, async {
+        let mut poll = tokio::time::interval(std::time::Duration::from_millis(1));
         while !cond() {
-            tokio::task::yield_now().await;
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            poll.tick().await;
         }
     })
     .await;
