@@ -23,6 +23,8 @@
 #   report      renders docs/bench/RESULTS.md and docs/bench/plots/*.svg from
 #               whatever results exist (and includes write/router/acl/rerank.md)
 #
+# BENCH_NO_BUILD=1 skips the build (the release binaries are already fresh).
+#
 # --quick shrinks every section (about 10 minutes on 2 cores once built);
 # the full run is sized for about 60 minutes.
 #
@@ -41,7 +43,7 @@ sections=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) sections+=("$a") ;;
   esac
 done
@@ -56,7 +58,8 @@ export BENCH_DATE="${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%MZ)}"
 data="$root/docs/bench/data"
 mkdir -p "$data"
 
-built=0
+# BENCH_NO_BUILD=1 uses the binaries already in $CARGO_TARGET_DIR/release.
+built="${BENCH_NO_BUILD:-0}"
 build() {
   if [ "$built" = 0 ]; then
     log "building release binaries (node, router, CLI, benchmarks)"
