@@ -65,7 +65,25 @@ build() {
     log "building release binaries (node, router, CLI, benchmarks)"
     cargo build --release -p tessera-node -p tessera-router -p tessera-client -p tessera-bench --bins
     built=1
+    private_bins
   fi
+}
+
+# The shared target directory is also built into from other worktrees, so
+# right after building, the binaries this run uses are copied (without debug
+# info) to a private directory: node, router and benchmarks then all come
+# from this tree for the whole run. Benchmarks find tessera-node and
+# tessera-router beside themselves.
+private_bins() {
+  local dir
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/tessera-bench-bin.XXXXXX")"
+  for b in tessera-node tessera-router tessera bench_suite router_bench write_throughput acl_bench rerank_bench; do
+    if [ -x "$bin/$b" ]; then
+      objcopy --strip-debug "$bin/$b" "$dir/$b" 2>/dev/null || cp "$bin/$b" "$dir/$b"
+    fi
+  done
+  bin="$dir"
+  trap 'rm -rf "$bin"' EXIT
 }
 
 suite() { "$bin/bench_suite" --data "$data" "$@"; }
@@ -76,28 +94,28 @@ pick() { if [ "$quick" = 1 ]; then echo "$1"; else echo "$2"; fi; }
 bench_core() {
   build
   log "core: indexing, search latency, throughput"
-  suite core --docs "$(pick 10000 50000)" --rounds 3 --queries "$(pick 500 2000)" \
-    --clients 1,8,64 --requests "$(pick 1000 5000)"
+  suite core --docs "$(pick 20000 50000)" --rounds 3 --queries "$(pick 1000 2000)" \
+    --clients 1,8,64 --requests "$(pick 1500 5000)"
 }
 
 bench_docs() {
   build
   log "docs: latency and memory vs documents"
-  suite docs --sizes "$(pick 5000,15000,40000 10000,30000,100000,300000,1000000)" \
+  suite docs --sizes "$(pick 10000,30000,80000 10000,30000,100000,300000,1000000)" \
     --queries "$(pick 200 500)"
 }
 
 bench_tenants() {
   build
   log "tenants: probe latency vs tenants on one shard"
-  suite tenants --counts "$(pick 1,10,100,1000 1,10,100,1000,10000)" \
+  suite tenants --counts "$(pick 1,10,100,1000,5000 1,10,100,1000,10000)" \
     --probe-docs "$(pick 2000 5000)" --filler-docs 5 --queries "$(pick 150 300)"
 }
 
 bench_partitions() {
   build
   log "partitions: latency vs partition count"
-  suite partitions --counts "$(pick 1,2,4,8 1,2,4,8,16)" --docs "$(pick 8000 50000)" \
+  suite partitions --counts "$(pick 1,2,4,8 1,2,4,8,16)" --docs "$(pick 16000 20000)" \
     --queries "$(pick 200 500)"
 }
 
