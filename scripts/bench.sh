@@ -23,7 +23,8 @@
 #   report      renders docs/bench/RESULTS.md and docs/bench/plots/*.svg from
 #               whatever results exist (and includes write/router/acl/rerank.md)
 #
-# BENCH_NO_BUILD=1 skips the build (the release binaries are already fresh).
+# BENCH_NO_BUILD=1 skips the build (the release binaries are already fresh);
+# BENCH_BIN=DIR runs the binaries in DIR instead (no build).
 #
 # --quick shrinks every section (about 10 minutes on 2 cores once built);
 # the full run is sized for about 60 minutes.
@@ -43,7 +44,7 @@ sections=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) sections+=("$a") ;;
   esac
 done
@@ -58,8 +59,13 @@ export BENCH_DATE="${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%MZ)}"
 data="$root/docs/bench/data"
 mkdir -p "$data"
 
-# BENCH_NO_BUILD=1 uses the binaries already in $CARGO_TARGET_DIR/release.
+# BENCH_NO_BUILD=1 uses the binaries already in $CARGO_TARGET_DIR/release;
+# BENCH_BIN=DIR uses (and keeps) the binaries in DIR.
 built="${BENCH_NO_BUILD:-0}"
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin="$BENCH_BIN"
+  built=1
+fi
 build() {
   if [ "$built" = 0 ]; then
     log "building release binaries (node, router, CLI, benchmarks)"
