@@ -277,3 +277,57 @@ impl RawIndex {
         &self.index
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn article(title: &str) -> Article {
+        Article {
+            id: String::new(),
+            title: title.to_string(),
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn title_queries_are_distinct_normalised_and_strided() {
+        let a: Vec<Article> = [
+            "Alpha (band)",
+            "Beta",
+            "alpha band",
+            "Gamma: ray",
+            "!!!",
+            "Delta",
+        ]
+        .iter()
+        .map(|t| article(t))
+        .collect();
+        // Every article from 0: "alpha band" repeats and "!!!" is empty.
+        assert_eq!(
+            title_queries(&a, 0, 1, 10),
+            vec!["alpha band", "beta", "gamma ray", "delta"]
+        );
+        // Every 2nd article from 1 (ids 1, 3, 5).
+        assert_eq!(
+            title_queries(&a, 1, 2, 10),
+            vec!["beta", "gamma ray", "delta"]
+        );
+        assert_eq!(title_queries(&a, 0, 1, 2).len(), 2);
+    }
+
+    #[test]
+    fn latency_summary_takes_nearest_rank_percentiles() {
+        let s = LatencySummary::of((1..=100).map(f64::from).collect());
+        assert_eq!(s.n, 100);
+        assert_eq!(s.p50, 51.0);
+        assert_eq!(s.p99, 99.0);
+        assert!((s.mean - 50.5).abs() < 1e-9);
+        assert!(LatencySummary::of(Vec::new()).p50.is_nan());
+    }
+
+    #[test]
+    fn rss_of_this_process_is_positive() {
+        assert!(rss_bytes(std::process::id()) > 0);
+    }
+}
