@@ -73,12 +73,14 @@ fn ip_base() -> (u8, u8) {
 /// Path of the `tessera-node` binary built next to the test binary.
 pub fn node_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let bin = dir.join("tessera-node");
+    // Test binaries live in `release/deps/`, benchmark binaries in `release/`.
+    let bin = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("tessera-node"))
+        .find(|b| b.exists())
+        .unwrap_or_else(|| PathBuf::from("tessera-node"));
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --release --bins` first (scripts/test.sh does)",

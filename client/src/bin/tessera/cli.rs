@@ -75,6 +75,16 @@ pub enum Command {
     Groups(LoadArgs),
     /// Search a tenant as a user.
     Search(SearchArgs),
+    /// Evaluate relevance (nDCG@10, MAP, MRR) on a test collection.
+    ///
+    /// Loads a collection directory (docs.jsonl, queries.tsv, qrels.txt; see
+    /// ../shared/data/ir) into a tenant through the router, runs every judged
+    /// query and reports the means with 95% bootstrap confidence intervals.
+    /// The tenant is created with --partitions P, or reused when it exists
+    /// with that many partitions (reloading is harmless: every document has
+    /// version 1). Queries are lowercased, stripped of punctuation and cut to
+    /// MAX_QUERY_TERMS (64) terms, since nodes reject longer ones.
+    Eval(EvalArgs),
     /// Show the cluster's nodes and shards.
     Status {
         /// Print {"epoch":N,"nodes":[...],"shards":[...]}.
@@ -194,6 +204,65 @@ pub struct SearchArgs {
     /// Print {"hits":[...],"cursor":...,"served_by":[...],"took_ms":F}.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Collection directory with docs.jsonl, queries.tsv and qrels.txt.
+    pub collection: PathBuf,
+    /// Tenant to load and search (default: eval-<collection>-p<P>).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Partition count of the tenant.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    /// Regions of a new tenant (comma-separated; default: the region of the
+    /// first node the router lists).
+    #[arg(long, value_delimiter = ',')]
+    pub regions: Vec<String>,
+    /// The searching user (the documents carry no restriction).
+    #[arg(long, default_value = "u:eval")]
+    pub user: String,
+    /// Rank profile passed to every search.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Hits fetched per query; MAP and MRR are computed over them (at most 1000).
+    #[arg(long, default_value_t = 1000)]
+    pub depth: u32,
+    /// nDCG gain: linear (trec_eval) or exponential (2^grade - 1).
+    #[arg(long, value_enum, default_value_t = GainArg::Linear)]
+    pub gain: GainArg,
+    /// Bootstrap resamples for the 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub resamples: usize,
+    /// Seed of the bootstrap resampling (same seed, same intervals).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Documents per write batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Searches in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Do not load the documents (the tenant already holds them).
+    #[arg(long)]
+    pub skip_load: bool,
+    /// Print the report as JSON, including per-query scores with --per-query.
+    #[arg(long)]
+    pub json: bool,
+    /// Include every query's scores in the output.
+    #[arg(long)]
+    pub per_query: bool,
+}
+
+/// How a relevance grade becomes nDCG gain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GainArg {
+    /// gain = grade (trec_eval's ndcg_cut).
+    Linear,
+    /// gain = 2^grade - 1.
+    Exponential,
 }
 
 #[cfg(test)]
@@ -320,6 +389,26 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Get { ref user, json: true, .. } if user == "u:bob")
         );
+        let cli = parse(&[
+            "eval",
+            "../shared/data/ir/cacm",
+            "--partitions",
+            "4",
+            "--profile",
+            "bm25",
+            "--json",
+        ])
+        .expect("eval");
+        match cli.command {
+            Command::Eval(e) => {
+                assert_eq!(e.partitions, 4);
+                assert_eq!(e.profile.as_deref(), Some("bm25"));
+                assert!(e.json && !e.skip_load);
+                assert_eq!((e.depth, e.seed, e.gain), (1000, 42, GainArg::Linear));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(parse(&["eval"]).is_err(), "the collection is required");
         let cli = parse(&["groups", "acme", "groups.jsonl"]).expect("groups");
         assert!(matches!(cli.command, Command::Groups(_)));
         let cli = parse(&[

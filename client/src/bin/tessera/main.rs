@@ -1,6 +1,7 @@
 //! `tessera`: the command-line client (see `tessera --help`).
 
 mod cli;
+mod eval_cmd;
 mod run;
 
 use clap::Parser;

@@ -29,14 +29,16 @@ impl From<ClientError> for Failure {
     }
 }
 
-fn bad_input(message: String) -> Failure {
+/// A bad-input failure (exit code 2).
+pub fn bad_input(message: String) -> Failure {
     Failure {
         code: exit::BAD_INPUT,
         message,
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
+/// Prints `v` as one line of JSON.
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     let text = serde_json::to_string(v).map_err(|e| Failure {
         code: exit::OTHER,
         message: format!("cannot print JSON: {e}"),
@@ -128,6 +130,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Search(args) => search(&client, args).await,
+        Command::Eval(args) => crate::eval_cmd::eval(&client, args).await,
         Command::Status { json } => {
             let st = client.status().await?;
             if json {

@@ -1,0 +1,162 @@
+//! `tessera eval`: relevance of a test collection through the router.
+
+use crate::cli::{EvalArgs, GainArg};
+use crate::run::{bad_input, print_json, Failure};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Duration;
+use tessera_client::eval::{self, BootstrapSpec, Collection, Estimate, Gain, Progress, RunOptions};
+use tessera_client::TesseraClient;
+
+/// A bar on stderr when it is a terminal (never in pipes and logs).
+fn bar(len: u64, what: &str) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let b = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>10} {bar:40.cyan/blue} {pos}/{len} ({eta})")
+    {
+        b.set_style(style);
+    }
+    b.set_message(what.to_string());
+    Some(b)
+}
+
+/// The first region the router knows a node in: a sensible home for a
+/// throwaway evaluation tenant.
+async fn default_regions(client: &TesseraClient) -> Result<Vec<String>, Failure> {
+    let st = client.status().await?;
+    st.nodes
+        .first()
+        .map(|n| vec![n.region.clone()])
+        .ok_or_else(|| bad_input("the router lists no node; pass --regions".into()))
+}
+
+/// Runs `tessera eval`.
+pub async fn eval(client: &TesseraClient, a: EvalArgs) -> Result<(), Failure> {
+    let collection = Collection::load(&a.collection).map_err(|e| bad_input(e.to_string()))?;
+    let name = a
+        .collection
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "collection".into());
+    if a.depth == 0 || a.depth > tessera_proto::limits::MAX_PAGE_SIZE {
+        return Err(bad_input(format!(
+            "--depth must be 1..={} (MAX_PAGE_SIZE)",
+            tessera_proto::limits::MAX_PAGE_SIZE
+        )));
+    }
+    let regions = if a.regions.is_empty() {
+        default_regions(client).await?
+    } else {
+        a.regions.clone()
+    };
+    let opts = RunOptions {
+        tenant: a
+            .tenant
+            .clone()
+            .unwrap_or_else(|| format!("eval-{name}-p{}", a.partitions)),
+        partitions: a.partitions,
+        regions,
+        user: a.user.clone(),
+        profile: a.profile.clone(),
+        depth: a.depth,
+        gain: match a.gain {
+            GainArg::Linear => Gain::Linear,
+            GainArg::Exponential => Gain::Exponential,
+        },
+        bootstrap: BootstrapSpec {
+            resamples: a.resamples,
+            seed: a.seed,
+        },
+        batch: a.batch.max(1),
+        concurrency: a.concurrency.max(1),
+        load: !a.skip_load,
+        retry_for: Duration::from_secs(60),
+        per_query: a.per_query,
+    };
+    let mut load_bar: Option<ProgressBar> = None;
+    let mut search_bar: Option<ProgressBar> = None;
+    let result = {
+        let mut on_progress = |p: Progress| match p {
+            Progress::Loading { done, total } => {
+                let b = load_bar.get_or_insert_with(|| {
+                    bar(total, "loading").unwrap_or_else(ProgressBar::hidden)
+                });
+                b.set_position(done);
+            }
+            Progress::Searching { done, total } => {
+                if let Some(b) = load_bar.take() {
+                    b.finish_and_clear();
+                }
+                let b = search_bar.get_or_insert_with(|| {
+                    bar(total, "searching").unwrap_or_else(ProgressBar::hidden)
+                });
+                b.set_position(done);
+            }
+        };
+        eval::run(client, &collection, &name, &opts, &mut on_progress).await
+    };
+    for b in [load_bar, search_bar].into_iter().flatten() {
+        b.finish_and_clear();
+    }
+    let report = result.map_err(|e| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })?;
+    if a.json {
+        return print_json(&report);
+    }
+    println!(
+        "{}: {} docs, {} judged queries; tenant {} ({} partition{}), depth {}{}",
+        report.collection,
+        report.docs,
+        report.queries,
+        report.tenant,
+        report.partitions,
+        if report.partitions == 1 { "" } else { "s" },
+        report.depth,
+        report
+            .profile
+            .as_deref()
+            .map(|p| format!(", profile {p}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "{:<8} {:>7}  95% CI ({} bootstrap resamples, seed {})",
+        "metric", "mean", report.bootstrap.resamples, report.bootstrap.seed
+    );
+    let row = |m: &str, e: &Estimate| {
+        println!(
+            "{m:<8} {:>7.4}  [{:.4}, {:.4}]",
+            e.mean, e.ci_low, e.ci_high
+        );
+    };
+    row("nDCG@10", &report.ndcg_at_10);
+    row("MAP", &report.map);
+    row("MRR", &report.mrr);
+    row("P@10", &report.p_at_10);
+    row("R@100", &report.r_at_100);
+    if !report.cut_queries.is_empty() {
+        println!(
+            "queries cut to {} terms (MAX_QUERY_TERMS): {}",
+            tessera_proto::limits::MAX_QUERY_TERMS,
+            report.cut_queries.join(", ")
+        );
+    }
+    if let Some(per) = &report.per_query {
+        println!(
+            "{:<8} {:>7} {:>7} {:>7} {:>7} {:>7}",
+            "qid", "nDCG@10", "AP", "RR", "P@10", "R@100"
+        );
+        for q in per {
+            println!(
+                "{:<8} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4}",
+                q.qid, q.ndcg10, q.ap, q.rr, q.p10, q.r100
+            );
+        }
+    }
+    Ok(())
+}
