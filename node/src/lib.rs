@@ -10,6 +10,7 @@
 
 pub mod acl;
 pub mod config;
+pub mod features;
 pub mod index;
 pub mod meta;
 pub mod node;
