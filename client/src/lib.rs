@@ -31,6 +31,7 @@ pub mod client;
 pub mod cluster_file;
 pub mod demo;
 pub mod error;
+pub mod features;
 pub mod types;
 
 pub use client::TesseraClient;
