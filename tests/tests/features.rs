@@ -454,3 +454,158 @@ async fn features_through_router_and_client() {
     );
     assert!(online.iter().flatten().any(|v| v.is_some_and(|v| v > 0.0)));
 }
+
+/// The `tessera` CLI end to end: `features apply|list|describe`, `events`,
+/// `features online` and `features historical` with CSV in and out, and
+/// exit code 2 with one stderr line for bad definitions and bad events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn features_cli() {
+    use tessera_tests::routers::cli;
+    let cluster = TestCluster::start(&Layout::one_region_three_zones(), Mode::InProc).await;
+    cluster.create_tenant("acme", &["us-east"], 2).await;
+    let router = tessera_tests::routers::start_inproc_router(&cluster, "us-east", |_| {}).await;
+    let addr = router.local_addr().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).to_string_lossy().to_string();
+
+    std::fs::write(path("bad.toml"), "[[feature]]\nname = \"x\"\n").expect("write");
+    let out = cli(&[
+        "--router",
+        &addr,
+        "features",
+        "apply",
+        "acme",
+        &path("bad.toml"),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing field"),
+        "{out:?}"
+    );
+
+    std::fs::write(path("features.toml"), TOML).expect("write");
+    let out = eventually(SETTLE, "features apply", || async {
+        let out = cli(&[
+            "--router",
+            &addr,
+            "features",
+            "apply",
+            "acme",
+            &path("features.toml"),
+        ])
+        .await;
+        Ok::<_, String>(out.status.success().then_some(out))
+    })
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("version 1"),
+        "{out:?}"
+    );
+    let out = cli(&["--router", &addr, "features", "list", "acme", "--json"]).await;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["version"], 1);
+    assert_eq!(
+        list["features"].as_array().map(Vec::len),
+        Some(FEATURES.len())
+    );
+    let out = cli(&[
+        "--router",
+        &addr,
+        "features",
+        "describe",
+        "acme",
+        "doc_popularity",
+    ])
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("half_life: 10m"),
+        "{out:?}"
+    );
+
+    let mut lines = events(3, 50, now_ms());
+    let good: Vec<u8> = lines.join(&b'\n');
+    lines.push(b"{\"kind\":\"view\",\"user\":\"u:1\",\"doc\":\"p-1\",\"space\":\"ENG\",\"ts\":\"2026-13-01\"}".to_vec());
+    std::fs::write(path("bad.jsonl"), lines.join(&b'\n')).expect("write");
+    let out = cli(&["--router", &addr, "events", "acme", &path("bad.jsonl")]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 51"),
+        "{out:?}"
+    );
+
+    std::fs::write(path("events.jsonl"), good).expect("write");
+    let out = cli(&[
+        "--router",
+        &addr,
+        "events",
+        "acme",
+        &path("events.jsonl"),
+        "--json",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let written: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(written["acked"], 50);
+    let token = written["token"].as_str().unwrap_or_default().to_string();
+
+    let out = cli(&[
+        "--router",
+        &addr,
+        "features",
+        "online",
+        "acme",
+        "--entity",
+        "user=u:1,space=ENG,doc=p-1",
+        "--features",
+        "user_space_views_30m,user_last_click",
+        "--token",
+        &token,
+        "--json",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let online: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        online["features"]["user_space_views_30m"].is_number(),
+        "{online}"
+    );
+
+    std::fs::write(
+        path("rows.csv"),
+        "user,space,doc,ts\nu:1,ENG,p-1,1970-01-01T00:00:00Z\nu:2,OPS,p-2,2100-01-01T00:00:00Z\n",
+    )
+    .expect("write");
+    let out = cli(&[
+        "--router",
+        &addr,
+        "features",
+        "historical",
+        "acme",
+        "--rows",
+        &path("rows.csv"),
+        "--features",
+        "user_space_views_30m,user_last_click",
+        "--out",
+        &path("out.csv"),
+        "--token",
+        &token,
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let csv = std::fs::read_to_string(path("out.csv")).expect("out.csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "user,space,doc,ts,user_space_views_30m,user_last_click"
+    );
+    assert_eq!(
+        lines[1], "u:1,ENG,p-1,1970-01-01T00:00:00Z,0,",
+        "no events yet: 0 and null"
+    );
+    assert_eq!(
+        lines[2], "u:2,OPS,p-2,2100-01-01T00:00:00Z,0,",
+        "long after: out of window, ttl expired"
+    );
+    assert_eq!(lines.len(), 3, "rows kept, in order");
+}
