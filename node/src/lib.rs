@@ -15,6 +15,7 @@ pub mod index;
 pub mod meta;
 pub mod node;
 pub mod raft;
+pub mod rank;
 pub mod service;
 pub mod storage;
 
