@@ -4,6 +4,7 @@ use crate::error::ClientError;
 use crate::types::*;
 use std::time::Duration;
 use tessera_proto::pb;
+use tessera_proto::pb::feature_router_client::FeatureRouterClient;
 use tessera_proto::pb::router_client::RouterClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -18,6 +19,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct TesseraClient {
     inner: RouterClient<Channel>,
+    /// The feature store service on the same connection.
+    pub(crate) features: FeatureRouterClient<Channel>,
     timeout: Duration,
 }
 
@@ -47,6 +50,9 @@ impl TesseraClient {
     /// Wraps an existing channel (custom TLS, interceptors, tests).
     pub fn from_channel(channel: Channel) -> Self {
         TesseraClient {
+            features: FeatureRouterClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             inner: RouterClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
@@ -65,11 +71,11 @@ impl TesseraClient {
         self.timeout
     }
 
-    fn timeout_ms(&self) -> u32 {
+    pub(crate) fn timeout_ms(&self) -> u32 {
         u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX)
     }
 
-    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.set_timeout(self.timeout);
         r

@@ -10,10 +10,12 @@
 
 pub mod acl;
 pub mod config;
+pub mod features;
 pub mod index;
 pub mod meta;
 pub mod node;
 pub mod raft;
+pub mod rank;
 pub mod service;
 pub mod storage;
 

@@ -6,6 +6,7 @@
 //! has to trust that an upstream layer validated anything.
 
 pub mod document;
+pub mod event;
 pub mod ids;
 pub mod limits;
 
@@ -16,4 +17,5 @@ pub mod pb {
 }
 
 pub use document::{Document, DocumentError, Permissions};
+pub use event::{Event, EventKind, ValidEvent};
 pub use ids::{partition_of, NodeId, Region, ShardId, TenantId, META_GROUP};

@@ -29,3 +29,12 @@ pub const MAX_BATCH_OPS: usize = 10_000;
 pub const MAX_GROUPS_PER_USER: usize = 1024;
 /// Most conjuncts a document's permissions may compile to (DNF size).
 pub const MAX_CONJUNCTS: usize = 4096;
+/// Largest absolute `value` an event may carry, so fixed-point sums of a
+/// feature's tiles cannot overflow.
+pub const MAX_EVENT_VALUE_ABS: f64 = 1e12;
+/// Most rows one `historical_features` request may carry.
+pub const MAX_HISTORICAL_ROWS: usize = 100_000;
+/// Most feature definitions one tenant may register.
+pub const MAX_FEATURES: usize = 256;
+/// Largest `features.toml` accepted, in bytes.
+pub const MAX_FEATURES_TOML_BYTES: usize = 256 * 1024;

@@ -17,6 +17,7 @@ pub mod breaker;
 pub mod config;
 pub mod deadline;
 pub mod error;
+pub mod features;
 pub mod limits;
 pub mod map_cache;
 pub mod merge;

@@ -34,8 +34,14 @@ impl NodePool {
     /// The channel connects on first use and reconnects by itself; HTTP/2
     /// keep-alives detect a dead peer so a watch stream does not hang forever.
     pub fn client(&self, addr: &str) -> Result<NodeClient<Channel>, RouterError> {
+        self.channel(addr).map(wrap)
+    }
+
+    /// The shared channel to the node at `addr`, for services other than
+    /// `Node` (the feature store) that the same connection carries.
+    pub fn channel(&self, addr: &str) -> Result<Channel, RouterError> {
         if let Some(ch) = self.channels.read().get(addr) {
-            return Ok(wrap(ch.clone()));
+            return Ok(ch.clone());
         }
         let uri = if addr.contains("://") {
             addr.to_string()
@@ -55,7 +61,7 @@ impl NodePool {
             .entry(addr.to_string())
             .or_insert_with(|| endpoint.connect_lazy())
             .clone();
-        Ok(wrap(ch))
+        Ok(ch)
     }
 }
 

@@ -71,6 +71,11 @@ impl Router {
             }
         }));
 
+        let features = tessera_proto::pb::feature_router_server::FeatureRouterServer::new(
+            crate::features::FeatureRouterService::new(Arc::clone(&backend)),
+        )
+        .max_decoding_message_size(MAX_API_MESSAGE)
+        .max_encoding_message_size(MAX_API_MESSAGE);
         let service = RouterServer::new(RouterService::new(Arc::clone(&backend), limits))
             .max_decoding_message_size(MAX_API_MESSAGE)
             .max_encoding_message_size(MAX_API_MESSAGE);
@@ -79,6 +84,7 @@ impl Router {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(service)
+                .add_service(features)
                 // `Server::tcp_nodelay` does not apply to an incoming stream
                 // we bind ourselves: set it on the accepted sockets, or Nagle
                 // plus delayed ACKs add ~40 ms to some responses.

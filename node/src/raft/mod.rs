@@ -44,6 +44,9 @@ pub enum Request {
     Shard(ShardCommand),
     /// A change to the cluster map (meta group only).
     Meta(MetaCommand),
+    /// Feature store events or definitions of one tenant (shard groups only).
+    /// Appended last so the encoding of the other variants is unchanged.
+    Features(crate::features::FeatureCommand),
 }
 
 /// One write batch of one tenant. Documents travel as their validated JSON
@@ -68,6 +71,13 @@ pub enum Response {
     Shard { applied_ops: u32, noop_ops: u32 },
     /// A meta command's outcome.
     Meta(MetaOutcome),
+    /// A feature command's outcome: the registry version in force, whether
+    /// the definitions changed, and how many events were stored.
+    Features {
+        version: u64,
+        changed: bool,
+        events: u32,
+    },
 }
 
 /// Converts any error into openraft's storage error for the given subject.

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::{io_err, RaftStorageError, Request, Response, ShardCommand, TypeConfig};
 use crate::acl;
+use crate::features::FeatureApplier;
 use crate::index::{count_tokens, IndexOp, IndexedDoc, ShardIndex};
 use crate::meta::{ClusterMap, MetaCommand, MetaOutcome};
 use crate::storage::{
@@ -541,6 +542,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             GroupData::Meta(_) => None,
         };
         let mut applier = shard.as_deref().map(|s| ShardApplier::new(s, &mut batch));
+        let mut features = shard
+            .as_deref()
+            .map(|s| FeatureApplier::new(s.storage.clone(), s.group));
         let mut last = None;
         for entry in entries {
             last = Some(entry.log_id);
@@ -552,6 +556,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(Request::Shard(cmd)) => match applier.as_mut() {
                     Some(a) => a.apply(entry.log_id.index, cmd).map_err(Self::sm_err)?,
+                    None => Response::Empty,
+                },
+                EntryPayload::Normal(Request::Features(cmd)) => match features.as_mut() {
+                    Some(f) => {
+                        let out = f.apply(entry.log_id.index, cmd).map_err(Self::sm_err)?;
+                        Response::Features {
+                            version: out.version,
+                            changed: out.changed,
+                            events: out.events,
+                        }
+                    }
                     None => Response::Empty,
                 },
                 EntryPayload::Normal(Request::Meta(cmd)) => match &self.data {
@@ -570,6 +585,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(a) => a.finish().map_err(Self::sm_err)?,
             None => Vec::new(),
         };
+        if let Some(f) = features {
+            f.finish(&mut batch).map_err(Self::sm_err)?;
+        }
         let Some(last) = last else {
             return Ok(responses);
         };

@@ -6,6 +6,7 @@
 //! with a leader hint, `Unavailable` to retry elsewhere, `InvalidArgument`
 //! for input the caller must fix.
 
+pub mod features;
 pub mod validate;
 
 use std::collections::{BTreeSet, HashMap};
@@ -48,6 +49,12 @@ pub async fn serve(
     // Nagle's algorithm adds tens of milliseconds to small replies.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let service = NodeServer::new(NodeService {
+        node: node.clone(),
+        shutdown: shutdown.clone(),
+    })
+    .max_decoding_message_size(64 * 1024 * 1024)
+    .max_encoding_message_size(64 * 1024 * 1024);
+    let features = tessera_proto::pb::features_server::FeaturesServer::new(NodeService {
         node,
         shutdown: shutdown.clone(),
     })
@@ -55,6 +62,7 @@ pub async fn serve(
     .max_encoding_message_size(64 * 1024 * 1024);
     let result = tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(features)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })

@@ -28,11 +28,14 @@ pub const CF_MEMBERS: &str = "members";
 pub const CF_CHANGES: &str = "changes";
 /// The newest built snapshot of each group.
 pub const CF_SNAPSHOTS: &str = "snapshots";
+/// Feature store rows (registry, raw events, tiles): see `features::store`.
+pub const CF_FEATURES: &str = "features";
 
 /// Column families that make up a shard's replicated state (what a snapshot carries).
-pub const STATE_CFS: [&str; 3] = [CF_SM_META, CF_DOCS, CF_MEMBERS];
+/// New tables go at the end: a snapshot row names its table by position.
+pub const STATE_CFS: [&str; 4] = [CF_SM_META, CF_DOCS, CF_MEMBERS, CF_FEATURES];
 
-const ALL_CFS: [&str; 7] = [
+const ALL_CFS: [&str; 8] = [
     CF_RAFT_LOG,
     CF_RAFT_META,
     CF_SM_META,
@@ -40,6 +43,7 @@ const ALL_CFS: [&str; 7] = [
     CF_MEMBERS,
     CF_CHANGES,
     CF_SNAPSHOTS,
+    CF_FEATURES,
 ];
 
 /// Storage failures. RocksDB errors carry their own message; the wrapper

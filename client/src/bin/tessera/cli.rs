@@ -85,6 +85,23 @@ pub enum Command {
     /// version 1). Queries are lowercased, stripped of punctuation and cut to
     /// MAX_QUERY_TERMS (64) terms, since nodes reject longer ones.
     Eval(EvalArgs),
+    /// Write events (JSON Lines: {"kind":"view","user":"u:a","doc":"p-1","space":"ENG","ts":"..."}).
+    /// One invalid line rejects the whole input; nothing is written.
+    Events {
+        /// Tenant.
+        tenant: String,
+        /// JSON Lines file, or - for stdin.
+        file: PathBuf,
+        /// Print {"acked":N,"token":"..."}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The feature store: definitions, online and historical values.
+    Features {
+        /// Which feature command.
+        #[command(subcommand)]
+        command: FeaturesCommand,
+    },
     /// Show the cluster's nodes and shards.
     Status {
         /// Print {"epoch":N,"nodes":[...],"shards":[...]}.
@@ -424,4 +441,72 @@ mod tests {
         assert_eq!(cli.region.as_deref(), Some("eu-west"));
         assert!(matches!(cli.command, Command::Status { json: true }));
     }
+}
+
+/// `tessera features ...`.
+#[derive(Debug, Subcommand)]
+pub enum FeaturesCommand {
+    /// Validate a features.toml and register it as a new version.
+    Apply {
+        /// Tenant.
+        tenant: String,
+        /// The features.toml file.
+        file: PathBuf,
+    },
+    /// List the registered features.
+    List {
+        /// Tenant.
+        tenant: String,
+        /// Print {"version":N,"features":[...]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one feature's definition.
+    Describe {
+        /// Tenant.
+        tenant: String,
+        /// Feature name.
+        name: String,
+        /// Print the definition as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Current values for one entity.
+    Online {
+        /// Tenant.
+        tenant: String,
+        /// The entity: user=u:a,space=ENG,doc=p-1 (the parts the features need).
+        #[arg(long)]
+        entity: String,
+        /// Comma-separated feature names.
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// Session token of earlier event writes.
+        #[arg(long)]
+        token: Option<String>,
+        /// Print {"features":{"name":value|null},"as_of":"..."}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point-in-time values for every row of a CSV (header with ts and
+    /// user/space/doc); writes the rows, in order, plus one column per feature.
+    Historical {
+        /// Tenant.
+        tenant: String,
+        /// Input rows (.csv).
+        #[arg(long)]
+        rows: PathBuf,
+        /// Comma-separated feature names.
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+        /// Output file (.csv); - for stdout.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+        /// Only use events also ingested by each row's time.
+        #[arg(long)]
+        as_of_known: bool,
+        /// Session token of earlier event writes.
+        #[arg(long)]
+        token: Option<String>,
+    },
 }

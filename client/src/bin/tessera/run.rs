@@ -1,6 +1,6 @@
 //! Runs one parsed command against a router and prints its result.
 
-use crate::cli::{Cli, Command, LoadArgs, SearchArgs, TenantCommand};
+use crate::cli::{Cli, Command, FeaturesCommand, LoadArgs, SearchArgs, TenantCommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -131,6 +131,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Search(args) => search(&client, args).await,
         Command::Eval(args) => crate::eval_cmd::eval(&client, args).await,
+        Command::Events { tenant, file, json } => events(&client, &tenant, &file, json).await,
+        Command::Features { command } => features(&client, command).await,
         Command::Status { json } => {
             let st = client.status().await?;
             if json {
@@ -353,4 +355,188 @@ fn print_report(report: &BulkReport, json: bool) -> Result<(), Failure> {
         println!("token: {}", report.token);
     }
     Ok(())
+}
+
+fn read_input(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    let read = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(path)
+    };
+    read.map_err(|e| bad_input(format!("cannot read {}: {e}", path.display())))
+}
+
+async fn events(
+    client: &TesseraClient,
+    tenant: &str,
+    file: &std::path::Path,
+    json: bool,
+) -> Result<(), Failure> {
+    let data = read_input(file)?;
+    let lines: Vec<Vec<u8>> = data
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(<[u8]>::to_vec)
+        .collect();
+    // Line numbers in errors are 1-based input lines of non-empty lines.
+    for (i, line) in lines.iter().enumerate() {
+        if let Err(e) = tessera_proto::Event::from_json_bytes(line) {
+            return Err(bad_input(format!("line {}: {e}; nothing written", i + 1)));
+        }
+    }
+    let mut token = String::new();
+    let mut acked = 0u32;
+    for chunk in lines.chunks(tessera_proto::limits::MAX_BATCH_OPS) {
+        let (n, t) = client.put_events(tenant, chunk.to_vec(), &token).await?;
+        acked += n;
+        token = t;
+    }
+    if json {
+        print_json(&serde_json::json!({"acked": acked, "token": token}))
+    } else {
+        println!("{acked} events acknowledged; token {token}");
+        Ok(())
+    }
+}
+
+fn fmt_value(v: Option<f64>) -> String {
+    v.map_or_else(|| "null".to_string(), |v| v.to_string())
+}
+
+async fn features(client: &TesseraClient, command: FeaturesCommand) -> Result<(), Failure> {
+    match command {
+        FeaturesCommand::Apply { tenant, file } => {
+            let text = String::from_utf8(read_input(&file)?)
+                .map_err(|e| bad_input(format!("{} is not UTF-8: {e}", file.display())))?;
+            let (version, changed, _) = client.apply_features(&tenant, &text).await?;
+            if changed {
+                println!("registered version {version}");
+            } else {
+                println!("unchanged: version {version} is already this text");
+            }
+            Ok(())
+        }
+        FeaturesCommand::List { tenant, json } => {
+            let (version, defs) = client.list_features(&tenant).await?;
+            if json {
+                let list: Vec<_> = defs.iter().map(def_json).collect();
+                return print_json(&serde_json::json!({"version": version, "features": list}));
+            }
+            println!("version {version}");
+            for d in defs {
+                println!(
+                    "{}\t{}\t{} {}\t{}",
+                    d.name,
+                    d.entity,
+                    d.aggregation,
+                    d.source,
+                    if d.window.is_empty() {
+                        "all time"
+                    } else {
+                        &d.window
+                    }
+                );
+            }
+            Ok(())
+        }
+        FeaturesCommand::Describe { tenant, name, json } => {
+            let (_, defs) = client.list_features(&tenant).await?;
+            let d = defs.iter().find(|d| d.name == name).ok_or_else(|| {
+                bad_input(format!("unknown feature {name:?} in tenant {tenant:?}"))
+            })?;
+            if json {
+                return print_json(&def_json(d));
+            }
+            println!(
+                "name: {}\nentity: {}\nsource: {}\naggregation: {}",
+                d.name, d.entity, d.source, d.aggregation
+            );
+            for (k, v) in [
+                ("field", &d.field),
+                ("window", &d.window),
+                ("half_life", &d.half_life),
+                ("ttl", &d.ttl),
+                ("description", &d.description),
+            ] {
+                if !v.is_empty() {
+                    println!("{k}: {v}");
+                }
+            }
+            Ok(())
+        }
+        FeaturesCommand::Online {
+            tenant,
+            entity,
+            features,
+            token,
+            json,
+        } => {
+            let entity = tessera_client::features::EntityKey::parse(&entity)?;
+            let out = client
+                .online_features(&tenant, &entity, &features, token.as_deref().unwrap_or(""))
+                .await?;
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> = features
+                    .iter()
+                    .zip(&out.values)
+                    .map(|(f, v)| (f.clone(), serde_json::json!(v)))
+                    .collect();
+                return print_json(&serde_json::json!({
+                    "features": map,
+                    "as_of": tessera_proto::event::format_ts_millis(out.as_of_ms),
+                    "registry_version": out.registry_version,
+                }));
+            }
+            for (f, v) in features.iter().zip(out.values) {
+                println!("{f}\t{}", fmt_value(v));
+            }
+            Ok(())
+        }
+        FeaturesCommand::Historical {
+            tenant,
+            rows,
+            features,
+            out,
+            as_of_known,
+            token,
+        } => {
+            if rows.extension().is_some_and(|e| e == "parquet")
+                || out.extension().is_some_and(|e| e == "parquet")
+            {
+                return Err(bad_input("Parquet is not supported yet; use .csv".into()));
+            }
+            let text = String::from_utf8(read_input(&rows)?)
+                .map_err(|e| bad_input(format!("{} is not UTF-8: {e}", rows.display())))?;
+            let (header, raw, parsed) = tessera_client::features::parse_rows_csv(&text)?;
+            let values = client
+                .historical_features(
+                    &tenant,
+                    &parsed,
+                    &features,
+                    as_of_known,
+                    token.as_deref().unwrap_or(""),
+                )
+                .await?;
+            let csv = tessera_client::features::format_rows_csv(&header, &raw, &features, &values);
+            if out.as_os_str() == "-" {
+                print!("{csv}");
+                Ok(())
+            } else {
+                std::fs::write(&out, csv).map_err(|e| Failure {
+                    code: exit::OTHER,
+                    message: format!("cannot write {}: {e}", out.display()),
+                })
+            }
+        }
+    }
+}
+
+fn def_json(d: &tessera_client::features::FeatureInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": d.name, "entity": d.entity, "source": d.source,
+        "aggregation": d.aggregation, "field": d.field, "window": d.window,
+        "half_life": d.half_life, "ttl": d.ttl, "description": d.description,
+    })
 }

@@ -1,0 +1,100 @@
+//! The one evaluation both paths run: merge the tiles wholly inside the
+//! window, fold the raw edge events around them, then apply the ttl.
+//!
+//! Point-in-time rules (DESIGN.md "features.toml"): a window `w` at `t`
+//! covers `t - w < event_ts <= t`; ttl makes a value null when the newest
+//! event at or before `t` is older than `t - ttl`; ties are ordered by
+//! (event_ts, ingest_ts, Raft log index).
+
+use super::definition::FeatureDef;
+use super::tiles::{Acc, EventRow, Tile};
+
+/// Where evaluation reads tiles and raw events from: RocksDB online, an
+/// in-memory replay offline. Both hold tiles built by `Tile::add`.
+pub trait FeatureSource {
+    type Error;
+
+    /// Tiles of `def` for `entity` with index in `[from, to]`, ascending.
+    fn tiles(
+        &self,
+        def: &FeatureDef,
+        entity: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Tile)>, Self::Error>;
+
+    /// Raw events of `def`'s source kind for `entity` with
+    /// `lo < event_ts <= hi`, in tie-break order.
+    fn events(
+        &self,
+        def: &FeatureDef,
+        entity: &str,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Vec<EventRow>, Self::Error>;
+
+    /// The newest non-empty tile with index `<= to`.
+    fn newest_tile(
+        &self,
+        def: &FeatureDef,
+        entity: &str,
+        to: i64,
+    ) -> Result<Option<(i64, Tile)>, Self::Error>;
+}
+
+/// The value of `def` for `entity` at time `t` (epoch ms); `None` is null.
+pub fn evaluate<S: FeatureSource>(
+    def: &FeatureDef,
+    src: &S,
+    entity: &str,
+    t: i64,
+) -> Result<Option<f64>, S::Error> {
+    let tile = def.tile_ms();
+    // Tiles up to `last_full` end at or before t.
+    let last_full = t.div_euclid(tile) - 1;
+    let right_edge_lo = last_full.saturating_add(1).saturating_mul(tile);
+    let mut acc = Acc::default();
+    match def.window_ms {
+        Some(w) => {
+            let lo = t.saturating_sub(w);
+            // The first tile starting at or after lo.
+            let first_full = lo.div_euclid(tile) + i64::from(lo.rem_euclid(tile) != 0);
+            if first_full > last_full {
+                for ev in src.events(def, entity, lo, t)? {
+                    acc.add_event(def, &ev, t);
+                }
+            } else {
+                for (i, tl) in src.tiles(def, entity, first_full, last_full)? {
+                    acc.merge_tile(def, i, &tl, t);
+                }
+                for ev in src.events(def, entity, lo, first_full.saturating_mul(tile))? {
+                    acc.add_event(def, &ev, t);
+                }
+                for ev in src.events(def, entity, right_edge_lo, t)? {
+                    acc.add_event(def, &ev, t);
+                }
+            }
+        }
+        None => {
+            for (i, tl) in src.tiles(def, entity, i64::MIN, last_full)? {
+                acc.merge_tile(def, i, &tl, t);
+            }
+            for ev in src.events(def, entity, right_edge_lo, t)? {
+                acc.add_event(def, &ev, t);
+            }
+        }
+    }
+    if let Some(ttl) = def.ttl_ms {
+        let newest = match src.events(def, entity, right_edge_lo, t)?.last() {
+            Some(ev) => Some(ev.order.event_ts),
+            None => src
+                .newest_tile(def, entity, last_full)?
+                .and_then(|(_, tl)| tl.max_ts),
+        };
+        match newest {
+            Some(ts) if t.saturating_sub(ts) <= ttl => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(acc.value(def))
+}

@@ -1,0 +1,597 @@
+//! The feature rows of a shard in RocksDB (column family `features`), the
+//! applier the state machine runs for feature commands, and the online and
+//! offline reads over them.
+//!
+//! Layout, every key starting with the group (so snapshots and range
+//! deletes cover it) and the tenant:
+//! - `group ++ tenant ++ SEP ++ 'R'`: the registry;
+//! - `group ++ tenant ++ SEP ++ 'E' ++ entity tag ++ entity ++ SEP ++ order`:
+//!   a raw event, in tie-break order;
+//! - `group ++ tenant ++ SEP ++ 'T' ++ feature ++ SEP ++ entity ++ SEP ++ tile`:
+//!   a tile.
+
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tessera_proto::{ShardId, ValidEvent};
+
+use super::definition::{Entity, FeatureDef, Registry};
+use super::engine::{evaluate, FeatureSource};
+use super::historical::historical_value;
+use super::tiles::{tile_of, EventRow, Order, Tile};
+use crate::storage::{decode, encode, keys::SEP, Storage, StorageError, CF_FEATURES};
+
+/// An `i64` as 8 bytes that sort like the number.
+fn enc_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn tenant_prefix(group: ShardId, tenant: &str, tag: u8) -> Vec<u8> {
+    let mut k = group.to_be_bytes().to_vec();
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(SEP);
+    k.push(tag);
+    k
+}
+
+/// The registry row of a tenant.
+pub fn registry_key(group: ShardId, tenant: &str) -> Vec<u8> {
+    tenant_prefix(group, tenant, b'R')
+}
+
+/// The prefix of one entity's raw events.
+pub fn event_prefix(group: ShardId, tenant: &str, kind: Entity, entity: &str) -> Vec<u8> {
+    let mut k = tenant_prefix(group, tenant, b'E');
+    k.push(kind.tag());
+    k.extend_from_slice(entity.as_bytes());
+    k.push(SEP);
+    k
+}
+
+/// The key of one raw event.
+pub fn event_key(prefix: &[u8], o: &Order) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&enc_i64(o.event_ts));
+    k.extend_from_slice(&enc_i64(o.ingest_ts));
+    k.extend_from_slice(&o.index.to_be_bytes());
+    k.extend_from_slice(&o.seq.to_be_bytes());
+    k
+}
+
+/// The prefix of every tile of one feature (all entities).
+pub fn feature_tiles_prefix(group: ShardId, tenant: &str, feature: &str) -> Vec<u8> {
+    let mut k = tenant_prefix(group, tenant, b'T');
+    k.extend_from_slice(feature.as_bytes());
+    k.push(SEP);
+    k
+}
+
+/// The prefix of one feature's tiles for one entity.
+pub fn tile_prefix(group: ShardId, tenant: &str, feature: &str, entity: &str) -> Vec<u8> {
+    let mut k = feature_tiles_prefix(group, tenant, feature);
+    k.extend_from_slice(entity.as_bytes());
+    k.push(SEP);
+    k
+}
+
+fn with_i64(prefix: &[u8], i: i64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&enc_i64(i));
+    k
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.push(0xff);
+    k.push(0xff);
+    k
+}
+
+/// Failures of feature reads and applies.
+#[derive(Debug, thiserror::Error)]
+pub enum FeatureError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(
+        "unknown feature {0:?}: it is not in the tenant's registry (see `tessera features list`)"
+    )]
+    UnknownFeature(String),
+    #[error("feature {feature:?} is keyed by {entity} and needs the entity field {missing:?}")]
+    MissingEntity {
+        feature: String,
+        entity: &'static str,
+        missing: &'static str,
+    },
+}
+
+/// One row of feature values; `None` is null.
+pub type FeatureRow = Vec<Option<f64>>;
+
+/// Read access to one shard's feature rows.
+#[derive(Clone)]
+pub struct FeatureStore {
+    storage: Storage,
+    group: ShardId,
+}
+
+impl FeatureStore {
+    /// Reads over `group`'s rows in `storage`.
+    pub fn new(storage: Storage, group: ShardId) -> Self {
+        Self { storage, group }
+    }
+
+    /// The tenant's registry (version 0 when nothing is registered).
+    pub fn registry(&self, tenant: &str) -> Result<Registry, StorageError> {
+        Ok(self
+            .storage
+            .get(CF_FEATURES, &registry_key(self.group, tenant))?
+            .map(|b| decode(CF_FEATURES, &b))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Every raw event of one entity, in tie-break order.
+    pub fn raw_events(
+        &self,
+        tenant: &str,
+        kind: Entity,
+        entity: &str,
+    ) -> Result<Vec<EventRow>, StorageError> {
+        let p = event_prefix(self.group, tenant, kind, entity);
+        let mut out = Vec::new();
+        let mut err = None;
+        self.storage
+            .for_each(CF_FEATURES, &p, &prefix_end(&p), |_, v| {
+                match decode(CF_FEATURES, v) {
+                    Ok(e) => {
+                        out.push(e);
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                }
+            })?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// The online value of `def` at `t`: persisted tiles plus edge events.
+    pub fn online_value(
+        &self,
+        tenant: &str,
+        def: &FeatureDef,
+        entity: &str,
+        t: i64,
+    ) -> Result<Option<f64>, StorageError> {
+        let src = RocksSource {
+            store: self,
+            tenant,
+        };
+        evaluate(def, &src, entity, t)
+    }
+
+    /// Online values of `names` for one entity at `t`.
+    pub fn online(
+        &self,
+        tenant: &str,
+        names: &[String],
+        user: &str,
+        space: &str,
+        doc: &str,
+        t: i64,
+    ) -> Result<(u64, Vec<Option<f64>>), FeatureError> {
+        let registry = self.registry(tenant)?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let def = registry
+                .get(name)
+                .ok_or_else(|| FeatureError::UnknownFeature(name.clone()))?;
+            let entity = entity_of(def, user, space, doc)?;
+            out.push(self.online_value(tenant, def, &entity, t)?);
+        }
+        Ok((registry.version, out))
+    }
+
+    /// Offline values: one row of values per `(user, space, doc, t)` row,
+    /// in input order, never dropping a row.
+    pub fn historical(
+        &self,
+        tenant: &str,
+        names: &[String],
+        rows: &[(String, String, String, i64)],
+        as_of_known: bool,
+    ) -> Result<(u64, Vec<FeatureRow>), FeatureError> {
+        let registry = self.registry(tenant)?;
+        let defs: Vec<&FeatureDef> = names
+            .iter()
+            .map(|n| {
+                registry
+                    .get(n)
+                    .ok_or_else(|| FeatureError::UnknownFeature(n.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut cache: HashMap<(Entity, String), Vec<EventRow>> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for (user, space, doc, t) in rows {
+            let mut values = Vec::with_capacity(defs.len());
+            for def in &defs {
+                let entity = entity_of(def, user, space, doc)?;
+                let key = (def.entity, entity);
+                if !cache.contains_key(&key) {
+                    let raw = self.raw_events(tenant, key.0, &key.1)?;
+                    cache.insert(key.clone(), raw);
+                }
+                let raw = cache.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+                values.push(historical_value(def, raw, &key.1, *t, as_of_known));
+            }
+            out.push(values);
+        }
+        Ok((registry.version, out))
+    }
+}
+
+/// The entity value `def` is keyed by, from the request's parts.
+pub fn entity_of(
+    def: &FeatureDef,
+    user: &str,
+    space: &str,
+    doc: &str,
+) -> Result<String, FeatureError> {
+    def.entity
+        .key(user, space, doc)
+        .map_err(|missing| FeatureError::MissingEntity {
+            feature: def.name.clone(),
+            entity: def.entity.as_str(),
+            missing,
+        })
+}
+
+struct RocksSource<'a> {
+    store: &'a FeatureStore,
+    tenant: &'a str,
+}
+
+impl FeatureSource for RocksSource<'_> {
+    type Error = StorageError;
+
+    fn tiles(
+        &self,
+        def: &FeatureDef,
+        entity: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Tile)>, StorageError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let p = tile_prefix(self.store.group, self.tenant, &def.name, entity);
+        let start = with_i64(&p, from);
+        let mut end = with_i64(&p, to);
+        end.push(0);
+        let mut out = Vec::new();
+        for (k, v) in self.store.storage.scan(CF_FEATURES, &start, &end)? {
+            let Some(i) = decode_tile_index(&p, &k) else {
+                continue;
+            };
+            out.push((i, decode(CF_FEATURES, &v)?));
+        }
+        Ok(out)
+    }
+
+    fn events(
+        &self,
+        def: &FeatureDef,
+        entity: &str,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Vec<EventRow>, StorageError> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let p = event_prefix(self.store.group, self.tenant, def.entity, entity);
+        let start = with_i64(&p, lo.saturating_add(1));
+        let mut end = with_i64(&p, hi);
+        end.extend_from_slice(&[0xff; 21]);
+        let mut out = Vec::new();
+        for (_, v) in self.store.storage.scan(CF_FEATURES, &start, &end)? {
+            let ev: EventRow = decode(CF_FEATURES, &v)?;
+            if ev.kind == def.source {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    fn newest_tile(
+        &self,
+        def: &FeatureDef,
+        entity: &str,
+        to: i64,
+    ) -> Result<Option<(i64, Tile)>, StorageError> {
+        let p = tile_prefix(self.store.group, self.tenant, &def.name, entity);
+        let mut from = with_i64(&p, to);
+        from.push(0);
+        let cf = self.store.storage.cf(CF_FEATURES)?;
+        let iter = self
+            .store
+            .storage
+            .db()
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Reverse));
+        for item in iter {
+            let (k, v) = item.map_err(|source| StorageError::Rocks {
+                op: "iterate",
+                source,
+            })?;
+            let Some(i) = decode_tile_index(&p, &k) else {
+                return Ok(None);
+            };
+            if i > to {
+                continue;
+            }
+            return Ok(Some((i, decode(CF_FEATURES, &v)?)));
+        }
+        Ok(None)
+    }
+}
+
+fn decode_tile_index(prefix: &[u8], key: &[u8]) -> Option<i64> {
+    let rest = key.strip_prefix(prefix)?;
+    let bytes: [u8; 8] = rest.try_into().ok()?;
+    Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
+/// What applying a feature command did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeatureOutcome {
+    pub version: u64,
+    pub changed: bool,
+    pub events: u32,
+}
+
+/// Applies the feature commands of one state machine `apply` call, reading
+/// through its own pending rows so that entries of one call see each other.
+pub struct FeatureApplier {
+    store: FeatureStore,
+    registries: HashMap<String, Registry>,
+    tiles: HashMap<Vec<u8>, Tile>,
+    events: BTreeMap<Vec<u8>, EventRow>,
+    /// Tile prefixes whose persisted rows are being replaced in this call.
+    reset: HashSet<Vec<u8>>,
+    range_deletes: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl FeatureApplier {
+    /// An applier over `group`'s rows.
+    pub fn new(storage: Storage, group: ShardId) -> Self {
+        Self {
+            store: FeatureStore::new(storage, group),
+            registries: HashMap::new(),
+            tiles: HashMap::new(),
+            events: BTreeMap::new(),
+            reset: HashSet::new(),
+            range_deletes: Vec::new(),
+        }
+    }
+
+    fn registry(&mut self, tenant: &str) -> Result<Registry, StorageError> {
+        if let Some(r) = self.registries.get(tenant) {
+            return Ok(r.clone());
+        }
+        let r = self.store.registry(tenant)?;
+        self.registries.insert(tenant.to_string(), r.clone());
+        Ok(r)
+    }
+
+    fn tile_mut(&mut self, feature_prefix: &[u8], key: Vec<u8>) -> Result<&mut Tile, StorageError> {
+        if !self.tiles.contains_key(&key) {
+            let persisted = if self.reset.contains(feature_prefix) {
+                None
+            } else {
+                self.store.storage.get(CF_FEATURES, &key)?
+            };
+            let tile = persisted
+                .map(|b| decode(CF_FEATURES, &b))
+                .transpose()?
+                .unwrap_or_default();
+            self.tiles.insert(key.clone(), tile);
+        }
+        Ok(self.tiles.entry(key).or_default())
+    }
+
+    fn add_to_tile(
+        &mut self,
+        tenant: &str,
+        def: &FeatureDef,
+        entity: &str,
+        row: &EventRow,
+    ) -> Result<(), StorageError> {
+        let group = self.store.group;
+        let fp = feature_tiles_prefix(group, tenant, &def.name);
+        let i = tile_of(row.order.event_ts, def.tile_ms());
+        let key = with_i64(&tile_prefix(group, tenant, &def.name, entity), i);
+        self.tile_mut(&fp, key)?.add(def, i, row);
+        Ok(())
+    }
+
+    /// Stores a batch of events (one log entry) and folds them into the
+    /// tiles of every registered feature they feed. `home[i]` says whether
+    /// this shard holds event i's document partition: only then are
+    /// doc-keyed rows kept here.
+    pub fn apply_events(
+        &mut self,
+        index: u64,
+        ingest_ts: i64,
+        tenant: &str,
+        events: &[(ValidEvent, bool)],
+    ) -> Result<FeatureOutcome, StorageError> {
+        let registry = self.registry(tenant)?;
+        let group = self.store.group;
+        for (seq, (ev, home)) in events.iter().enumerate() {
+            let row = EventRow {
+                order: Order {
+                    event_ts: ev.event_ts_ms,
+                    ingest_ts,
+                    index,
+                    seq: seq as u32,
+                },
+                kind: ev.kind,
+                user: ev.user.clone(),
+                doc: ev.doc.clone(),
+                space: ev.space.clone(),
+                value: ev.value,
+            };
+            for kind in Entity::ALL {
+                if kind.doc_keyed() && !home {
+                    continue;
+                }
+                let Ok(entity) = kind.key(&ev.user, &ev.space, &ev.doc) else {
+                    continue;
+                };
+                let key = event_key(&event_prefix(group, tenant, kind, &entity), &row.order);
+                self.events.insert(key, row.clone());
+            }
+            for def in &registry.features {
+                if def.source != ev.kind || (def.entity.doc_keyed() && !home) {
+                    continue;
+                }
+                let Ok(entity) = def.entity.key(&ev.user, &ev.space, &ev.doc) else {
+                    continue;
+                };
+                self.add_to_tile(tenant, def, &entity, &row)?;
+            }
+        }
+        Ok(FeatureOutcome {
+            version: registry.version,
+            changed: false,
+            events: events.len() as u32,
+        })
+    }
+
+    /// Registers a new version of the definitions, rebuilding the tiles of
+    /// every new or changed feature from the raw events already stored.
+    pub fn apply_registry(
+        &mut self,
+        tenant: &str,
+        defs: &[FeatureDef],
+        toml: &str,
+    ) -> Result<FeatureOutcome, StorageError> {
+        let current = self.registry(tenant)?;
+        if current.version > 0 && current.toml == toml {
+            return Ok(FeatureOutcome {
+                version: current.version,
+                changed: false,
+                events: 0,
+            });
+        }
+        let group = self.store.group;
+        let unchanged = |d: &FeatureDef| {
+            current
+                .get(&d.name)
+                .is_some_and(|old| old.same_semantics(d))
+        };
+        let mut stale: Vec<&str> = current
+            .features
+            .iter()
+            .filter(|old| !defs.iter().any(|d| d.name == old.name && unchanged(d)))
+            .map(|d| d.name.as_str())
+            .collect();
+        let rebuild: Vec<&FeatureDef> = defs.iter().filter(|d| !unchanged(d)).collect();
+        stale.extend(rebuild.iter().map(|d| d.name.as_str()));
+        for name in stale {
+            let fp = feature_tiles_prefix(group, tenant, name);
+            self.tiles.retain(|k, _| !k.starts_with(&fp));
+            self.range_deletes.push((fp.clone(), prefix_end(&fp)));
+            self.reset.insert(fp);
+        }
+        for def in rebuild {
+            for row in self.all_events(tenant, def.entity)? {
+                if row.1.kind != def.source {
+                    continue;
+                }
+                self.add_to_tile(tenant, def, &row.0, &row.1)?;
+            }
+        }
+        let next = Registry {
+            version: current.version + 1,
+            toml: toml.to_string(),
+            features: defs.to_vec(),
+        };
+        let version = next.version;
+        self.registries.insert(tenant.to_string(), next);
+        Ok(FeatureOutcome {
+            version,
+            changed: true,
+            events: 0,
+        })
+    }
+
+    /// Every stored raw event of an entity kind (persisted and pending),
+    /// with its entity value.
+    fn all_events(
+        &self,
+        tenant: &str,
+        kind: Entity,
+    ) -> Result<Vec<(String, EventRow)>, StorageError> {
+        let mut p = tenant_prefix(self.store.group, tenant, b'E');
+        p.push(kind.tag());
+        let mut rows: BTreeMap<Vec<u8>, EventRow> = BTreeMap::new();
+        for (k, v) in self.store.storage.scan(CF_FEATURES, &p, &prefix_end(&p))? {
+            rows.insert(k, decode(CF_FEATURES, &v)?);
+        }
+        for (k, v) in self.events.range(p.clone()..prefix_end(&p)) {
+            rows.insert(k.clone(), v.clone());
+        }
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let rest = k.get(p.len()..)?;
+                let end = rest.iter().position(|b| *b == SEP)?;
+                let entity = String::from_utf8(rest[..end].to_vec()).ok()?;
+                Some((entity, v))
+            })
+            .collect())
+    }
+
+    /// Adds every pending row to `batch`: range deletes first, then puts.
+    pub fn finish(self, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        let cf = self.store.storage.cf(CF_FEATURES)?;
+        for (from, to) in &self.range_deletes {
+            batch.delete_range_cf(cf, from, to);
+        }
+        for (tenant, reg) in &self.registries {
+            batch.put_cf(cf, registry_key(self.store.group, tenant), encode(reg)?);
+        }
+        for (k, v) in &self.events {
+            batch.put_cf(cf, k, encode(v)?);
+        }
+        for (k, v) in &self.tiles {
+            batch.put_cf(cf, k, encode(v)?);
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.registries.is_empty() && self.events.is_empty() && self.tiles.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_number() {
+        assert!(enc_i64(-5) < enc_i64(-1));
+        assert!(enc_i64(-1) < enc_i64(0));
+        assert!(enc_i64(0) < enc_i64(7));
+        let p = tile_prefix(3, "t", "f", "u:a");
+        let k = with_i64(&p, -42);
+        assert_eq!(decode_tile_index(&p, &k), Some(-42));
+        assert!(!tile_prefix(3, "t", "f", "u:a").starts_with(&tile_prefix(3, "t", "f", "u:ab")));
+    }
+}

@@ -1,0 +1,495 @@
+//! Engine-level acceptance tests on a real RocksDB: online/offline parity
+//! under a controllable clock, and the point-in-time rules.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tessera_proto::{EventKind, ValidEvent};
+
+use super::definition::{parse_features_toml, Aggregation, FeatureDef};
+use super::store::{FeatureApplier, FeatureStore};
+use super::tiles::decay;
+use crate::storage::Storage;
+
+const GROUP: u64 = 7;
+const TENANT: &str = "acme";
+
+const DEFS: &str = r#"
+[[feature]]
+name = "us_views_5s"
+entity = "user+space"
+source = "view"
+aggregation = "count"
+window = "5s"
+
+[[feature]]
+name = "doc_edits_sum_20s"
+entity = "doc"
+source = "edit"
+aggregation = "sum"
+window = "20s"
+ttl = "3s"
+
+[[feature]]
+name = "user_last_click"
+entity = "user"
+source = "click"
+aggregation = "last"
+ttl = "4s"
+
+[[feature]]
+name = "doc_viewers_10s"
+entity = "doc"
+source = "view"
+aggregation = "distinct_users"
+window = "10s"
+
+[[feature]]
+name = "doc_popularity"
+entity = "doc"
+source = "view"
+aggregation = "decayed_count"
+half_life = "4s"
+
+[[feature]]
+name = "space_views_7s"
+entity = "space"
+source = "view"
+aggregation = "decayed_count"
+half_life = "2s"
+window = "7s"
+
+[[feature]]
+name = "ud_clicks"
+entity = "user+doc"
+source = "click"
+aggregation = "count"
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    storage: Storage,
+    store: FeatureStore,
+    index: u64,
+    defs: Vec<FeatureDef>,
+}
+
+impl Fixture {
+    fn new(toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open rocksdb");
+        let store = FeatureStore::new(storage.clone(), GROUP);
+        let defs = parse_features_toml(toml).expect("valid definitions");
+        let mut f = Self {
+            _dir: dir,
+            storage,
+            store,
+            index: 0,
+            defs,
+        };
+        let defs = f.defs.clone();
+        f.commit(|a, _| {
+            a.apply_registry(TENANT, &defs, toml)
+                .expect("apply registry");
+        });
+        f
+    }
+
+    /// One state-machine apply call with one log entry.
+    fn commit(&mut self, f: impl FnOnce(&mut FeatureApplier, u64)) {
+        self.index += 1;
+        let mut applier = FeatureApplier::new(self.storage.clone(), GROUP);
+        f(&mut applier, self.index);
+        let mut batch = rocksdb::WriteBatch::default();
+        applier.finish(&mut batch).expect("finish");
+        self.storage.write(batch).expect("write");
+    }
+
+    fn ingest(&mut self, ingest_ts: i64, events: Vec<ValidEvent>) {
+        let events: Vec<(ValidEvent, bool)> = events.into_iter().map(|e| (e, true)).collect();
+        self.commit(|a, index| {
+            a.apply_events(index, ingest_ts, TENANT, &events)
+                .expect("apply events");
+        });
+    }
+
+    fn def(&self, name: &str) -> &FeatureDef {
+        self.defs.iter().find(|d| d.name == name).expect("defined")
+    }
+
+    fn online(&self, name: &str, (u, s, d): (&str, &str, &str), t: i64) -> Option<f64> {
+        let (_, v) = self
+            .store
+            .online(TENANT, &[name.to_string()], u, s, d, t)
+            .expect("online");
+        v[0]
+    }
+
+    fn offline(
+        &self,
+        names: &[&str],
+        rows: &[(&str, &str, &str, i64)],
+        as_of_known: bool,
+    ) -> Vec<Vec<Option<f64>>> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let rows: Vec<(String, String, String, i64)> = rows
+            .iter()
+            .map(|(u, s, d, t)| (u.to_string(), s.to_string(), d.to_string(), *t))
+            .collect();
+        self.store
+            .historical(TENANT, &names, &rows, as_of_known)
+            .expect("historical")
+            .1
+    }
+}
+
+fn ev(kind: EventKind, user: &str, space: &str, doc: &str, ts: i64, value: f64) -> ValidEvent {
+    ValidEvent {
+        kind,
+        user: user.into(),
+        doc: doc.into(),
+        space: space.into(),
+        event_ts_ms: ts,
+        value,
+    }
+}
+
+/// A brute-force reading of DESIGN.md's rules, independent of tiles:
+/// `(event_ts, ingest_ts, index, seq, event)` in any order.
+fn oracle(
+    def: &FeatureDef,
+    log: &[(i64, i64, u64, u32, ValidEvent)],
+    key: (&str, &str, &str),
+    t: i64,
+    as_of_known: bool,
+) -> Option<f64> {
+    let entity = def.entity.key(key.0, key.1, key.2).ok()?;
+    let mut known: Vec<&(i64, i64, u64, u32, ValidEvent)> = log
+        .iter()
+        .filter(|(ets, its, _, _, e)| {
+            e.kind == def.source
+                && *ets <= t
+                && (!as_of_known || *its <= t)
+                && def.entity.key(&e.user, &e.space, &e.doc).ok().as_deref()
+                    == Some(entity.as_str())
+        })
+        .collect();
+    known.sort_by_key(|(a, b, c, d, _)| (*a, *b, *c, *d));
+    if let Some(ttl) = def.ttl_ms {
+        match known.last() {
+            Some((ets, ..)) if t - ets <= ttl => {}
+            _ => return None,
+        }
+    }
+    let in_window: Vec<_> = known
+        .into_iter()
+        .filter(|(ets, ..)| def.window_ms.is_none_or(|w| *ets > t - w))
+        .collect();
+    match def.aggregation {
+        Aggregation::Count => Some(in_window.len() as f64),
+        Aggregation::Sum => Some(
+            in_window
+                .iter()
+                .map(|x| (x.4.value * 1e6).round() as i128)
+                .sum::<i128>() as f64
+                / 1e6,
+        ),
+        Aggregation::Last => in_window.last().map(|x| x.4.value),
+        Aggregation::DistinctUsers => Some(
+            in_window
+                .iter()
+                .map(|x| x.4.user.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len() as f64,
+        ),
+        Aggregation::DecayedCount => Some(
+            in_window
+                .iter()
+                .map(|x| decay(t - x.0, def.half_life_ms.unwrap_or(1)))
+                .sum(),
+        ),
+    }
+}
+
+fn close(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-6 * (1.0 + x.abs().max(y.abs())),
+        _ => false,
+    }
+}
+
+/// 10,000 random (entity, t) pairs: the online value read at clock t (from
+/// tiles updated incrementally, late and out-of-order events included)
+/// equals, bit for bit, the offline replay at t with `as_of_known`; and
+/// both agree with a brute-force oracle of the rules.
+#[test]
+fn parity_online_equals_offline_on_10000_random_pairs() {
+    let mut fx = Fixture::new(DEFS);
+    let mut rng = StdRng::seed_from_u64(0x7e55e7a);
+    let users = ["u:a", "u:b", "u:c", "u:d"];
+    let spaces = ["ENG", "OPS", "HR"];
+    let docs = ["p-1", "p-2", "p-3", "p-4", "p-5"];
+    let kinds = [EventKind::View, EventKind::Edit, EventKind::Click];
+    // Query times, sorted, so the clock passes each one once.
+    let mut queries: Vec<(i64, usize, usize, usize)> = (0..10_000)
+        .map(|_| {
+            (
+                rng.random_range(0..60_000),
+                rng.random_range(0..users.len()),
+                rng.random_range(0..spaces.len()),
+                rng.random_range(0..docs.len()),
+            )
+        })
+        .collect();
+    queries.sort();
+    let mut log: Vec<(i64, i64, u64, u32, ValidEvent)> = Vec::new();
+    let mut online: Vec<Vec<Option<f64>>> = Vec::with_capacity(queries.len());
+    let mut q = 0usize;
+    let mut clock = 0i64;
+    let names: Vec<&str> = fx.defs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    while q < queries.len() {
+        clock += rng.random_range(1..40);
+        // Answer every query whose time the clock has reached, before
+        // anything ingested later is applied.
+        while q < queries.len() && queries[q].0 < clock {
+            let (t, u, s, d) = queries[q];
+            let mut row = Vec::with_capacity(names.len());
+            for name in &names {
+                row.push(fx.online(name, (users[u], spaces[s], docs[d]), t));
+            }
+            online.push(row);
+            q += 1;
+        }
+        let n = rng.random_range(1..4);
+        let mut batch = Vec::new();
+        for _ in 0..n {
+            // Mostly on time, some late by up to 15 s, some exact ties.
+            let lateness = match rng.random_range(0..10) {
+                0..=5 => 0,
+                6..=8 => rng.random_range(0..15_000),
+                _ => rng.random_range(0..3) * 1000,
+            };
+            let ts = (clock - lateness).max(0) / 10 * 10;
+            batch.push(ev(
+                kinds[rng.random_range(0..kinds.len())],
+                users[rng.random_range(0..users.len())],
+                spaces[rng.random_range(0..spaces.len())],
+                docs[rng.random_range(0..docs.len())],
+                ts,
+                f64::from(rng.random_range(-50..200)) / 4.0,
+            ));
+        }
+        for (seq, e) in batch.iter().enumerate() {
+            log.push((e.event_ts_ms, clock, fx.index + 1, seq as u32, e.clone()));
+        }
+        fx.ingest(clock, batch);
+    }
+    let rows: Vec<(&str, &str, &str, i64)> = queries
+        .iter()
+        .map(|(t, u, s, d)| (users[*u], spaces[*s], docs[*d], *t))
+        .collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let offline = fx.offline(&name_refs, &rows, true);
+    assert_eq!(offline.len(), rows.len(), "rows are never dropped");
+    let mut compared = 0usize;
+    let mut non_null = 0usize;
+    for (i, (on, off)) in online.iter().zip(&offline).enumerate() {
+        for (j, def) in fx.defs.iter().enumerate() {
+            let (on, off) = (on[j], off[j]);
+            assert_eq!(
+                on.map(f64::to_bits),
+                off.map(f64::to_bits),
+                "row {i} {:?} feature {}: online {on:?} != offline {off:?}",
+                rows[i],
+                def.name
+            );
+            let (u, s, d, t) = rows[i];
+            let want = oracle(def, &log, (u, s, d), t, true);
+            assert!(
+                close(on, want),
+                "row {i} {:?} {}: {on:?} vs oracle {want:?}",
+                rows[i],
+                def.name
+            );
+            compared += 1;
+            non_null += usize::from(on.is_some_and(|v| v != 0.0));
+        }
+    }
+    assert_eq!(compared, 10_000 * fx.defs.len());
+    assert!(
+        non_null > compared / 5,
+        "the sample exercises real values: {non_null}/{compared}"
+    );
+    // Without as_of_known, late events count too; the oracle agrees.
+    let all = fx.offline(&name_refs, &rows[..2000], false);
+    for (i, vals) in all.iter().enumerate() {
+        let (u, s, d, t) = rows[i];
+        for (j, def) in fx.defs.iter().enumerate() {
+            let want = oracle(def, &log, (u, s, d), t, false);
+            assert!(
+                close(vals[j], want),
+                "{:?} {}: {:?} vs {want:?}",
+                rows[i],
+                def.name,
+                vals[j]
+            );
+        }
+    }
+}
+
+const SIMPLE: &str = r#"
+[[feature]]
+name = "views_10s"
+entity = "user"
+source = "view"
+aggregation = "count"
+window = "10s"
+
+[[feature]]
+name = "last_value"
+entity = "user"
+source = "view"
+aggregation = "last"
+
+[[feature]]
+name = "views_ttl"
+entity = "user"
+source = "view"
+aggregation = "count"
+ttl = "5s"
+"#;
+
+fn view(ts: i64, value: f64) -> ValidEvent {
+    ev(EventKind::View, "u:a", "ENG", "p-1", ts, value)
+}
+
+const A: (&str, &str, &str) = ("u:a", "ENG", "p-1");
+
+#[test]
+fn window_includes_t_and_excludes_t_minus_w() {
+    let mut fx = Fixture::new(SIMPLE);
+    fx.ingest(100_000, vec![view(20_000, 1.0), view(30_000, 1.0)]);
+    // At t = 30 s: the event at 30 s (== t) is in, the one at 20 s (== t - w) is out.
+    assert_eq!(fx.online("views_10s", A, 30_000), Some(1.0));
+    assert_eq!(fx.online("views_10s", A, 29_999), Some(1.0));
+    assert_eq!(fx.online("views_10s", A, 20_000), Some(1.0));
+    assert_eq!(fx.online("views_10s", A, 19_999), Some(0.0));
+    assert_eq!(fx.online("views_10s", A, 40_000), Some(0.0));
+    assert_eq!(fx.online("views_10s", A, 39_999), Some(1.0));
+    let off = fx.offline(
+        &["views_10s"],
+        &[
+            ("u:a", "", "", 30_000),
+            ("u:a", "", "", 40_000),
+            ("u:a", "", "", 39_999),
+        ],
+        false,
+    );
+    assert_eq!(off, vec![vec![Some(1.0)], vec![Some(0.0)], vec![Some(1.0)]]);
+}
+
+#[test]
+fn ties_break_by_event_ts_then_ingest_ts_then_log_index() {
+    let mut fx = Fixture::new(SIMPLE);
+    // Same event_ts everywhere: ingest_ts decides, then the log index
+    // (entries 2 and 3 share ingest_ts), then the position in the entry.
+    fx.ingest(50_000, vec![view(10_000, 1.0), view(10_000, 2.0)]);
+    fx.ingest(50_000, vec![view(10_000, 3.0)]);
+    fx.ingest(40_000, vec![view(10_000, 4.0)]);
+    // (10 s, 50 s, index 3, 0) is the greatest tuple: value 3.
+    assert_eq!(fx.online("last_value", A, 60_000), Some(3.0));
+    assert_eq!(
+        fx.offline(&["last_value"], &[("u:a", "", "", 60_000)], false),
+        vec![vec![Some(3.0)]]
+    );
+    // Known only by 45 s: just the event ingested at 40 s.
+    assert_eq!(
+        fx.offline(&["last_value"], &[("u:a", "", "", 45_000)], true),
+        vec![vec![Some(4.0)]]
+    );
+    // A later event_ts beats any ingest order.
+    fx.ingest(30_000, vec![view(10_001, 5.0)]);
+    assert_eq!(fx.online("last_value", A, 60_000), Some(5.0));
+}
+
+#[test]
+fn ttl_expires_identically_online_and_offline() {
+    let mut fx = Fixture::new(SIMPLE);
+    fx.ingest(10_000, vec![view(10_000, 1.0)]);
+    let rows = [
+        ("u:a", "", "", 15_000),
+        ("u:a", "", "", 15_001),
+        ("u:a", "", "", 9_999),
+    ];
+    assert_eq!(fx.online("views_ttl", A, 15_000), Some(1.0));
+    assert_eq!(fx.online("views_ttl", A, 15_001), None);
+    assert_eq!(fx.online("views_ttl", A, 9_999), None);
+    assert_eq!(
+        fx.offline(&["views_ttl"], &rows, false),
+        vec![vec![Some(1.0)], vec![None], vec![None]]
+    );
+    // A new event revives it.
+    fx.ingest(20_000, vec![view(19_000, 1.0)]);
+    assert_eq!(fx.online("views_ttl", A, 20_000), Some(2.0));
+}
+
+#[test]
+fn rows_before_any_event_are_null_and_kept_in_order() {
+    let mut fx = Fixture::new(SIMPLE);
+    fx.ingest(10_000, vec![view(10_000, 7.0)]);
+    let rows = [
+        ("u:a", "", "", 5_000),
+        ("u:zz", "", "", 50_000),
+        ("u:a", "", "", 11_000),
+        ("u:a", "", "", 5_000),
+    ];
+    let out = fx.offline(&["last_value", "views_10s"], &rows, false);
+    assert_eq!(
+        out,
+        vec![
+            vec![None, Some(0.0)],
+            vec![None, Some(0.0)],
+            vec![Some(7.0), Some(1.0)],
+            vec![None, Some(0.0)],
+        ]
+    );
+}
+
+#[test]
+fn late_events_count_offline_unless_as_of_known() {
+    let mut fx = Fixture::new(SIMPLE);
+    fx.ingest(10_000, vec![view(10_000, 1.0)]);
+    // Seen at 10 s: one event.
+    assert_eq!(fx.online("views_10s", A, 12_000), Some(1.0));
+    // An event that happened at 11 s but arrives at 30 s.
+    fx.ingest(30_000, vec![view(11_000, 1.0)]);
+    let rows = [("u:a", "", "", 12_000)];
+    assert_eq!(
+        fx.offline(&["views_10s"], &rows, false),
+        vec![vec![Some(2.0)]]
+    );
+    assert_eq!(
+        fx.offline(&["views_10s"], &rows, true),
+        vec![vec![Some(1.0)]]
+    );
+    // Online now sees it too, in the old tile.
+    assert_eq!(fx.online("views_10s", A, 12_000), Some(2.0));
+}
+
+#[test]
+fn redefining_a_feature_rebuilds_its_tiles_from_stored_events() {
+    let mut fx = Fixture::new(SIMPLE);
+    fx.ingest(10_000, vec![view(1_000, 1.0), view(9_000, 1.0)]);
+    let wider = SIMPLE.replace("window = \"10s\"", "window = \"1m\"");
+    let defs = parse_features_toml(&wider).expect("valid");
+    fx.commit(|a, _| {
+        let out = a.apply_registry(TENANT, &defs, &wider).expect("apply");
+        assert!(out.changed);
+        assert_eq!(out.version, 2);
+    });
+    fx.defs = defs;
+    assert_eq!(fx.online("views_10s", A, 60_000), Some(2.0));
+    assert_eq!(fx.store.registry(TENANT).expect("registry").version, 2);
+    assert!(fx.def("views_10s").window_ms == Some(60_000));
+}
