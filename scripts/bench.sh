@@ -14,6 +14,14 @@
 #            with one replica slowed by +50 ms (docs/bench/router.md).
 #            Knobs: BENCH_REQUESTS (2000), BENCH_CONCURRENCY (8), BENCH_DOCS (5000),
 #            BENCH_SLOW_MS (50), BENCH_OUT (docs/bench/router.md).
+#   acl      permission-filtered search latency (term-set filter over compiled
+#            conjunct tokens) vs a naive post-filter (unfiltered search, oracle
+#            per hit, first k allowed) on one in-process tantivy index, as the
+#            documents hidden from the user grow 10k -> 100k -> 1M with 1k
+#            visible; also the largest DNF of the demo data set
+#            (docs/bench/acl.md). Knobs: BENCH_ACL_HIDDEN (10000,100000,1000000),
+#            BENCH_ACL_VISIBLE (1000), BENCH_ACL_QUERIES (300). About 3 minutes
+#            on 2 cores, most of it indexing the 1M documents.
 #
 # Builds in release mode with the shared target directory
 # (CARGO_TARGET_DIR, default ~/.cache/tessera-target), so the node's C++
@@ -26,7 +34,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
 
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
-  sections=(write router)
+  sections=(write router acl)
 fi
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -49,11 +57,23 @@ bench_write() {
     --rounds "${BENCH_ROUNDS:-3}" --out "$root/docs/bench/write.md"
 }
 
+bench_acl() {
+  log "building the acl_filter benchmark"
+  cargo build --release -p tessera-bench --bin acl_filter
+  mkdir -p "$root/docs/bench"
+  export BENCH_COMMIT="${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')}"
+  export BENCH_DATE="${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%MZ)}"
+  "$CARGO_TARGET_DIR/release/acl_filter" --hidden "${BENCH_ACL_HIDDEN:-10000,100000,1000000}" \
+    --visible "${BENCH_ACL_VISIBLE:-1000}" --queries "${BENCH_ACL_QUERIES:-300}" \
+    --out "$root/docs/bench/acl.md"
+}
+
 for s in "${sections[@]}"; do
   case "$s" in
     write) bench_write ;;
     router) bench_router ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench.sh: unknown section '$s' (known: write, router)" >&2; exit 2 ;;
+    acl) bench_acl ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown section '$s' (known: write, router, acl)" >&2; exit 2 ;;
   esac
 done
