@@ -16,8 +16,13 @@
 #   router      adaptive replica selection vs round-robin (docs/bench/router.md).
 #               Knobs: BENCH_REQUESTS (2000), BENCH_CONCURRENCY (8), BENCH_DOCS (5000),
 #               BENCH_SLOW_MS (50), BENCH_OUT (docs/bench/router.md).
-#   acl         permission-filter benchmark (hook: runs the bench crate's `acl_bench`
-#               binary when it exists; it writes docs/bench/acl.md)
+#   acl         permission-filtered search latency (term-set filter over compiled
+#               conjunct tokens) vs a naive post-filter (unfiltered search, oracle
+#               per hit, first k allowed) on one in-process tantivy index, as the
+#               documents hidden from the user grow 10k -> 100k -> 1M with 1k
+#               visible; also the largest DNF of the demo data set
+#               (docs/bench/acl.md). Knobs: BENCH_ACL_HIDDEN (10000,100000,1000000),
+#               BENCH_ACL_VISIBLE (1000), BENCH_ACL_QUERIES (300). About 3 minutes.
 #   rerank      reranking benchmark (hook: runs `rerank_bench` the same way;
 #               docs/bench/rerank.md)
 #   report      renders docs/bench/RESULTS.md and docs/bench/plots/*.svg from
@@ -83,7 +88,7 @@ build() {
 private_bins() {
   local dir
   dir="$(mktemp -d "${TMPDIR:-/tmp}/tessera-bench-bin.XXXXXX")"
-  for b in tessera-node tessera-router tessera bench_suite router_bench write_throughput acl_bench rerank_bench; do
+  for b in tessera-node tessera-router tessera bench_suite router_bench write_throughput acl_filter rerank_bench; do
     if [ -x "$bin/$b" ]; then
       objcopy --strip-debug "$bin/$b" "$dir/$b" 2>/dev/null || cp "$bin/$b" "$dir/$b"
     fi
@@ -164,6 +169,16 @@ bench_report() {
     --include "$root/docs/bench/acl.md" --include "$root/docs/bench/rerank.md"
 }
 
+bench_acl() {
+  build
+  log "acl: permission filter vs naive post-filter (docs/bench/acl.md)"
+  BENCH_COMMIT="${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+  BENCH_DATE="${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%MZ)}" \
+    "$bin/acl_filter" --hidden "${BENCH_ACL_HIDDEN:-10000,100000,1000000}" \
+    --visible "${BENCH_ACL_VISIBLE:-1000}" --queries "${BENCH_ACL_QUERIES:-300}" \
+    --out "$root/docs/bench/acl.md"
+}
+
 start=$(date +%s)
 for s in "${sections[@]}"; do
   t0=$(date +%s)
@@ -174,7 +189,8 @@ for s in "${sections[@]}"; do
     partitions) bench_partitions ;;
     write) bench_write ;;
     router) bench_router ;;
-    acl|rerank) bench_hook "$s" ;;
+    acl) bench_acl ;;
+    rerank) bench_hook "$s" ;;
     report) bench_report ;;
     *) echo "bench.sh: unknown section '$s' (known: core docs tenants partitions write router acl rerank report)" >&2; exit 2 ;;
   esac

@@ -22,10 +22,11 @@ use tessera_proto::pb::router_server::Router as RouterApi;
 use tessera_proto::pb::{
     CreateTenantRequest, CreateTenantResponse, DeleteOp, GetRequest, GetTenantRequest,
     GetTenantResponse, GlobalStats, ItemKind, ItemRejection, Membership, PutDocumentsRequest,
-    PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse, ReplicaSelection, RouterGetRequest,
-    RouterGetResponse, RouterNodeStatus, RouterSearchRequest, RouterSearchResponse,
-    RouterShardStatus, RouterStatusRequest, RouterStatusResponse, SearchFilters, SearchRequest,
-    ServedBy, StatsRequest, StatusRequest, TenantInfo, TermStat, WriteRequest,
+    PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse, ReplicaSelection, Restriction,
+    RouterGetRequest, RouterGetResponse, RouterNodeStatus, RouterSearchRequest,
+    RouterSearchResponse, RouterShardStatus, RouterStatusRequest, RouterStatusResponse,
+    SearchFilters, SearchRequest, ServedBy, StatsRequest, StatusRequest, TenantInfo, TermStat,
+    WriteRequest,
 };
 use tessera_proto::{NodeId, ShardId};
 use tonic::metadata::MetadataValue;
@@ -51,6 +52,13 @@ enum Item {
         index: u32,
         op: DeleteOp,
     },
+    /// Not a caller's item: the restriction set of document `index`, fanned
+    /// out to the tenant's other shards so that descendants stored there are
+    /// recompiled (DESIGN.md "Permissions"). Never counted as acknowledged.
+    Restriction {
+        index: u32,
+        r: Restriction,
+    },
 }
 
 impl Item {
@@ -58,12 +66,20 @@ impl Item {
         match self {
             Item::Doc { json, .. } => json.len(),
             Item::Delete { op, .. } => op.id.len() + 16,
+            Item::Restriction { r, .. } => {
+                r.page.len() + 16 + r.principals.iter().map(|p| p.len() + 2).sum::<usize>()
+            }
         }
+    }
+
+    /// Whether the caller sent this item (and counts it as acknowledged).
+    fn is_callers(&self) -> bool {
+        !matches!(self, Item::Restriction { .. })
     }
 
     fn rejection(&self, error: &str) -> ItemRejection {
         let (index, kind) = match self {
-            Item::Doc { index, .. } => (*index, ItemKind::Doc),
+            Item::Doc { index, .. } | Item::Restriction { index, .. } => (*index, ItemKind::Doc),
             Item::Delete { index, .. } => (*index, ItemKind::Delete),
         };
         ItemRejection {
@@ -644,10 +660,12 @@ impl RouterService {
         deadline: Deadline,
     ) -> Result<(u32, Vec<ItemRejection>, SessionToken), RouterError> {
         let mut by_shard: HashMap<ShardId, Vec<Item>> = HashMap::new();
+        let shards = Topology::tenant_shards(tenant);
         for it in items {
             let id = match &it {
                 Item::Doc { id, .. } => id,
                 Item::Delete { op, .. } => &op.id,
+                Item::Restriction { r, .. } => &r.page,
             };
             let shard = Topology::shard_for_doc(tenant, id).ok_or_else(|| {
                 RouterError::Unavailable(format!(
@@ -655,6 +673,23 @@ impl RouterService {
                     tenant.id
                 ))
             })?;
+            // A page's descendants may live on any partition: every other
+            // shard of the tenant learns the page's own restriction set.
+            if let (Item::Doc { index, json, .. }, true) = (&it, shards.len() > 1) {
+                if let Ok(doc) = tessera_proto::Document::from_json_bytes(json) {
+                    let r = Restriction {
+                        page: doc.id,
+                        version: doc.version,
+                        principals: doc.permissions.page,
+                    };
+                    for other in shards.iter().filter(|s| **s != shard) {
+                        by_shard.entry(*other).or_default().push(Item::Restriction {
+                            index: *index,
+                            r: r.clone(),
+                        });
+                    }
+                }
+            }
             by_shard.entry(shard).or_default().push(it);
         }
         let max_bytes = self.backend.cfg.max_write_bytes;
@@ -672,15 +707,21 @@ impl RouterService {
                     match it {
                         Item::Doc { json, .. } => req.docs_json.push(json.clone()),
                         Item::Delete { op, .. } => req.deletes.push(op.clone()),
+                        Item::Restriction { r, .. } => req.restrictions.push(r.clone()),
                     }
                 }
                 match self.backend.write_shard(shard, req, deadline).await {
                     Ok(resp) => {
-                        acked += batch.len() as u32;
+                        acked += batch.iter().filter(|it| it.is_callers()).count() as u32;
                         applied = applied.max(resp.token.map_or(0, |t| t.applied));
                     }
                     Err(RouterError::InvalidArgument(m)) => {
-                        rejected.extend(batch.iter().map(|it| it.rejection(&m)));
+                        rejected.extend(
+                            batch
+                                .iter()
+                                .filter(|it| it.is_callers())
+                                .map(|it| it.rejection(&m)),
+                        );
                     }
                     Err(e) => return Err(e),
                 }

@@ -6,6 +6,9 @@
 //! filter whose cost depends on the number of distinct conjuncts of the
 //! tenant, never on how many documents the user cannot see.
 
+pub mod cache;
+pub mod world;
+
 use std::collections::BTreeSet;
 use tessera_proto::limits::MAX_CONJUNCTS;
 use tessera_proto::Permissions;
@@ -136,6 +139,36 @@ pub fn allowed_tokens<'a>(
         .filter(|t| token_allows(tenant, t, principals))
         .cloned()
         .collect()
+}
+
+/// The permissions a document is compiled with, given the *current*
+/// restriction set of each of its ancestors as this shard knows it
+/// (`current[i]` for `Document::ancestors[i]`; `None` when unknown).
+///
+/// Both the level the document carries for an ancestor (what the writer
+/// knew when it sent the document) and the ancestor's current page set
+/// must admit the user: they are ANDed as two separate levels rather than
+/// one replacing the other. A stored level is stale exactly when the
+/// ancestor changed after the document was written, and nothing tells the
+/// shard which of the two is newer in intent, so the stricter reading
+/// wins: a tightening of the ancestor takes effect on the descendant at
+/// once, and a loosening only once the descendant is re-sent with its
+/// fresh level. This can hide a document for a while (never leak one),
+/// which is the direction DESIGN.md ("Permissions") asks for.
+pub fn effective(perms: &Permissions, current: &[Option<Vec<String>>]) -> Permissions {
+    let mut ancestors = perms.ancestors.clone();
+    ancestors.extend(
+        current
+            .iter()
+            .flatten()
+            .filter(|set| !set.is_empty())
+            .cloned(),
+    );
+    Permissions {
+        space: perms.space.clone(),
+        ancestors,
+        page: perms.page.clone(),
+    }
 }
 
 /// The principals of a user: the user and every group they belong to.

@@ -154,12 +154,20 @@ impl QueryBuilder {
         }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
             (Occur::Must, self.text_query(&q.text, q.title_only)),
-            (Occur::Must, self.tenant_filter(&q.tenant)),
             (
                 Occur::Must,
                 Self::any_of(self.fields.acl, &q.allowed_acl_tokens),
             ),
         ];
+        // Acl tokens are `tenant|conjunct` and a document only carries tokens
+        // of its own tenant, so when every allowed token names this tenant
+        // the acl clause already scopes the search and the tenant term (whose
+        // postings list every document of the tenant, hidden ones included)
+        // would only add work that grows with the hidden documents.
+        let prefix = format!("{}{}", q.tenant, super::ACL_TENANT_SEPARATOR);
+        if !q.allowed_acl_tokens.iter().all(|t| t.starts_with(&prefix)) {
+            clauses.push((Occur::Must, self.tenant_filter(&q.tenant)));
+        }
         for (field, values) in [
             (self.fields.space, &q.spaces),
             (self.fields.ancestors, &q.ancestors),

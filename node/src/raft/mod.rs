@@ -58,6 +58,9 @@ pub struct ShardCommand {
     pub upserts: Vec<Vec<u8>>,
     pub deletes: Vec<(String, u64)>,
     pub memberships: Vec<(String, Vec<String>)>,
+    /// `(page, page version, restriction set)` of pages stored on other
+    /// partitions of the tenant, so descendants here are recompiled.
+    pub restrictions: Vec<(String, u64, Vec<String>)>,
 }
 
 /// What applying a command did.

@@ -12,7 +12,7 @@ use openraft::{
 };
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::sync::Arc;
 use tessera_proto::{Document, NodeId, ShardId};
@@ -20,8 +20,9 @@ use tokio::sync::watch;
 
 use super::{io_err, RaftStorageError, Request, Response, ShardCommand, TypeConfig};
 use crate::acl;
+use crate::acl::cache::AllowedCache;
 use crate::features::FeatureApplier;
-use crate::index::{count_tokens, IndexOp, IndexedDoc, ShardIndex};
+use crate::index::{count_tokens, IndexError, IndexOp, IndexedDoc, ShardIndex};
 use crate::meta::{ClusterMap, MetaCommand, MetaOutcome};
 use crate::storage::{
     decode, encode, keys, Storage, StorageError, CF_CHANGES, CF_DOCS, CF_MEMBERS, CF_SM_META,
@@ -49,6 +50,17 @@ pub struct TenantStats {
     pub docs: u64,
     pub title_tokens: u64,
     pub body_tokens: u64,
+}
+
+/// A page's current restriction set as this shard knows it: written when
+/// the page itself is upserted here, or fanned out from the partition that
+/// stores it. The version is the page's document version, so an older
+/// fan-out never overwrites a newer set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restriction {
+    pub version: u64,
+    /// Sorted, without duplicates; empty means "restricts nothing".
+    pub principals: Vec<String>,
 }
 
 /// The meta group's state as the rest of the node sees it.
@@ -102,6 +114,76 @@ impl ShardData {
             .map(|b| decode(CF_MEMBERS, &b))
             .transpose()?
             .unwrap_or_default())
+    }
+
+    /// A user's principals in a tenant: the user plus the groups this
+    /// shard's membership rows give them. Read per request, so a membership
+    /// change takes effect without recompiling any document.
+    pub fn principals(&self, tenant: &str, user: &str) -> Result<BTreeSet<String>, StorageError> {
+        Ok(acl::principals(user, &self.groups_of(tenant, user)?))
+    }
+
+    /// The acl tokens of `tenant` that `principals` satisfy, for the search
+    /// filter: listed from the index's term dictionary (never its
+    /// documents) and cached per principal set and index watermark.
+    pub fn allowed_tokens(
+        &self,
+        cache: &AllowedCache,
+        tenant: &str,
+        principals: &BTreeSet<String>,
+    ) -> Result<Arc<Vec<String>>, IndexError> {
+        // Read before listing: see `AllowedCache::allowed`.
+        let watermark = self.index.watermark();
+        cache.allowed(self.group, tenant, principals, watermark, || {
+            self.index.acl_tokens(tenant)
+        })
+    }
+
+    /// Drops hits whose stored row (RocksDB, which the Raft apply updates
+    /// before the index) no longer admits `principals`. The index trails
+    /// the apply by up to one commit interval; this makes a tightening
+    /// that is applied on this replica hide the document from search at
+    /// once, as it does from `get`. Costs one point read per returned hit.
+    pub fn recheck_hits<T>(
+        &self,
+        tenant: &str,
+        principals: &BTreeSet<String>,
+        hits: Vec<T>,
+        id: impl Fn(&T) -> &str,
+    ) -> Result<Vec<T>, StorageError> {
+        let mut kept = Vec::with_capacity(hits.len());
+        for hit in hits {
+            if let Some(stored) = self.doc(tenant, id(&hit))? {
+                if doc_visible(tenant, &stored, principals) {
+                    kept.push(hit);
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// The stored document if `principals` may see it: the `get` path.
+    pub fn visible_doc(
+        &self,
+        tenant: &str,
+        id: &str,
+        principals: &BTreeSet<String>,
+    ) -> Result<Option<StoredDoc>, StorageError> {
+        Ok(self
+            .doc(tenant, id)?
+            .filter(|d| doc_visible(tenant, d, principals)))
+    }
+
+    /// A page's current restriction set as this shard knows it.
+    pub fn restriction(
+        &self,
+        tenant: &str,
+        page: &str,
+    ) -> Result<Option<Restriction>, StorageError> {
+        self.storage
+            .get(CF_SM_META, &keys::restriction_key(self.group, tenant, page))?
+            .map(|b| decode(CF_SM_META, &b))
+            .transpose()
     }
 
     /// A tenant's document count and token totals in this shard.
@@ -323,12 +405,39 @@ impl StateMachine {
 
 /// Applies shard commands of one `apply` call, reading through its own
 /// pending writes so that two writes of one document in a batch see each other.
+///
+/// Permission changes are part of the same apply: when a page's own
+/// restriction set changes, every descendant stored on this shard (found
+/// through the descendant index, `keys::descendant_prefix`) is recompiled
+/// in the same RocksDB batch, so every replica switches atomically at the
+/// same log index and `get` never sees a half-applied change.
 struct ShardApplier<'a> {
     data: &'a ShardData,
     batch: &'a mut WriteBatch,
     pending_docs: HashMap<Vec<u8>, StoredDoc>,
     pending_stats: HashMap<String, TenantStats>,
+    /// Restriction and descendant-index rows written in this batch
+    /// (`None` = deleted), so later commands of the batch read them.
+    pending_meta: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     index_ops: Vec<IndexOp>,
+}
+
+/// The ancestors of a stored document (none for tombstones and rows that no
+/// longer parse).
+fn stored_ancestors(stored: Option<&StoredDoc>) -> Vec<String> {
+    stored
+        .filter(|d| !d.deleted)
+        .and_then(|d| serde_json::from_slice::<Document>(&d.json).ok())
+        .map(|d| d.ancestors)
+        .unwrap_or_default()
+}
+
+fn normalized(set: &[String]) -> Vec<String> {
+    set.iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 impl<'a> ShardApplier<'a> {
@@ -338,6 +447,7 @@ impl<'a> ShardApplier<'a> {
             batch,
             pending_docs: HashMap::new(),
             pending_stats: HashMap::new(),
+            pending_meta: BTreeMap::new(),
             index_ops: Vec::new(),
         }
     }
@@ -361,10 +471,87 @@ impl<'a> ShardApplier<'a> {
         Ok(self.pending_stats.entry(tenant.to_string()).or_default())
     }
 
+    fn put_meta_row(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StorageError> {
+        self.batch
+            .put_cf(self.data.storage.cf(CF_SM_META)?, &key, &value);
+        self.pending_meta.insert(key, Some(value));
+        Ok(())
+    }
+
+    fn delete_meta_row(&mut self, key: Vec<u8>) -> Result<(), StorageError> {
+        self.batch
+            .delete_cf(self.data.storage.cf(CF_SM_META)?, &key);
+        self.pending_meta.insert(key, None);
+        Ok(())
+    }
+
+    fn restriction(&self, tenant: &str, page: &str) -> Result<Option<Restriction>, StorageError> {
+        let key = keys::restriction_key(self.data.group, tenant, page);
+        let raw = match self.pending_meta.get(&key) {
+            Some(pending) => pending.clone(),
+            None => self.data.storage.get(CF_SM_META, &key)?,
+        };
+        raw.map(|b| decode(CF_SM_META, &b)).transpose()
+    }
+
+    /// Ids of every document of this shard that lists `page` among its
+    /// ancestors, including rows written earlier in this batch.
+    fn descendants(&self, tenant: &str, page: &str) -> Result<Vec<String>, StorageError> {
+        let prefix = keys::descendant_prefix(self.data.group, tenant, page);
+        let end = keys::prefix_end(&prefix);
+        let mut found: BTreeSet<Vec<u8>> = BTreeSet::new();
+        self.data
+            .storage
+            .for_each(CF_SM_META, &prefix, &end, |k, _| {
+                found.insert(k.to_vec());
+                true
+            })?;
+        for (k, v) in self.pending_meta.range(prefix.clone()..end) {
+            if v.is_some() {
+                found.insert(k.clone());
+            } else {
+                found.remove(k);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .filter_map(|k| String::from_utf8(k[prefix.len()..].to_vec()).ok())
+            .collect())
+    }
+
+    /// The acl tokens of `doc` under the current restriction sets of its
+    /// ancestors (see [`acl::effective`]). Permissions that compile to more
+    /// than `MAX_CONJUNCTS` get no token at all: the document is hidden
+    /// rather than indexed with a weaker filter.
+    fn compile(&self, tenant: &str, doc: &Document) -> Result<Vec<String>, StorageError> {
+        let current = doc
+            .ancestors
+            .iter()
+            .map(|a| Ok(self.restriction(tenant, a)?.map(|r| r.principals)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let perms = acl::effective(&doc.permissions, &current);
+        Ok(acl::tokens(tenant, &perms).unwrap_or_default())
+    }
+
     fn apply(&mut self, index: u64, cmd: &ShardCommand) -> Result<Response, StorageError> {
         let mut applied = 0u32;
         let mut noop = 0u32;
         let mut seq = 0u32;
+        // Memberships first: they never touch documents (principals are
+        // expanded at query time), so their order among the batch is free.
+        for (user, groups) in &cmd.memberships {
+            let key = keys::entity_key(self.data.group, &cmd.tenant, user);
+            self.batch
+                .put_cf(self.data.storage.cf(CF_MEMBERS)?, key, encode(groups)?);
+            applied += 1;
+        }
+        for (page, version, principals) in &cmd.restrictions {
+            if self.set_restriction(index, &mut seq, &cmd.tenant, page, *version, principals)? {
+                applied += 1;
+            } else {
+                noop += 1;
+            }
+        }
         for json in &cmd.upserts {
             // Validated at the edge; a row that no longer parses is skipped, not fatal.
             let Ok(doc) = Document::from_json_bytes(json) else {
@@ -383,12 +570,6 @@ impl<'a> ShardApplier<'a> {
             } else {
                 noop += 1;
             }
-        }
-        for (user, groups) in &cmd.memberships {
-            let key = keys::entity_key(self.data.group, &cmd.tenant, user);
-            self.batch
-                .put_cf(self.data.storage.cf(CF_MEMBERS)?, key, encode(groups)?);
-            applied += 1;
         }
         Ok(Response::Shard {
             applied_ops: applied,
@@ -415,6 +596,93 @@ impl<'a> ShardApplier<'a> {
         Ok(())
     }
 
+    /// Moves the descendant-index rows of `id` from its old ancestors to
+    /// its new ones.
+    fn reindex_ancestors(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        old: &[String],
+        new: &[String],
+    ) -> Result<(), StorageError> {
+        let group = self.data.group;
+        for a in old.iter().filter(|a| !new.contains(a)) {
+            self.delete_meta_row(keys::descendant_key(group, tenant, a, id))?;
+        }
+        for a in new.iter().filter(|a| !old.contains(a)) {
+            self.put_meta_row(keys::descendant_key(group, tenant, a, id), Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// Records `page`'s restriction set at `version` and, when the set
+    /// changed, recompiles every descendant on this shard. Returns false
+    /// when a newer version is already recorded.
+    fn set_restriction(
+        &mut self,
+        index: u64,
+        seq: &mut u32,
+        tenant: &str,
+        page: &str,
+        version: u64,
+        principals: &[String],
+    ) -> Result<bool, StorageError> {
+        let old = self.restriction(tenant, page)?;
+        if old.as_ref().is_some_and(|o| o.version >= version) {
+            return Ok(false);
+        }
+        let new = Restriction {
+            version,
+            principals: normalized(principals),
+        };
+        let old_set = old.map(|o| o.principals).unwrap_or_default();
+        if old_set.is_empty() && new.principals.is_empty() {
+            // Nothing restricted before or after: no row needed.
+            return Ok(true);
+        }
+        self.put_meta_row(
+            keys::restriction_key(self.data.group, tenant, page),
+            encode(&new)?,
+        )?;
+        if old_set != new.principals {
+            for id in self.descendants(tenant, page)? {
+                self.recompile(index, seq, tenant, &id)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Recompiles one stored document's tokens after an ancestor changed.
+    fn recompile(
+        &mut self,
+        index: u64,
+        seq: &mut u32,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), StorageError> {
+        let key = keys::entity_key(self.data.group, tenant, id);
+        let Some(mut stored) = self.current(&key)?.filter(|d| !d.deleted) else {
+            return Ok(());
+        };
+        let Ok(doc) = serde_json::from_slice::<Document>(&stored.json) else {
+            return Ok(());
+        };
+        let acl = self.compile(tenant, &doc)?;
+        if acl == stored.acl {
+            return Ok(());
+        }
+        stored.acl = acl;
+        self.batch
+            .put_cf(self.data.storage.cf(CF_DOCS)?, &key, encode(&stored)?);
+        self.record_change(index, seq, tenant, id)?;
+        if let Some(indexed) = indexed_doc(tenant, &stored) {
+            self.index_ops.push(IndexOp::Upsert(indexed));
+        }
+        self.pending_docs.insert(key, stored);
+        metrics::counter!("tessera_acl_recompiled_total").increment(1);
+        Ok(())
+    }
+
     fn upsert(
         &mut self,
         index: u64,
@@ -428,7 +696,7 @@ impl<'a> ShardApplier<'a> {
         if old.as_ref().is_some_and(|o| o.version >= doc.version) {
             return Ok(false);
         }
-        let acl = acl::tokens(tenant, &doc.permissions).unwrap_or_default();
+        let acl = self.compile(tenant, &doc)?;
         let stored = StoredDoc {
             version: doc.version,
             deleted: false,
@@ -438,6 +706,12 @@ impl<'a> ShardApplier<'a> {
             body_tokens: count_tokens(&doc.body),
         };
         self.adjust_stats(tenant, old.as_ref(), Some(&stored))?;
+        self.reindex_ancestors(
+            tenant,
+            &doc.id,
+            &stored_ancestors(old.as_ref()),
+            &doc.ancestors,
+        )?;
         self.batch
             .put_cf(self.data.storage.cf(CF_DOCS)?, &key, encode(&stored)?);
         self.record_change(index, seq, tenant, &doc.id)?;
@@ -445,6 +719,15 @@ impl<'a> ShardApplier<'a> {
             self.index_ops.push(IndexOp::Upsert(indexed));
         }
         self.pending_docs.insert(key, stored);
+        // The page's own set is the restriction its descendants inherit.
+        self.set_restriction(
+            index,
+            seq,
+            tenant,
+            &doc.id,
+            doc.version,
+            &doc.permissions.page,
+        )?;
         Ok(true)
     }
 
@@ -470,6 +753,9 @@ impl<'a> ShardApplier<'a> {
             body_tokens: 0,
         };
         self.adjust_stats(tenant, old.as_ref(), None)?;
+        // The page's restriction row stays: descendants that still name it
+        // keep the last known (stricter) set until they are re-sent.
+        self.reindex_ancestors(tenant, id, &stored_ancestors(old.as_ref()), &[])?;
         self.batch
             .put_cf(self.data.storage.cf(CF_DOCS)?, &key, encode(&tombstone)?);
         self.record_change(index, seq, tenant, id)?;
@@ -758,11 +1044,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 /// The doc's compiled ACL check for `get`: any conjunct satisfied.
-pub fn doc_visible(
-    tenant: &str,
-    stored: &StoredDoc,
-    principals: &std::collections::BTreeSet<String>,
-) -> bool {
+pub fn doc_visible(tenant: &str, stored: &StoredDoc, principals: &BTreeSet<String>) -> bool {
     !stored.deleted
         && stored
             .acl

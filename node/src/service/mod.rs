@@ -21,12 +21,12 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::acl;
+use crate::acl::cache::AllowedCache;
 use crate::index::{CollectionStats, IndexQuery};
 use crate::meta::{MetaCommand, MetaOutcome, TenantSpec};
 use crate::node::{propose_indexed, NodeInner, ProposeError};
 use crate::raft::registry::GroupHandle;
-use crate::raft::state_machine::{doc_visible, GroupData, ShardData};
+use crate::raft::state_machine::{GroupData, ShardData};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 
 /// Default bound on waits (leader commit, session tokens, map catch-up).
@@ -48,15 +48,18 @@ pub async fn serve(
     // tonic ignores the builder's TCP_NODELAY for a listener we pass in, and
     // Nagle's algorithm adds tens of milliseconds to small replies.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let acl_cache = Arc::new(AllowedCache::default());
     let service = NodeServer::new(NodeService {
         node: node.clone(),
         shutdown: shutdown.clone(),
+        acl_cache: acl_cache.clone(),
     })
     .max_decoding_message_size(64 * 1024 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
     let features = tessera_proto::pb::features_server::FeaturesServer::new(NodeService {
         node,
         shutdown: shutdown.clone(),
+        acl_cache,
     })
     .max_decoding_message_size(64 * 1024 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
@@ -77,6 +80,8 @@ pub struct NodeService {
     node: Arc<NodeInner>,
     /// Flips when the node stops; long-lived streams end on it.
     shutdown: watch::Receiver<bool>,
+    /// Allowed acl tokens per (shard, tenant, principal set, watermark).
+    acl_cache: Arc<AllowedCache>,
 }
 
 fn timeout_of(ms: u32) -> Duration {
@@ -169,8 +174,7 @@ impl NodeService {
 
     /// A user's principals in a tenant, as this shard knows them.
     fn principals(data: &ShardData, tenant: &str, user: &str) -> Result<BTreeSet<String>, Status> {
-        let groups = data.groups_of(tenant, user).map_err(internal)?;
-        Ok(acl::principals(user, &groups))
+        data.principals(tenant, user).map_err(internal)
     }
 
     /// The tenant's BM25 statistics for `query` as this shard holds them.
@@ -329,8 +333,18 @@ impl Node for NodeService {
         Self::wait_index(&data, req.min_applied, timeout_of(req.timeout_ms)).await?;
         let filters = req.filters.clone().unwrap_or_default();
         let principals = Self::principals(&data, &req.tenant, &req.user)?;
-        let tenant_tokens = data.index.acl_tokens(&req.tenant).map_err(internal)?;
-        let allowed = acl::allowed_tokens(&req.tenant, &tenant_tokens, &principals);
+        let allowed = {
+            let (data, cache, tenant, principals) = (
+                data.clone(),
+                self.acl_cache.clone(),
+                req.tenant.clone(),
+                principals.clone(),
+            );
+            tokio::task::spawn_blocking(move || data.allowed_tokens(&cache, &tenant, &principals))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?
+        };
         let stats = match &req.global_stats {
             Some(g) => collection_stats(g),
             None => collection_stats(&Self::local_stats(
@@ -343,7 +357,7 @@ impl Node for NodeService {
         let query = IndexQuery {
             tenant: req.tenant.clone(),
             text: req.query.clone(),
-            allowed_acl_tokens: allowed,
+            allowed_acl_tokens: allowed.as_ref().clone(),
             spaces: filters.spaces,
             ancestors: filters.ancestors,
             labels: filters.labels,
@@ -358,10 +372,12 @@ impl Node for NodeService {
             .await
             .map_err(internal)?
             .map_err(internal)?;
+        let hits = data
+            .recheck_hits(&req.tenant, &principals, results.hits, |(id, _)| id)
+            .map_err(internal)?;
         metrics::histogram!("tessera_node_search_seconds").record(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::SearchResponse {
-            hits: results
-                .hits
+            hits: hits
                 .into_iter()
                 .map(|(id, score)| pb::Hit { id, score })
                 .collect(),
@@ -422,8 +438,9 @@ impl Node for NodeService {
             .map(|l| l.index)
             .unwrap_or(0);
         let principals = Self::principals(&data, &req.tenant, &req.user)?;
-        let stored = data.doc(&req.tenant, &req.id).map_err(internal)?;
-        let visible = stored.filter(|d| doc_visible(&req.tenant, d, &principals));
+        let visible = data
+            .visible_doc(&req.tenant, &req.id, &principals)
+            .map_err(internal)?;
         Ok(Response::new(pb::GetResponse {
             found: visible.is_some(),
             doc_json: visible.map(|d| d.json).unwrap_or_default(),

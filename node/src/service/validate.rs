@@ -1,8 +1,10 @@
 //! Request validation at the node's edge. Everything here runs before a
 //! request touches Raft, so bad input changes nothing.
 
-use tessera_proto::document::{validate_principal, validate_query, validate_tenant};
-use tessera_proto::limits::{MAX_BATCH_OPS, MAX_GROUPS_PER_USER, MAX_ID_BYTES, MAX_PAGE_SIZE};
+use tessera_proto::document::{check_name, validate_principal, validate_query, validate_tenant};
+use tessera_proto::limits::{
+    MAX_BATCH_OPS, MAX_GROUPS_PER_USER, MAX_ID_BYTES, MAX_PAGE_SIZE, MAX_PRINCIPALS,
+};
 use tessera_proto::{pb, Document};
 use tonic::Status;
 
@@ -52,7 +54,8 @@ pub fn search(req: &pb::SearchRequest) -> Result<usize, Status> {
 /// item rejects the batch, naming the item, so nothing is written.
 pub fn write(req: &pb::WriteRequest) -> Result<ShardCommand, Status> {
     tenant(&req.tenant)?;
-    let ops = req.docs_json.len() + req.deletes.len() + req.memberships.len();
+    let ops =
+        req.docs_json.len() + req.deletes.len() + req.memberships.len() + req.restrictions.len();
     if ops == 0 {
         return Err(invalid("empty write: no documents, deletes or memberships"));
     }
@@ -98,10 +101,36 @@ pub fn write(req: &pb::WriteRequest) -> Result<ShardCommand, Status> {
         }
         memberships.push((m.user.clone(), m.groups.clone()));
     }
+    let mut restrictions = Vec::with_capacity(req.restrictions.len());
+    for (i, r) in req.restrictions.iter().enumerate() {
+        if r.page.is_empty() || r.page.len() > MAX_ID_BYTES {
+            return Err(invalid(format!(
+                "restriction {i}: page id must be 1..={MAX_ID_BYTES} bytes (MAX_ID_BYTES)"
+            )));
+        }
+        check_name("restriction page id", &r.page)
+            .map_err(|e| invalid(format!("restriction {i}: {e}")))?;
+        if r.version == 0 {
+            return Err(invalid(format!(
+                "restriction {i}: version must be at least 1"
+            )));
+        }
+        if r.principals.len() > MAX_PRINCIPALS {
+            return Err(invalid(format!(
+                "restriction {i}: {} principals, over the limit of {MAX_PRINCIPALS} (MAX_PRINCIPALS)",
+                r.principals.len()
+            )));
+        }
+        for p in &r.principals {
+            validate_principal(p).map_err(|e| invalid(format!("restriction {i}: {e}")))?;
+        }
+        restrictions.push((r.page.clone(), r.version, r.principals.clone()));
+    }
     Ok(ShardCommand {
         tenant: req.tenant.clone(),
         upserts: req.docs_json.clone(),
         deletes,
         memberships,
+        restrictions,
     })
 }

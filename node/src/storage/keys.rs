@@ -25,6 +25,12 @@ pub mod suffix {
     pub const MEMBERSHIP: u8 = b'm';
     /// Per-tenant collection statistics (sm_meta), followed by the tenant.
     pub const TENANT_STATS: u8 = b't';
+    /// A page's current restriction set (sm_meta), followed by
+    /// `tenant ++ SEP ++ page id`.
+    pub const RESTRICTION: u8 = b'r';
+    /// The descendant index (sm_meta), followed by
+    /// `tenant ++ SEP ++ ancestor id ++ SEP ++ doc id`.
+    pub const DESCENDANT: u8 = b'd';
     /// The cluster map of the meta group (sm_meta).
     pub const CLUSTER_MAP: u8 = b'M';
     /// The newest snapshot (snapshots).
@@ -75,6 +81,45 @@ pub fn tenant_stats_key(group: ShardId, tenant: &str) -> Vec<u8> {
     let mut k = meta_key(group, suffix::TENANT_STATS).to_vec();
     k.extend_from_slice(tenant.as_bytes());
     k
+}
+
+/// `group ++ 'r' ++ tenant ++ SEP ++ page`: the page's current restriction set.
+pub fn restriction_key(group: ShardId, tenant: &str, page: &str) -> Vec<u8> {
+    let mut k = meta_key(group, suffix::RESTRICTION).to_vec();
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(page.as_bytes());
+    k
+}
+
+/// `group ++ 'd' ++ tenant ++ SEP ++ ancestor ++ SEP`: the prefix under
+/// which every document having `ancestor` among its ancestors is listed.
+pub fn descendant_prefix(group: ShardId, tenant: &str, ancestor: &str) -> Vec<u8> {
+    let mut k = meta_key(group, suffix::DESCENDANT).to_vec();
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(ancestor.as_bytes());
+    k.push(SEP);
+    k
+}
+
+/// `descendant_prefix ++ doc`: one row of the descendant index.
+pub fn descendant_key(group: ShardId, tenant: &str, ancestor: &str, doc: &str) -> Vec<u8> {
+    let mut k = descendant_prefix(group, tenant, ancestor);
+    k.extend_from_slice(doc.as_bytes());
+    k
+}
+
+/// The first key after every row starting with `prefix` (exclusive bound).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
 }
 
 /// `group ++ tenant ++ SEP ++ name`: a document (name = doc id) or a
@@ -134,6 +179,19 @@ pub fn decode_change_key(key: &[u8]) -> Option<(ShardId, u64, u32)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn descendant_rows_sit_under_their_prefix_only() {
+        let prefix = descendant_prefix(3, "acme", "p-1");
+        let end = prefix_end(&prefix);
+        let inside = descendant_key(3, "acme", "p-1", "p-9");
+        assert!(inside.as_slice() >= prefix.as_slice() && inside < end);
+        // "p-10" shares the text prefix "p-1" but not the separator.
+        let other = descendant_key(3, "acme", "p-10", "p-9");
+        assert!(other >= end || other.as_slice() < prefix.as_slice());
+        assert_ne!(restriction_key(3, "acme", "p-1"), inside);
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+    }
 
     #[test]
     fn log_keys_sort_by_group_then_index() {
