@@ -19,55 +19,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// How a relevance grade turns into gain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gain {
-    /// `2^rel − 1`.
-    Exponential,
-    /// `rel`.
-    Linear,
-}
-
-impl Gain {
-    fn of(self, rel: u32) -> f64 {
-        match self {
-            Gain::Exponential => 2f64.powi(rel.min(30) as i32) - 1.0,
-            Gain::Linear => f64::from(rel),
-        }
-    }
-}
-
-/// DCG of a list of relevance grades, in rank order, cut at `k`.
-pub fn dcg(grades: &[u32], k: usize, gain: Gain) -> f64 {
-    grades
-        .iter()
-        .take(k)
-        .enumerate()
-        .map(|(i, rel)| gain.of(*rel) / ((i + 2) as f64).log2())
-        .sum()
-}
-
-/// nDCG@k of `ranked` document ids against one query's judgments
-/// (doc id → grade; unjudged documents have grade 0). A query without any
-/// relevant judgment has no defined nDCG and yields `None`.
-pub fn ndcg_at_k(
-    ranked: &[String],
-    judged: &HashMap<String, u32>,
-    k: usize,
-    gain: Gain,
-) -> Option<f64> {
-    let mut ideal: Vec<u32> = judged.values().copied().filter(|g| *g > 0).collect();
-    if ideal.is_empty() {
-        return None;
-    }
-    ideal.sort_unstable_by(|a, b| b.cmp(a));
-    let idcg = dcg(&ideal, k, gain);
-    let grades: Vec<u32> = ranked
-        .iter()
-        .map(|id| judged.get(id).copied().unwrap_or(0))
-        .collect();
-    Some(dcg(&grades, k, gain) / idcg)
-}
+/// The metric code is the client's (`tessera eval` uses the same), so the
+/// tests and the CLI can never disagree on what nDCG means.
+pub use tessera_client::eval::{dcg, ndcg_at_k, Gain};
 
 /// One document of a collection.
 #[derive(Debug, Clone)]
@@ -192,58 +146,4 @@ pub fn collection_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/data/ir")
         .join(name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn judged(pairs: &[(&str, u32)]) -> HashMap<String, u32> {
-        pairs.iter().map(|(d, g)| (d.to_string(), *g)).collect()
-    }
-
-    fn ids(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn perfect_and_empty_rankings() {
-        let j = judged(&[("a", 1), ("b", 1), ("c", 0)]);
-        let perfect = ndcg_at_k(&ids(&["a", "b", "x"]), &j, 10, Gain::Exponential).expect("judged");
-        assert!((perfect - 1.0).abs() < 1e-12);
-        assert_eq!(
-            ndcg_at_k(&ids(&["x", "c"]), &j, 10, Gain::Linear),
-            Some(0.0)
-        );
-        assert_eq!(
-            ndcg_at_k(&ids(&["a"]), &judged(&[("a", 0)]), 10, Gain::Linear),
-            None
-        );
-    }
-
-    #[test]
-    fn matches_a_hand_computed_value() {
-        // Relevant a (2) and b (1); ranking x, b, a.
-        // DCG_exp = 0/1 + 1/log2(3) + 3/log2(4) = 0.63093 + 1.5 = 2.13093
-        // IDCG_exp = 3/1 + 1/log2(3) = 3.63093  → 0.58688
-        // DCG_lin = 1/log2(3) + 2/2 = 1.63093; IDCG_lin = 2 + 0.63093 = 2.63093 → 0.61991
-        let j = judged(&[("a", 2), ("b", 1)]);
-        let r = ids(&["x", "b", "a"]);
-        let exp = ndcg_at_k(&r, &j, 10, Gain::Exponential).expect("judged");
-        let lin = ndcg_at_k(&r, &j, 10, Gain::Linear).expect("judged");
-        assert!((exp - 0.586_88).abs() < 1e-4, "{exp}");
-        assert!((lin - 0.619_91).abs() < 1e-4, "{lin}");
-        // The cut: only the first k ranks count.
-        assert_eq!(ndcg_at_k(&r, &j, 1, Gain::Linear), Some(0.0));
-    }
-
-    #[test]
-    fn binary_gains_agree() {
-        let j = judged(&[("a", 1), ("b", 1), ("c", 1)]);
-        let r = ids(&["c", "x", "a", "y"]);
-        assert_eq!(
-            ndcg_at_k(&r, &j, 10, Gain::Exponential),
-            ndcg_at_k(&r, &j, 10, Gain::Linear)
-        );
-    }
 }
