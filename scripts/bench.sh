@@ -175,7 +175,7 @@ bench_acl() {
   BENCH_COMMIT="${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
   BENCH_DATE="${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%MZ)}" \
     "$bin/acl_filter" --hidden "${BENCH_ACL_HIDDEN:-10000,100000,1000000}" \
-    --visible "${BENCH_ACL_VISIBLE:-1000}" --queries "${BENCH_ACL_QUERIES:-300}" \
+    --visible "${BENCH_ACL_VISIBLE:-1000}" --queries "${BENCH_ACL_QUERIES:-1000}" \
     --out "$root/docs/bench/acl.md"
 }
 

@@ -55,13 +55,13 @@ impl AllowedCache {
     /// set can lack tokens of documents indexed later (a transient miss,
     /// fixed by the next watermark) but never holds a token the principals
     /// do not satisfy, since every kept token passed [`super::token_allows`].
-    pub fn allowed<E>(
+    pub fn allowed<L: AsRef<[String]>, E>(
         &self,
         shard: u64,
         tenant: &str,
         principals: &BTreeSet<String>,
         watermark: u64,
-        list: impl FnOnce() -> Result<Vec<String>, E>,
+        list: impl FnOnce() -> Result<L, E>,
     ) -> Result<Arc<Vec<String>>, E> {
         let key: Key = (
             shard,
@@ -77,7 +77,7 @@ impl AllowedCache {
         self.misses.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tessera_acl_cache_misses_total").increment(1);
         let tokens = list()?;
-        let allowed = Arc::new(super::allowed_tokens(tenant, &tokens, principals));
+        let allowed = Arc::new(super::allowed_tokens(tenant, tokens.as_ref(), principals));
         let mut entries = self.entries.lock();
         if entries.len() >= self.capacity {
             // Older generations of this shard can never be asked for again.

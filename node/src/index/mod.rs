@@ -7,14 +7,16 @@
 //! watermark, so the index never needs to be durable on its own, only honest about what it
 //! covers. Search, DFS statistics and acl-token listing read the last committed state.
 
+mod any_of;
 mod query;
 mod schema;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,7 +34,7 @@ use tokio::sync::watch;
 pub use query::{CollectionStats, IndexQuery, IndexResults, TenantTermStats, MAX_SEARCH_LIMIT};
 pub use schema::{build_schema, count_tokens, doc_key, names, Fields, ACL_TENANT_SEPARATOR};
 
-use query::{DfsStatistics, OrderedCollector, QueryBuilder};
+use query::{DfsStatistics, IdColumns, OrderedCollector, QueryBuilder};
 
 /// Errors of the shard index. Indexing itself is asynchronous; its failures surface through
 /// [`ShardIndex::flush`] and stop the watermark from advancing.
@@ -149,6 +151,13 @@ enum Command {
     Abandon,
 }
 
+/// Tenants whose token lists one index keeps; past it the cache starts over (a shard holds a
+/// few hundred small tenants at most).
+const MAX_CACHED_TOKEN_LISTS: usize = 4096;
+
+/// A tenant's distinct acl tokens and the searcher generation they were listed at.
+type ListedTokens = (u64, Arc<[String]>);
+
 /// The tantivy index of one shard. `Send + Sync`; share it as `Arc<ShardIndex>`.
 pub struct ShardIndex {
     reader: IndexReader,
@@ -157,6 +166,9 @@ pub struct ShardIndex {
     commands: Sender<Command>,
     watermark: watch::Receiver<u64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Per tenant: the searcher generation listed at and its distinct acl tokens.
+    token_lists: Mutex<HashMap<String, ListedTokens>>,
+    id_columns: IdColumns,
 }
 
 impl std::fmt::Debug for ShardIndex {
@@ -224,6 +236,8 @@ impl ShardIndex {
             commands,
             watermark: watermark_rx,
             thread: Mutex::new(Some(thread)),
+            token_lists: Mutex::new(HashMap::new()),
+            id_columns: IdColumns::default(),
         })
     }
 
@@ -289,11 +303,13 @@ impl ShardIndex {
             return Ok(IndexResults::default());
         }
         let query = self.queries.build(q);
+        let searcher = self.reader.searcher();
+        self.id_columns.retain_live(&searcher);
         let collector = OrderedCollector {
             limit: q.limit.min(MAX_SEARCH_LIMIT),
             after: q.after.clone(),
+            ids: self.id_columns.clone(),
         };
-        let searcher = self.reader.searcher();
         let results = match &q.stats {
             Some(stats) => {
                 let provider = DfsStatistics {
@@ -346,15 +362,44 @@ impl ShardIndex {
         Ok(TenantTermStats { num_docs, doc_freq })
     }
 
-    /// Every distinct acl token of the tenant, for compiling a user's allowed-token set. A prefix
-    /// scan of the `acl` term dictionary (`tenant|`): the cost grows with the number of distinct
-    /// conjuncts, never with the number of documents. Tokens whose documents are all deleted
-    /// are left out. Assumes tenant ids contain no `|`. Blocking.
-    pub fn acl_tokens(&self, tenant: &str) -> Result<Vec<String>, IndexError> {
+    /// Every distinct acl token of the tenant, for compiling a user's allowed-token set: see
+    /// [`Self::list_acl_tokens`]. The list depends only on the searcher generation, so it is
+    /// listed once per tenant and index reload and shared by every user of the tenant (the
+    /// listing costs one dictionary scan per segment). Blocking.
+    pub fn acl_tokens(&self, tenant: &str) -> Result<Arc<[String]>, IndexError> {
+        let searcher = self.reader.searcher();
+        let generation = searcher.generation().generation_id();
+        if let Some((listed_at, tokens)) = self.token_lists.lock().get(tenant) {
+            if *listed_at == generation {
+                return Ok(tokens.clone());
+            }
+        }
+        let tokens: Arc<[String]> = self.list_acl_tokens_in(&searcher, tenant)?.into();
+        let mut lists = self.token_lists.lock();
+        if lists.len() >= MAX_CACHED_TOKEN_LISTS {
+            lists.clear();
+        }
+        lists.insert(tenant.to_string(), (generation, tokens.clone()));
+        Ok(tokens)
+    }
+
+    /// [`Self::acl_tokens`] without the per-generation cache: what the first search of a tenant
+    /// after an index reload pays. Public for the permission benchmark. Blocking.
+    pub fn list_acl_tokens(&self, tenant: &str) -> Result<Vec<String>, IndexError> {
+        self.list_acl_tokens_in(&self.reader.searcher(), tenant)
+    }
+
+    /// A prefix scan of the `acl` term dictionary (`tenant|`) of every segment: the cost grows
+    /// with the number of distinct conjuncts and segments, never with the number of documents.
+    /// Tokens whose documents are all deleted are left out. Assumes tenant ids contain no `|`.
+    fn list_acl_tokens_in(
+        &self,
+        searcher: &tantivy::Searcher,
+        tenant: &str,
+    ) -> Result<Vec<String>, IndexError> {
         let lower = format!("{tenant}{ACL_TENANT_SEPARATOR}");
         // The character after '|' bounds the prefix range.
         let upper = format!("{tenant}}}");
-        let searcher = self.reader.searcher();
         let mut tokens = BTreeSet::new();
         for segment in searcher.segment_readers() {
             let inverted = segment.inverted_index(self.fields.acl)?;

@@ -9,17 +9,22 @@
 //!   `(score, id)` can resume from without duplicates or gaps.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::StrColumn;
+use tantivy::index::SegmentId;
 use tantivy::query::{
     AllQuery, Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, Query,
-    QueryParser, TermQuery, TermSetQuery,
+    QueryParser, TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Index, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyError, Term};
 
+use super::any_of::AnyOfQuery;
 use super::schema::{names, Fields};
 
 /// Largest page a search may ask for; larger limits are clamped (the router pages with cursors).
@@ -130,11 +135,11 @@ impl QueryBuilder {
 
     /// A zero-scoring conjunct that keeps documents whose `field` holds one of `values`.
     fn any_of(field: Field, values: &[String]) -> Box<dyn Query> {
-        let terms = values.iter().map(|v| Term::from_field_text(field, v));
-        Box::new(ConstScoreQuery::new(
-            Box::new(TermSetQuery::new(terms)),
-            0.0,
-        ))
+        let terms = values
+            .iter()
+            .map(|v| Term::from_field_text(field, v))
+            .collect();
+        Box::new(ConstScoreQuery::new(Box::new(AnyOfQuery::new(terms)), 0.0))
     }
 
     /// A zero-scoring conjunct restricting the search to one tenant.
@@ -152,12 +157,15 @@ impl QueryBuilder {
         if q.allowed_acl_tokens.is_empty() {
             return Box::new(EmptyQuery);
         }
+        // The permission filter comes first: tantivy builds a conjunction's scorers in clause
+        // order and stops at the first empty one, so a segment holding none of the user's
+        // documents never builds (or scores a first block of) the text query.
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
-            (Occur::Must, self.text_query(&q.text, q.title_only)),
             (
                 Occur::Must,
                 Self::any_of(self.fields.acl, &q.allowed_acl_tokens),
             ),
+            (Occur::Must, self.text_query(&q.text, q.title_only)),
         ];
         // Acl tokens are `tenant|conjunct` and a document only carries tokens
         // of its own tenant, so when every allowed token names this tenant
@@ -290,11 +298,47 @@ pub(crate) fn hit_order(a: &(String, f32), b: &(String, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0))
 }
 
+/// The `id` fast column of each segment, opened once per segment rather than once per search.
+/// Opening a column decodes its block index, which costs in proportion to the segment's size:
+/// per search, that would make every query slower as documents (even ones the user cannot see)
+/// accumulate. A segment's columns never change (deletes live in a separate bitset), so the
+/// cache only has to forget segments that merges removed.
+#[derive(Clone, Default)]
+pub(crate) struct IdColumns(Arc<Mutex<HashMap<SegmentId, Option<StrColumn>>>>);
+
+impl IdColumns {
+    /// The segment's id column (`None` for a segment without one, which searching reports).
+    fn get(&self, segment: &SegmentReader) -> tantivy::Result<Option<StrColumn>> {
+        let key = segment.segment_id();
+        if let Some(column) = self.0.lock().get(&key) {
+            return Ok(column.clone());
+        }
+        let column = segment.fast_fields().str(names::ID)?;
+        self.0.lock().insert(key, column.clone());
+        Ok(column)
+    }
+
+    /// Forgets the columns of segments that `searcher` no longer has.
+    pub(crate) fn retain_live(&self, searcher: &Searcher) {
+        let mut columns = self.0.lock();
+        if columns.len() <= searcher.segment_readers().len() {
+            return;
+        }
+        let live: HashSet<SegmentId> = searcher
+            .segment_readers()
+            .iter()
+            .map(SegmentReader::segment_id)
+            .collect();
+        columns.retain(|id, _| live.contains(id));
+    }
+}
+
 /// Top `limit` hits after an optional cursor, in (score desc, id asc) order, plus a count of
 /// every match.
 pub(crate) struct OrderedCollector {
     pub(crate) limit: usize,
     pub(crate) after: Option<(f32, String)>,
+    pub(crate) ids: IdColumns,
 }
 
 /// What one segment found.
@@ -325,7 +369,7 @@ impl Collector for OrderedCollector {
         _segment_local_id: SegmentOrdinal,
         segment: &SegmentReader,
     ) -> tantivy::Result<Self::Child> {
-        let ids = segment.fast_fields().str(names::ID)?;
+        let ids = self.ids.get(segment)?;
         let after_ord = match (&self.after, &ids) {
             (Some((_, after_id)), Some(ids)) => {
                 match ids.dictionary().term_ord_or_next(after_id.as_bytes())? {

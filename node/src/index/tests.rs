@@ -452,6 +452,76 @@ fn acl_filter_admits_only_allowed_tokens() {
     assert!(with(&["acme|g:nobody"], "roadmap").is_empty());
 }
 
+/// The permission filter lists sparse matches and bitsets dense ones; both shapes, several
+/// segments (one without any allowed document) and deletions must give the same answer as
+/// checking every document.
+#[test]
+fn acl_filter_is_exact_for_sparse_dense_and_absent_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = open(dir.path());
+    // Per 300-document segment: 3 rare and 6 few documents (sparse, alone or together),
+    // and the open ones (dense).
+    let token_of = |n: usize| match n % 100 {
+        0 => "acme|g:rare",
+        1..=2 => "acme|g:few",
+        _ => "acme|*",
+    };
+    let batch = |range: std::ops::Range<usize>| -> Vec<IndexOp> {
+        range
+            .map(|n| {
+                let mut d = doc("acme", &format!("p-{n:04}"), "runbook", "");
+                d.acl_tokens = vec![token_of(n).to_string()];
+                IndexOp::Upsert(d)
+            })
+            .collect()
+    };
+    index.submit(1, batch(0..300));
+    index.flush().expect("flush");
+    // A second segment, then one holding only open documents.
+    index.submit(2, batch(300..600));
+    index.flush().expect("flush");
+    let mut only_open: Vec<IndexOp> = Vec::new();
+    for n in 600..650 {
+        let mut d = doc("acme", &format!("p-{n:04}"), "runbook", "");
+        d.acl_tokens = vec!["acme|*".to_string()];
+        only_open.push(IndexOp::Upsert(d));
+    }
+    index.submit(3, only_open);
+    index.flush().expect("flush");
+    index.submit(
+        4,
+        vec![IndexOp::Delete {
+            tenant: "acme".to_string(),
+            id: "p-0100".to_string(),
+        }],
+    );
+    index.flush().expect("flush");
+
+    for allowed in [
+        vec!["acme|g:rare"],
+        vec!["acme|g:few"],
+        vec!["acme|g:rare", "acme|g:few"],
+        vec!["acme|*"],
+        vec!["acme|*", "acme|g:rare", "acme|g:absent"],
+        vec!["acme|g:absent"],
+    ] {
+        let mut q = query("acme", "runbook");
+        q.limit = 1000;
+        q.allowed_acl_tokens = allowed.iter().map(|t| t.to_string()).collect();
+        let mut got = search_ids(&index, &q);
+        got.sort();
+        let expected: Vec<String> = (0..650)
+            .filter(|&n| n != 100)
+            .filter(|&n| {
+                let token = if n >= 600 { "acme|*" } else { token_of(n) };
+                allowed.contains(&token)
+            })
+            .map(|n| format!("p-{n:04}"))
+            .collect();
+        assert_eq!(got, expected, "allowed {allowed:?}");
+    }
+}
+
 #[test]
 fn space_ancestor_label_and_title_only_filters() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -913,7 +983,7 @@ fn acl_tokens_lists_only_the_tenants_live_tokens() {
     );
     index.flush().expect("flush");
     assert_eq!(
-        index.acl_tokens("acme").expect("tokens"),
+        *index.acl_tokens("acme").expect("tokens"),
         ["acme|*", "acme|g:eng", "acme|g:eng&u:alice", "acme|u:gone"]
     );
     // A token whose only document is deleted disappears (even before segments merge); a token
@@ -933,11 +1003,11 @@ fn acl_tokens_lists_only_the_tenants_live_tokens() {
     );
     index.flush().expect("flush");
     assert_eq!(
-        index.acl_tokens("acme").expect("tokens"),
+        *index.acl_tokens("acme").expect("tokens"),
         ["acme|*", "acme|g:eng", "acme|g:eng&u:alice"]
     );
-    assert_eq!(index.acl_tokens("acme2").expect("tokens"), ["acme2|g:eng"]);
-    assert_eq!(index.acl_tokens("acm").expect("tokens"), ["acm|*"]);
+    assert_eq!(*index.acl_tokens("acme2").expect("tokens"), ["acme2|g:eng"]);
+    assert_eq!(*index.acl_tokens("acm").expect("tokens"), ["acm|*"]);
     assert!(index.acl_tokens("initech").expect("tokens").is_empty());
 }
 
