@@ -205,6 +205,8 @@ pub struct SearchQuery {
     pub token: Option<String>,
     /// Rank profile.
     pub profile: Option<String>,
+    /// Ask for each hit's feature values and score parts (with a profile).
+    pub explain: bool,
 }
 
 impl SearchQuery {
@@ -273,6 +275,13 @@ impl SearchQuery {
         self
     }
 
+    /// Asks for each hit's feature values and score parts, to see why a rank profile ordered
+    /// the hits as it did.
+    pub fn explain(mut self, yes: bool) -> Self {
+        self.explain = yes;
+        self
+    }
+
     pub(crate) fn to_request(&self, timeout_ms: u32) -> pb::RouterSearchRequest {
         let filters = pb::SearchFilters {
             spaces: self.spaces.clone(),
@@ -291,6 +300,7 @@ impl SearchQuery {
             profile: self.profile.clone().unwrap_or_default(),
             timeout_ms,
             selection: pb::ReplicaSelection::Default as i32,
+            explain: self.explain,
         }
     }
 }
@@ -300,8 +310,42 @@ impl SearchQuery {
 pub struct SearchHit {
     /// Document id.
     pub id: String,
-    /// Score (higher is better).
+    /// Score (higher is better): BM25, or the rank profile's score.
     pub score: f32,
+    /// Why the hit scored so, when the search asked to explain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explanation>,
+}
+
+/// A hit's score under a rank profile, part by part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The profile and its version.
+    pub profile: String,
+    /// Version of the profile.
+    pub version: u64,
+    /// The first-phase (BM25) score.
+    pub bm25: f64,
+    /// The final score.
+    pub score: f64,
+    /// Each feature: name, value as served (`None` = null), contribution to the score.
+    pub features: Vec<(String, Option<f64>, f64)>,
+}
+
+impl From<pb::HitExplanation> for Explanation {
+    fn from(e: pb::HitExplanation) -> Self {
+        Explanation {
+            profile: e.profile,
+            version: e.version,
+            bm25: e.bm25,
+            score: e.score,
+            features: e
+                .features
+                .into_iter()
+                .map(|f| (f.name, f.value, f.contribution))
+                .collect(),
+        }
+    }
 }
 
 /// Which replica served one shard of a read.
@@ -353,6 +397,7 @@ impl From<pb::RouterSearchResponse> for SearchPage {
                 .map(|h| SearchHit {
                     id: h.id,
                     score: h.score,
+                    explanation: h.explanation.map(Explanation::from),
                 })
                 .collect(),
             cursor: (!r.cursor.is_empty()).then_some(r.cursor),
@@ -456,6 +501,7 @@ mod tests {
             hits: vec![pb::Hit {
                 id: "p-1".into(),
                 score: 1.5,
+                explanation: None,
             }],
             cursor: String::new(),
             served_by: vec![pb::ServedBy {

@@ -133,10 +133,12 @@ impl Router for FakeRouter {
                 Hit {
                     id: echo,
                     score: 2.5,
+                    explanation: None,
                 },
                 Hit {
                     id: "p-2".into(),
                     score: 1.25,
+                    explanation: None,
                 },
             ],
             cursor: if r.cursor.is_empty() {

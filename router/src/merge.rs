@@ -131,6 +131,7 @@ mod tests {
         Hit {
             id: id.into(),
             score,
+            explanation: None,
         }
     }
 

@@ -358,6 +358,7 @@ impl RouterService {
                 global_stats: global_stats.clone(),
                 timeout_ms: 0,
                 profile: req.profile.clone(),
+                explain: req.explain,
             };
             async move {
                 let plan = self.plan(scope, shard, min_applied)?;

@@ -117,6 +117,7 @@ impl FakeNode {
                         (tf > 0).then(|| Hit {
                             id: d.id.clone(),
                             score: tf as f32,
+                            explanation: None,
                         })
                     })
                     .collect()

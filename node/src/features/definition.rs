@@ -212,6 +212,9 @@ pub struct RawFeature {
 struct FeaturesFile {
     #[serde(default)]
     feature: Vec<RawFeature>,
+    /// Rank profiles over these features, validated by `crate::rank::parse_profiles`.
+    #[serde(default)]
+    profile: Vec<toml::Value>,
 }
 
 /// Why a `features.toml` was rejected.
@@ -227,6 +230,8 @@ pub enum DefinitionError {
     Duplicate { name: String },
     #[error("feature {name:?}: {reason}")]
     Invalid { name: String, reason: String },
+    #[error(transparent)]
+    Profile(#[from] crate::rank::ProfileError),
 }
 
 /// Parses a duration such as `500ms`, `45s`, `15m`, `12h`, `30d` or `2w`.
@@ -264,6 +269,10 @@ pub fn parse_features_toml(text: &str) -> Result<Vec<FeatureDef>, DefinitionErro
             return Err(DefinitionError::Duplicate { name: def.name });
         }
         out.push(def);
+    }
+    if !file.profile.is_empty() {
+        let names: Vec<&str> = out.iter().map(|d| d.name.as_str()).collect();
+        crate::rank::parse_profiles(text, &names)?;
     }
     Ok(out)
 }
@@ -365,6 +374,13 @@ impl Registry {
     /// The definition named `name`.
     pub fn get(&self, name: &str) -> Option<&FeatureDef> {
         self.features.iter().find(|f| f.name == name)
+    }
+
+    /// The rank profiles of this version of `features.toml`: they are registered with the
+    /// features they read, so a profile can never name a feature its registry lacks.
+    pub fn profiles(&self) -> Result<Vec<crate::rank::RankProfile>, crate::rank::ProfileError> {
+        let names: Vec<&str> = self.features.iter().map(|d| d.name.as_str()).collect();
+        crate::rank::parse_profiles(&self.toml, &names)
     }
 }
 

@@ -43,6 +43,21 @@ pub struct StoredDoc {
     pub body_tokens: u64,
 }
 
+impl StoredDoc {
+    /// The document's space, read from its JSON without decoding the rest (rank profiles need
+    /// it for user×space features). Empty when the JSON has none.
+    pub fn space(&self) -> String {
+        #[derive(serde::Deserialize)]
+        struct SpaceOnly {
+            #[serde(default)]
+            space: String,
+        }
+        serde_json::from_slice::<SpaceOnly>(&self.json)
+            .map(|d| d.space)
+            .unwrap_or_default()
+    }
+}
+
 /// A tenant's collection statistics in one shard, kept exactly so BM25 over
 /// a shared shard scores as if the tenant had its own index.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,19 +158,20 @@ impl ShardData {
     /// before the index) no longer admits `principals`. The index trails
     /// the apply by up to one commit interval; this makes a tightening
     /// that is applied on this replica hide the document from search at
-    /// once, as it does from `get`. Costs one point read per returned hit.
+    /// once, as it does from `get`. Costs one point read per returned hit;
+    /// the rows read are returned beside the hits for the second phase.
     pub fn recheck_hits<T>(
         &self,
         tenant: &str,
         principals: &BTreeSet<String>,
         hits: Vec<T>,
         id: impl Fn(&T) -> &str,
-    ) -> Result<Vec<T>, StorageError> {
+    ) -> Result<Vec<(T, StoredDoc)>, StorageError> {
         let mut kept = Vec::with_capacity(hits.len());
         for hit in hits {
             if let Some(stored) = self.doc(tenant, id(&hit))? {
                 if doc_visible(tenant, &stored, principals) {
-                    kept.push(hit);
+                    kept.push((hit, stored));
                 }
             }
         }

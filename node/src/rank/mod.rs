@@ -1,10 +1,10 @@
 //! Rank profiles (DESIGN.md "Ranking and experiments"): named, versioned
-//! linear models over BM25 and feature values, evaluated on the node over
-//! the top-N candidates.
-//!
-//! Status: parsing, validation and scoring (with per-hit explanations) are
-//! here and tested; the search handler does not call them yet.
+//! linear models over BM25 and feature values, registered in `features.toml`
+//! beside the features they read, and evaluated on the node over the
+//! first phase's top-N candidates (`rerank`).
 
 pub mod profile;
+pub mod rerank;
 
-pub use profile::{parse_profiles, Explained, ProfileError, RankProfile, Term, Transform};
+pub use profile::{parse_profiles, select, Explained, ProfileError, RankProfile, Term, Transform};
+pub use rerank::{after_cursor, rerank, Candidate, Reranked};

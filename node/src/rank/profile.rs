@@ -64,8 +64,9 @@ fn one() -> f64 {
     1.0
 }
 
+/// The `[[profile]]` part of a `features.toml` (its `[[feature]]` part is parsed by the
+/// feature registry, which also rejects unknown top-level keys).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ProfilesFile {
     #[serde(default)]
     profile: Vec<RankProfile>,
@@ -78,6 +79,38 @@ pub enum ProfileError {
     Toml(String),
     #[error("rank profile {name:?}: {reason}")]
     Invalid { name: String, reason: String },
+    #[error("no rank profile {wanted:?} is registered for this tenant (registered: {registered})")]
+    Unknown { wanted: String, registered: String },
+}
+
+/// Picks `wanted` from the registered profiles: `name` is the newest version of that name,
+/// `name@version` one exact version (so an experiment can pin a version while a newer one
+/// rolls out).
+pub fn select<'a>(
+    profiles: &'a [RankProfile],
+    wanted: &str,
+) -> Result<&'a RankProfile, ProfileError> {
+    let (name, version) = match wanted.rsplit_once('@') {
+        // An unparsable version matches nothing rather than falling back to the newest.
+        Some((name, v)) => (name, Some(v.parse::<u64>().ok())),
+        None => (wanted, None),
+    };
+    profiles
+        .iter()
+        .filter(|p| p.name == name && version.is_none_or(|v| v == Some(p.version)))
+        .max_by_key(|p| p.version)
+        .ok_or_else(|| ProfileError::Unknown {
+            wanted: wanted.to_string(),
+            registered: if profiles.is_empty() {
+                "none".to_string()
+            } else {
+                profiles
+                    .iter()
+                    .map(|p| format!("{}@{}", p.name, p.version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })
 }
 
 /// One hit's score and the values that made it, for `explain`.
@@ -227,6 +260,45 @@ default = 1.0
         ]);
         let ids: Vec<&str> = out.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn select_takes_the_newest_or_a_pinned_version() {
+        let two = TEXT.replace("version = 2", "version = 5");
+        let mut profiles =
+            parse_profiles(TEXT, &["user_space_views_30d", "doc_popularity"]).expect("valid");
+        profiles.extend(
+            parse_profiles(&two, &["user_space_views_30d", "doc_popularity"]).expect("valid"),
+        );
+        assert_eq!(select(&profiles, "affinity").expect("newest").version, 5);
+        assert_eq!(select(&profiles, "affinity@2").expect("pinned").version, 2);
+        for wrong in ["affinity@3", "affinity@x", "other", ""] {
+            let err = select(&profiles, wrong).expect_err(wrong);
+            assert!(err.to_string().contains("affinity@2, affinity@5"), "{err}");
+        }
+    }
+
+    #[test]
+    fn profiles_live_in_features_toml() {
+        let toml = format!(
+            "[[feature]]\nname = \"user_space_views_30d\"\nentity = \"user+space\"\n\
+             source = \"view\"\naggregation = \"count\"\n\
+             [[feature]]\nname = \"doc_popularity\"\nentity = \"doc\"\n\
+             source = \"view\"\naggregation = \"count\"\n{TEXT}"
+        );
+        let defs = crate::features::parse_features_toml(&toml).expect("valid");
+        let registry = crate::features::Registry {
+            version: 1,
+            toml: toml.clone(),
+            features: defs,
+        };
+        assert_eq!(registry.profiles().expect("profiles").len(), 1);
+        let err = crate::features::parse_features_toml(&toml.replace(
+            "feature = \"doc_popularity\"\nweight",
+            "feature = \"nope\"\nweight",
+        ))
+        .expect_err("profile over an unknown feature");
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]

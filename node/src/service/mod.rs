@@ -7,6 +7,7 @@
 //! for input the caller must fix.
 
 pub mod features;
+mod rank;
 pub mod validate;
 
 use std::collections::{BTreeSet, HashMap};
@@ -28,6 +29,7 @@ use crate::node::{propose_indexed, NodeInner, ProposeError};
 use crate::raft::registry::GroupHandle;
 use crate::raft::state_machine::{GroupData, ShardData};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
+use rank::SecondPhase;
 
 /// Default bound on waits (leader commit, session tokens, map catch-up).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -354,6 +356,19 @@ impl Node for NodeService {
                 filters.title_only,
             )?),
         };
+        let ranking = Self::rank_profile(&data, &req.tenant, &req.profile)?;
+        let after = req.after.map(|a| (a.score, a.id));
+        // With a profile, the first phase fetches the profile's candidates from the top and
+        // the cursor applies to the reranked order instead.
+        let (first_phase_limit, first_phase_after) = match &ranking {
+            Some((_, profile)) => (
+                (profile.candidates as usize)
+                    .max(limit)
+                    .min(crate::index::MAX_SEARCH_LIMIT),
+                None,
+            ),
+            None => (limit, after.clone()),
+        };
         let query = IndexQuery {
             tenant: req.tenant.clone(),
             text: req.query.clone(),
@@ -362,8 +377,8 @@ impl Node for NodeService {
             ancestors: filters.ancestors,
             labels: filters.labels,
             title_only: filters.title_only,
-            limit,
-            after: req.after.map(|a| (a.score, a.id)),
+            limit: first_phase_limit,
+            after: first_phase_after,
             stats: Some(stats),
         };
         let applied = data.index.watermark();
@@ -372,15 +387,37 @@ impl Node for NodeService {
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        let hits = data
+        let checked = data
             .recheck_hits(&req.tenant, &principals, results.hits, |(id, _)| id)
             .map_err(internal)?;
+        let hits = match ranking {
+            None => checked
+                .into_iter()
+                .map(|((id, score), _)| pb::Hit {
+                    id,
+                    score,
+                    explanation: None,
+                })
+                .collect(),
+            Some((registry, profile)) => {
+                let second = SecondPhase {
+                    data: data.clone(),
+                    registry,
+                    profile,
+                    tenant: req.tenant.clone(),
+                    user: req.user.clone(),
+                    after,
+                    limit,
+                    explain: req.explain,
+                };
+                tokio::task::spawn_blocking(move || second.run(checked))
+                    .await
+                    .map_err(internal)??
+            }
+        };
         metrics::histogram!("tessera_node_search_seconds").record(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::SearchResponse {
-            hits: hits
-                .into_iter()
-                .map(|(id, score)| pb::Hit { id, score })
-                .collect(),
+            hits,
             shard: req.shard,
             node: self.node.id,
             region: self.node.spec.region.clone(),

@@ -215,9 +215,13 @@ pub struct SearchArgs {
     /// Session token: only use replicas that have applied it.
     #[arg(long)]
     pub token: Option<String>,
-    /// Rank profile.
+    /// Rank profile registered in the tenant's features.toml: NAME (its newest version) or
+    /// NAME@VERSION. The node reranks the profile's top BM25 candidates with feature values.
     #[arg(long)]
     pub profile: Option<String>,
+    /// With --profile: print each hit's BM25 score, feature values and their contributions.
+    #[arg(long, requires = "profile")]
+    pub explain: bool,
     /// Print {"hits":[...],"cursor":...,"served_by":[...],"took_ms":F}.
     #[arg(long)]
     pub json: bool,

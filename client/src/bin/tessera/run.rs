@@ -233,12 +233,23 @@ async fn search(client: &TesseraClient, a: SearchArgs) -> Result<(), Failure> {
     if let Some(p) = a.profile {
         q = q.profile(p);
     }
+    q = q.explain(a.explain);
     let page: SearchPage = client.search(&q).await?;
     if a.json {
         return print_json(&page);
     }
     for h in &page.hits {
         println!("{:>10.4}  {}", h.score, h.id);
+        if let Some(e) = &h.explanation {
+            println!(
+                "            {}@{}: bm25 {:.4} -> {:.4}",
+                e.profile, e.version, e.bm25, e.score
+            );
+            for (name, value, contribution) in &e.features {
+                let value = value.map_or("null".to_string(), |v| format!("{v}"));
+                println!("            {name} = {value} ({contribution:+.4})");
+            }
+        }
     }
     let served: Vec<String> = page
         .served_by

@@ -1,0 +1,82 @@
+//! The second phase on the node: rescore the first phase's candidates with a rank profile over
+//! feature values read from this shard's own feature store, in the same request (one hop).
+
+use std::collections::HashMap;
+
+use super::profile::{Explained, RankProfile};
+use crate::features::store::entity_of;
+use crate::features::{FeatureError, FeatureStore, Registry};
+
+/// One first-phase candidate: its id, BM25 score and space (for user×space features).
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: String,
+    pub bm25: f32,
+    pub space: String,
+}
+
+/// A reranked hit. `score` is the profile's score in `f32`, the precision hits travel in, so
+/// that the order here, the router's merge and the cursor all compare the same numbers.
+#[derive(Debug, Clone)]
+pub struct Reranked {
+    pub id: String,
+    pub score: f32,
+    pub explained: Explained,
+}
+
+/// Rescores every candidate for `user` at time `t_ms` and orders them by (score desc, id asc).
+/// Feature values are read once per distinct entity: user features once per request,
+/// user×space features once per space.
+pub fn rerank(
+    profile: &RankProfile,
+    registry: &Registry,
+    store: &FeatureStore,
+    tenant: &str,
+    user: &str,
+    candidates: Vec<Candidate>,
+    t_ms: i64,
+) -> Result<Vec<Reranked>, FeatureError> {
+    let mut defs = Vec::with_capacity(profile.terms.len());
+    for term in &profile.terms {
+        let def = registry
+            .get(&term.feature)
+            .ok_or_else(|| FeatureError::UnknownFeature(term.feature.clone()))?;
+        defs.push(def);
+    }
+    let mut values_by_entity: HashMap<(usize, String), Option<f64>> = HashMap::new();
+    let mut out = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let mut values = Vec::with_capacity(defs.len());
+        for (i, def) in defs.iter().enumerate() {
+            let entity = entity_of(def, user, &c.space, &c.id)?;
+            let value = match values_by_entity.get(&(i, entity.clone())) {
+                Some(v) => *v,
+                None => {
+                    let v = store.online_value(tenant, def, &entity, t_ms)?;
+                    values_by_entity.insert((i, entity), v);
+                    v
+                }
+            };
+            values.push(value);
+        }
+        let explained = profile.score(f64::from(c.bm25), &values);
+        out.push(Reranked {
+            id: c.id,
+            score: explained.score as f32,
+            explained,
+        });
+    }
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// The hits strictly after a `(score, id)` cursor in (score desc, id asc) order.
+pub fn after_cursor(hits: Vec<Reranked>, after: Option<&(f32, String)>) -> Vec<Reranked> {
+    match after {
+        None => hits,
+        Some((score, id)) => hits
+            .into_iter()
+            .filter(|h| h.score < *score || (h.score == *score && h.id > *id))
+            .collect(),
+    }
+}
