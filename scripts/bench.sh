@@ -22,9 +22,13 @@
 #               documents hidden from the user grow 10k -> 100k -> 1M with 1k
 #               visible; also the largest DNF of the demo data set
 #               (docs/bench/acl.md). Knobs: BENCH_ACL_HIDDEN (10000,100000,1000000),
-#               BENCH_ACL_VISIBLE (1000), BENCH_ACL_QUERIES (300). About 3 minutes.
-#   rerank      reranking benchmark (hook: runs `rerank_bench` the same way;
-#               docs/bench/rerank.md)
+#               BENCH_ACL_VISIBLE (1000), BENCH_ACL_QUERIES (1000). About 3 minutes.
+#   rerank      a node's search with a rank profile (100 candidates, 5 features,
+#               one hop) vs plain BM25 and vs the two-hop design (node top 100,
+#               then the same features from a Redis server on loopback); installs
+#               Debian's redis-server if missing, starts it on 127.0.0.1 and stops
+#               it by pid (docs/bench/rerank.md). Knobs: BENCH_RERANK_QUERIES
+#               (1000; quick 400), BENCH_REDIS_PORT (6391).
 #   report      renders docs/bench/RESULTS.md and docs/bench/plots/*.svg from
 #               whatever results exist (and includes write/router/acl/rerank.md)
 #
@@ -49,7 +53,7 @@ sections=()
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) sections+=("$a") ;;
   esac
 done
@@ -169,6 +173,44 @@ bench_report() {
     --include "$root/docs/bench/acl.md" --include "$root/docs/bench/rerank.md"
 }
 
+bench_rerank() {
+  build
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "rerank: installing redis-server"
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+    else
+      sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null
+    fi
+  fi
+  local port="${BENCH_REDIS_PORT:-6391}" rdir
+  rdir="$(mktemp -d "${TMPDIR:-/tmp}/tessera-redis.XXXXXX")"
+  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+    --dir "$rdir" >"$rdir/redis.log" 2>&1 &
+  local rpid=$!
+  local i
+  for i in $(seq 1 100); do
+    if redis-cli -h 127.0.0.1 -p "$port" ping >/dev/null 2>&1; then break; fi
+    if ! kill -0 "$rpid" 2>/dev/null; then
+      echo "bench.sh: redis-server exited; see $rdir/redis.log" >&2
+      cat "$rdir/redis.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  log "rerank: one hop vs BM25 vs two hops through redis (pid $rpid, port $port)"
+  local status=0
+  BENCH_COMMIT="${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" \
+  BENCH_DATE="${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%MZ)}" \
+    "$bin/rerank_bench" --redis "redis://127.0.0.1:$port/" \
+    --queries "${BENCH_RERANK_QUERIES:-$(pick 400 1000)}" \
+    --out "$root/docs/bench/rerank.md" || status=$?
+  kill "$rpid" 2>/dev/null || true
+  wait "$rpid" 2>/dev/null || true
+  rm -rf "$rdir"
+  return "$status"
+}
+
 bench_acl() {
   build
   log "acl: permission filter vs naive post-filter (docs/bench/acl.md)"
@@ -190,7 +232,7 @@ for s in "${sections[@]}"; do
     write) bench_write ;;
     router) bench_router ;;
     acl) bench_acl ;;
-    rerank) bench_hook "$s" ;;
+    rerank) bench_rerank ;;
     report) bench_report ;;
     *) echo "bench.sh: unknown section '$s' (known: core docs tenants partitions write router acl rerank report)" >&2; exit 2 ;;
   esac

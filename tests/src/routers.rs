@@ -436,3 +436,41 @@ pub async fn create_tenant(
     )
     .await
 }
+
+/// Waits until every replica of the tenant's shard has applied and indexed
+/// everything its leader committed, so that a benchmark measures a settled
+/// index rather than the bulk load's commits and merges. Returns the shard.
+pub async fn wait_indexed(cluster: &TestCluster, tenant: &str) -> u64 {
+    let map = cluster.map(1).await;
+    let shard = map
+        .tenants
+        .iter()
+        .find(|t| t.id == tenant)
+        .and_then(|t| t.partitions.first().copied())
+        .expect("the tenant's shard");
+    eventually(
+        SETTLE,
+        "every replica to index the bulk load",
+        || async move {
+            let mut marks = Vec::new();
+            for id in cluster.up() {
+                let mut c = cluster.client(id).await?;
+                let st = c
+                    .status(pb::StatusRequest {})
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                let g = st
+                    .groups
+                    .iter()
+                    .find(|g| g.group == shard)
+                    .ok_or("shard not open")?;
+                marks.push((g.committed.max(g.applied), g.index_watermark));
+            }
+            let top = marks.iter().map(|m| m.0).max().unwrap_or(0);
+            Ok::<_, String>(marks.iter().all(|(_, w)| *w >= top).then_some(()))
+        },
+    )
+    .await;
+    shard
+}

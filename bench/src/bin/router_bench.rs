@@ -15,14 +15,13 @@ use std::time::Duration;
 
 use tessera_chaos::{LinkFaults, TcpLinkProxy};
 use tessera_client::TenantSpec;
-use tessera_proto::pb;
 use tessera_proto::pb::ReplicaSelection;
 use tessera_tests::cluster::{Mode, SETTLE};
 use tessera_tests::routers::{
     client, create_tenant, grpc_proxy, node_route_args, put_all, search_load, spawn_router,
-    LoadReport,
+    wait_indexed, LoadReport,
 };
-use tessera_tests::{docs, eventually, Layout, TestCluster};
+use tessera_tests::{docs, Layout, TestCluster};
 
 const QUERIES: [&str; 8] = [
     "deploy",
@@ -41,42 +40,6 @@ const SLOW_NODE: u64 = 2;
 /// Rounds per scenario; each runs both policies (a warm-up, then
 /// `BENCH_REQUESTS / ROUNDS` measured searches each).
 const ROUNDS: usize = 4;
-
-/// Waits until every replica of the tenant's shard has applied and indexed
-/// everything its leader committed.
-async fn settle(cluster: &TestCluster, tenant: &str) {
-    let map = cluster.map(1).await;
-    let shard = map
-        .tenants
-        .iter()
-        .find(|t| t.id == tenant)
-        .and_then(|t| t.partitions.first().copied())
-        .expect("the tenant's shard");
-    eventually(
-        SETTLE,
-        "every replica to index the bulk load",
-        || async move {
-            let mut marks = Vec::new();
-            for id in [1, 2, 3] {
-                let mut c = cluster.client(id).await?;
-                let st = c
-                    .status(pb::StatusRequest {})
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_inner();
-                let g = st
-                    .groups
-                    .iter()
-                    .find(|g| g.group == shard)
-                    .ok_or("shard not open")?;
-                marks.push((g.committed.max(g.applied), g.index_watermark));
-            }
-            let top = marks.iter().map(|m| m.0).max().unwrap_or(0);
-            Ok::<_, String>(marks.iter().all(|(_, w)| *w >= top).then_some(()))
-        },
-    )
-    .await
-}
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -135,7 +98,7 @@ async fn main() {
 
     // Let the bulk load's index commits and merges finish on every replica
     // before measuring, so the first row does not pay for them.
-    settle(&cluster, "bench").await;
+    wait_indexed(&cluster, "bench").await;
 
     // Policies alternate in rounds, so slow drift (background merges, the
     // machine's other work) spreads over both instead of favouring one.

@@ -6,7 +6,7 @@
 //! event at or before `t` is older than `t - ttl`; ties are ordered by
 //! (event_ts, ingest_ts, Raft log index).
 
-use super::definition::FeatureDef;
+use super::definition::{Aggregation, FeatureDef};
 use super::tiles::{Acc, EventRow, Tile};
 
 /// Where evaluation reads tiles and raw events from: RocksDB online, an
@@ -32,6 +32,19 @@ pub trait FeatureSource {
         lo: i64,
         hi: i64,
     ) -> Result<Vec<EventRow>, Self::Error>;
+
+    /// The event time of the first event of `def`'s source kind for `entity` with
+    /// `event_ts > t`, if any: an event that will enter the value as time passes. A source
+    /// that cannot tell answers `Some(t + 1)`, which makes a value valid at `t` only.
+    fn first_event_after(
+        &self,
+        def: &FeatureDef,
+        entity: &str,
+        t: i64,
+    ) -> Result<Option<i64>, Self::Error> {
+        let _ = (def, entity);
+        Ok(Some(t.saturating_add(1)))
+    }
 
     /// The newest non-empty tile with index `<= to`.
     fn newest_tile(
@@ -97,4 +110,62 @@ pub fn evaluate<S: FeatureSource>(
         }
     }
     Ok(acc.value(def))
+}
+
+/// The first time after `t` at which `evaluate(def, src, entity, ·)` may return something
+/// else than at `t`, given the events stored now (exclusive bound; `t + 1` when it cannot
+/// say). Between `t` and that bound no event enters or leaves the window and no ttl expires,
+/// and count, sum, last and distinct users depend only on which events are in; a decayed
+/// count changes with every instant, so it is never valid past `t`.
+pub fn valid_until<S: FeatureSource>(
+    def: &FeatureDef,
+    src: &S,
+    entity: &str,
+    t: i64,
+) -> Result<i64, S::Error> {
+    let instant = t.saturating_add(1);
+    if def.aggregation == Aggregation::DecayedCount {
+        return Ok(instant);
+    }
+    let mut bound = src
+        .first_event_after(def, entity, t)?
+        .unwrap_or(i64::MAX)
+        .max(instant);
+    let tile = def.tile_ms();
+    let last_full = t.div_euclid(tile) - 1;
+    let right_edge_lo = last_full.saturating_add(1).saturating_mul(tile);
+    // At the next tile boundary the current tile's raw events are read as a tile instead:
+    // the same events, but a float sum may round differently, and a served value must equal
+    // a fresh evaluation bit for bit.
+    bound = bound.min(right_edge_lo.saturating_add(tile));
+    if let Some(w) = def.window_ms {
+        // An event at `e` leaves the window at `e + w`.
+        let lo = t.saturating_sub(w);
+        let first_full = lo.div_euclid(tile) + i64::from(lo.rem_euclid(tile) != 0);
+        let raw_hi = if first_full > last_full {
+            t
+        } else {
+            // Tiled events are no older than the first full tile's start.
+            bound = bound.min(first_full.saturating_mul(tile).saturating_add(w));
+            first_full.saturating_mul(tile)
+        };
+        if let Some(oldest) = src.events(def, entity, lo, raw_hi)?.first() {
+            bound = bound.min(oldest.order.event_ts.saturating_add(w));
+        }
+    }
+    if let Some(ttl) = def.ttl_ms {
+        let newest = match src.events(def, entity, right_edge_lo, t)?.last() {
+            Some(ev) => Some(ev.order.event_ts),
+            None => src
+                .newest_tile(def, entity, last_full)?
+                .and_then(|(_, tl)| tl.max_ts),
+        };
+        if let Some(ts) = newest {
+            if t.saturating_sub(ts) <= ttl {
+                // Null from the first instant more than `ttl` after the newest event.
+                bound = bound.min(ts.saturating_add(ttl).saturating_add(1));
+            }
+        }
+    }
+    Ok(bound.max(instant))
 }

@@ -1,11 +1,13 @@
 //! The feature store beside the documents (DESIGN.md "Feature store").
 //!
+//! - `cache`: online values kept in memory while provably unchanged;
 //! - `definition`: `features.toml` and the versioned registry;
 //! - `tiles`: the mergeable aggregation state;
 //! - `engine`: the one evaluation both paths run;
 //! - `historical`: the offline replay;
 //! - `store`: the RocksDB rows, the applier and the online reads.
 
+pub mod cache;
 pub mod definition;
 pub mod engine;
 pub mod historical;

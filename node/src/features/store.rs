@@ -14,8 +14,9 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tessera_proto::{ShardId, ValidEvent};
 
+use super::cache::CacheKey;
 use super::definition::{Entity, FeatureDef, Registry};
-use super::engine::{evaluate, FeatureSource};
+use super::engine::{evaluate, valid_until, FeatureSource};
 use super::historical::historical_value;
 use super::tiles::{tile_of, EventRow, Order, Tile};
 use crate::storage::{decode, encode, keys::SEP, Storage, StorageError, CF_FEATURES};
@@ -159,8 +160,41 @@ impl FeatureStore {
         }
     }
 
-    /// The online value of `def` at `t`: persisted tiles plus edge events.
+    /// The online value of `def` (of registry `version`) at `t`: persisted tiles plus edge
+    /// events, served from the online cache while it provably equals a fresh evaluation.
     pub fn online_value(
+        &self,
+        tenant: &str,
+        version: u64,
+        def: &FeatureDef,
+        entity: &str,
+        t: i64,
+    ) -> Result<Option<f64>, StorageError> {
+        let cache = self.storage.online_cache();
+        // Read before evaluating: a write after this makes the entry stale, never wrong.
+        let stamp = cache.stamp(self.group, tenant, def.entity, entity);
+        let key = CacheKey {
+            group: self.group,
+            tenant,
+            feature: &def.name,
+            version,
+            entity,
+        };
+        if let Some(value) = cache.get(&key, stamp, t) {
+            return Ok(value);
+        }
+        let src = RocksSource {
+            store: self,
+            tenant,
+        };
+        let value = evaluate(def, &src, entity, t)?;
+        let until = valid_until(def, &src, entity, t)?;
+        cache.put(&key, stamp, t, until, value);
+        Ok(value)
+    }
+
+    /// [`Self::online_value`] without the cache, for tests that check the cache against it.
+    pub fn evaluate_uncached(
         &self,
         tenant: &str,
         def: &FeatureDef,
@@ -191,7 +225,7 @@ impl FeatureStore {
                 .get(name)
                 .ok_or_else(|| FeatureError::UnknownFeature(name.clone()))?;
             let entity = entity_of(def, user, space, doc)?;
-            out.push(self.online_value(tenant, def, &entity, t)?);
+            out.push(self.online_value(tenant, registry.version, def, &entity, t)?);
         }
         Ok((registry.version, out))
     }
@@ -306,6 +340,27 @@ impl FeatureSource for RocksSource<'_> {
         Ok(out)
     }
 
+    fn first_event_after(
+        &self,
+        def: &FeatureDef,
+        entity: &str,
+        t: i64,
+    ) -> Result<Option<i64>, StorageError> {
+        let p = event_prefix(self.store.group, self.tenant, def.entity, entity);
+        let start = with_i64(&p, t.saturating_add(1));
+        for (_, v) in self
+            .store
+            .storage
+            .scan(CF_FEATURES, &start, &prefix_end(&p))?
+        {
+            let ev: EventRow = decode(CF_FEATURES, &v)?;
+            if ev.kind == def.source {
+                return Ok(Some(ev.order.event_ts));
+            }
+        }
+        Ok(None)
+    }
+
     fn newest_tile(
         &self,
         def: &FeatureDef,
@@ -362,6 +417,28 @@ pub struct FeatureApplier {
     /// Tile prefixes whose persisted rows are being replaced in this call.
     reset: HashSet<Vec<u8>>,
     range_deletes: Vec<(Vec<u8>, Vec<u8>)>,
+    touched: Touched,
+}
+
+/// What a batch of feature commands changed, for the online cache once the batch is written.
+#[derive(Debug, Default)]
+#[must_use = "publish it after the batch is written, or cached values go stale"]
+pub struct Touched {
+    entities: HashSet<(String, Entity, String)>,
+    registry_changed: bool,
+}
+
+impl Touched {
+    /// Invalidates the cached values the batch changed. Call after the batch is visible.
+    pub fn publish(&self, storage: &Storage, group: ShardId) {
+        let cache = storage.online_cache();
+        if self.registry_changed {
+            cache.invalidate_all();
+        }
+        for (tenant, kind, entity) in &self.entities {
+            cache.touch(group, tenant, *kind, entity);
+        }
+    }
 }
 
 impl FeatureApplier {
@@ -374,6 +451,7 @@ impl FeatureApplier {
             events: BTreeMap::new(),
             reset: HashSet::new(),
             range_deletes: Vec::new(),
+            touched: Touched::default(),
         }
     }
 
@@ -453,6 +531,9 @@ impl FeatureApplier {
                 };
                 let key = event_key(&event_prefix(group, tenant, kind, &entity), &row.order);
                 self.events.insert(key, row.clone());
+                self.touched
+                    .entities
+                    .insert((tenant.to_string(), kind, entity));
             }
             for def in &registry.features {
                 if def.source != ev.kind || (def.entity.doc_keyed() && !home) {
@@ -515,6 +596,7 @@ impl FeatureApplier {
                 self.add_to_tile(tenant, def, &row.0, &row.1)?;
             }
         }
+        self.touched.registry_changed = true;
         let next = Registry {
             version: current.version + 1,
             toml: toml.to_string(),
@@ -556,8 +638,9 @@ impl FeatureApplier {
             .collect())
     }
 
-    /// Adds every pending row to `batch`: range deletes first, then puts.
-    pub fn finish(self, batch: &mut WriteBatch) -> Result<(), StorageError> {
+    /// Adds every pending row to `batch`: range deletes first, then puts. Returns what to
+    /// [`Touched::publish`] once the batch is written.
+    pub fn finish(self, batch: &mut WriteBatch) -> Result<Touched, StorageError> {
         let cf = self.store.storage.cf(CF_FEATURES)?;
         for (from, to) in &self.range_deletes {
             batch.delete_range_cf(cf, from, to);
@@ -571,7 +654,7 @@ impl FeatureApplier {
         for (k, v) in &self.tiles {
             batch.put_cf(cf, k, encode(v)?);
         }
-        Ok(())
+        Ok(self.touched)
     }
 
     /// Whether nothing is pending.

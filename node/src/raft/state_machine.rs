@@ -887,9 +887,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(a) => a.finish().map_err(Self::sm_err)?,
             None => Vec::new(),
         };
-        if let Some(f) = features {
-            f.finish(&mut batch).map_err(Self::sm_err)?;
-        }
+        let touched = match features {
+            Some(f) => Some(f.finish(&mut batch).map_err(Self::sm_err)?),
+            None => None,
+        };
         let Some(last) = last else {
             return Ok(responses);
         };
@@ -900,6 +901,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.put_meta(&mut batch, keys::suffix::CLUSTER_MAP, map)?;
         }
         self.storage.write(batch).map_err(Self::sm_err)?;
+        if let Some(touched) = touched {
+            touched.publish(&self.storage, self.group);
+        }
         match &self.data {
             GroupData::Shard(s) => s.index.submit(last.index, index_ops),
             GroupData::Meta(state) => {
@@ -976,6 +980,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             encode(&stored).map_err(Self::sm_err)?,
         );
         self.storage.write(batch).map_err(Self::sm_err)?;
+        // Every feature row of the shard may have changed.
+        self.storage.online_cache().invalidate_all();
         match &self.data {
             GroupData::Shard(s) => {
                 s.index.reset(0).map_err(Self::sm_err)?;

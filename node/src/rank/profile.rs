@@ -118,8 +118,9 @@ pub fn select<'a>(
 pub struct Explained {
     pub score: f64,
     pub bm25: f64,
-    /// `(feature, value as served or null, contribution)`.
-    pub terms: Vec<(String, Option<f64>, f64)>,
+    /// Per term of the profile, in order: `(value as served or null, contribution)`. The
+    /// names are the profile's, so scoring a candidate allocates no strings.
+    pub terms: Vec<(Option<f64>, f64)>,
 }
 
 /// Parses and validates a profiles file against the registered feature names.
@@ -182,7 +183,7 @@ impl RankProfile {
             };
             let c = t.weight * x;
             score += c;
-            terms.push((t.feature.clone(), value, c));
+            terms.push((value, c));
         }
         Explained { score, bm25, terms }
     }
@@ -244,8 +245,8 @@ default = 1.0
         );
         let e = p.score(2.0, &[Some(std::f64::consts::E - 1.0), None]);
         assert!((e.score - (2.0 + 0.5 + 0.1)).abs() < 1e-12, "{e:?}");
-        assert_eq!(e.terms[1].1, None, "null is reported as null");
-        assert!((e.terms[1].2 - 0.1).abs() < 1e-12, "null uses the default");
+        assert_eq!(e.terms[1].0, None, "null is reported as null");
+        assert!((e.terms[1].1 - 0.1).abs() < 1e-12, "null uses the default");
     }
 
     #[test]

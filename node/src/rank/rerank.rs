@@ -1,8 +1,6 @@
 //! The second phase on the node: rescore the first phase's candidates with a rank profile over
 //! feature values read from this shard's own feature store, in the same request (one hop).
 
-use std::collections::HashMap;
-
 use super::profile::{Explained, RankProfile};
 use crate::features::store::entity_of;
 use crate::features::{FeatureError, FeatureStore, Registry};
@@ -25,8 +23,8 @@ pub struct Reranked {
 }
 
 /// Rescores every candidate for `user` at time `t_ms` and orders them by (score desc, id asc).
-/// Feature values are read once per distinct entity: user features once per request,
-/// user×space features once per space.
+/// Feature values come from the store's online cache (see `features::cache`), so repeated
+/// entities (the user, the user's spaces, popular documents) cost a hash lookup.
 pub fn rerank(
     profile: &RankProfile,
     registry: &Registry,
@@ -43,21 +41,12 @@ pub fn rerank(
             .ok_or_else(|| FeatureError::UnknownFeature(term.feature.clone()))?;
         defs.push(def);
     }
-    let mut values_by_entity: HashMap<(usize, String), Option<f64>> = HashMap::new();
     let mut out = Vec::with_capacity(candidates.len());
     for c in candidates {
         let mut values = Vec::with_capacity(defs.len());
-        for (i, def) in defs.iter().enumerate() {
+        for def in &defs {
             let entity = entity_of(def, user, &c.space, &c.id)?;
-            let value = match values_by_entity.get(&(i, entity.clone())) {
-                Some(v) => *v,
-                None => {
-                    let v = store.online_value(tenant, def, &entity, t_ms)?;
-                    values_by_entity.insert((i, entity), v);
-                    v
-                }
-            };
-            values.push(value);
+            values.push(store.online_value(tenant, registry.version, def, &entity, t_ms)?);
         }
         let explained = profile.score(f64::from(c.bm25), &values);
         out.push(Reranked {

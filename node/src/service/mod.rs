@@ -382,39 +382,39 @@ impl Node for NodeService {
             stats: Some(stats),
         };
         let applied = data.index.watermark();
-        let index = data.index.clone();
-        let results = tokio::task::spawn_blocking(move || index.search(&query))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
-        let checked = data
-            .recheck_hits(&req.tenant, &principals, results.hits, |(id, _)| id)
-            .map_err(internal)?;
-        let hits = match ranking {
-            None => checked
-                .into_iter()
-                .map(|((id, score), _)| pb::Hit {
-                    id,
-                    score,
-                    explanation: None,
-                })
-                .collect(),
-            Some((registry, profile)) => {
-                let second = SecondPhase {
-                    data: data.clone(),
-                    registry,
-                    profile,
-                    tenant: req.tenant.clone(),
-                    user: req.user.clone(),
-                    after,
-                    limit,
-                    explain: req.explain,
-                };
-                tokio::task::spawn_blocking(move || second.run(checked))
-                    .await
-                    .map_err(internal)??
-            }
-        };
+        let second = ranking.map(|(registry, profile)| SecondPhase {
+            data: data.clone(),
+            registry,
+            profile,
+            tenant: req.tenant.clone(),
+            user: req.user.clone(),
+            after,
+            limit,
+            explain: req.explain,
+        });
+        let tenant = req.tenant.clone();
+        // One blocking task for the index search, the stored-row re-check and the second
+        // phase: each hand-off between the runtime and the blocking pool costs wake-ups.
+        let (hits, total_matches) = tokio::task::spawn_blocking(move || {
+            let results = data.index.search(&query).map_err(internal)?;
+            let checked = data
+                .recheck_hits(&tenant, &principals, results.hits, |(id, _)| id)
+                .map_err(internal)?;
+            let hits = match second {
+                None => checked
+                    .into_iter()
+                    .map(|((id, score), _)| pb::Hit {
+                        id,
+                        score,
+                        explanation: None,
+                    })
+                    .collect(),
+                Some(second) => second.run(checked)?,
+            };
+            Ok::<_, Status>((hits, results.total_matches))
+        })
+        .await
+        .map_err(internal)??;
         metrics::histogram!("tessera_node_search_seconds").record(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::SearchResponse {
             hits,
@@ -422,7 +422,7 @@ impl Node for NodeService {
             node: self.node.id,
             region: self.node.spec.region.clone(),
             applied,
-            total_matches: results.total_matches,
+            total_matches,
         }))
     }
 

@@ -83,12 +83,13 @@ impl SecondPhase {
                     version: self.profile.version,
                     bm25: h.explained.bm25,
                     score: h.explained.score,
-                    features: h
-                        .explained
+                    features: self
+                        .profile
                         .terms
                         .iter()
-                        .map(|(name, value, contribution)| pb::FeatureContribution {
-                            name: name.clone(),
+                        .zip(&h.explained.terms)
+                        .map(|(term, (value, contribution))| pb::FeatureContribution {
+                            name: term.feature.clone(),
                             value: *value,
                             contribution: *contribution,
                         })

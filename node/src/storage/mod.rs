@@ -76,6 +76,8 @@ pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct Storage {
     db: Arc<DB>,
     writer: SyncWriter,
+    /// Online feature values derived from this database's rows, shared by its shards.
+    online: Arc<crate::features::cache::OnlineCache>,
 }
 
 impl Storage {
@@ -90,7 +92,17 @@ impl Storage {
             .map(|name| ColumnFamilyDescriptor::new(*name, cf_options()));
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs).map_err(rocks("open"))?);
         let writer = SyncWriter::start(db.clone());
-        Ok(Self { db, writer })
+        Ok(Self {
+            db,
+            writer,
+            online: Arc::default(),
+        })
+    }
+
+    /// The in-memory cache of online feature values computed from these rows: whoever
+    /// changes feature rows must touch or invalidate it once the write is visible.
+    pub fn online_cache(&self) -> &crate::features::cache::OnlineCache {
+        &self.online
     }
 
     /// The raw database, for modules that build their own batches.

@@ -1,0 +1,252 @@
+//! Online feature values kept in memory between searches, so that reranking 100 candidates
+//! costs hash lookups instead of hundreds of RocksDB scans.
+//!
+//! A cached value is served only while it provably equals a fresh evaluation:
+//! - **No newer writes.** Every applied batch of events bumps a version slot for each entity
+//!   it touched (after its RocksDB write); a reader takes the slot's version *before* it
+//!   evaluates, and the entry is served only while the slot still has that version. Slots are
+//!   a fixed array indexed by a hash of the entity, so memory stays bounded and a collision
+//!   only costs an extra miss. Registry changes and snapshot installs bump a global epoch.
+//! - **Time has not changed the answer.** An entry holds the interval `[computed_at,
+//!   valid_until)` over which no event enters or leaves the window and no ttl expires (see
+//!   `engine::valid_until`); a read at `t` outside it is a miss.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tessera_proto::ShardId;
+
+use super::definition::Entity;
+
+/// Version slots; a power of two.
+const SLOTS: usize = 1 << 16;
+/// A fast, fixed-seed hash: a collision only costs a miss (entries keep their whole key), so
+/// the keyed SipHash of std buys nothing here, on the path of every reranked candidate.
+const HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x7e55e7a);
+
+/// Entries kept before the cache starts over.
+const DEFAULT_CAPACITY: usize = 200_000;
+
+/// What one entry is for: shard, tenant, feature, registry version, entity. Borrowed, so a
+/// lookup allocates nothing; the map is keyed by its hash and each entry keeps the whole key
+/// to compare, so a hash collision is a miss, never a wrong value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey<'a> {
+    pub group: ShardId,
+    pub tenant: &'a str,
+    pub feature: &'a str,
+    pub version: u64,
+    pub entity: &'a str,
+}
+
+impl CacheKey<'_> {
+    fn hashed(&self) -> u64 {
+        HASHER.hash_one(self)
+    }
+
+    fn owned(&self) -> OwnedKey {
+        (
+            self.group,
+            self.tenant.to_string(),
+            self.feature.to_string(),
+            self.version,
+            self.entity.to_string(),
+        )
+    }
+
+    fn is(&self, owned: &OwnedKey) -> bool {
+        self.group == owned.0
+            && self.tenant == owned.1
+            && self.feature == owned.2
+            && self.version == owned.3
+            && self.entity == owned.4
+    }
+}
+
+type OwnedKey = (ShardId, String, String, u64, String);
+
+/// The write state a reader saw before evaluating: the global epoch and the entity's slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    epoch: u64,
+    slot: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    key: OwnedKey,
+    stamp: Stamp,
+    computed_at: i64,
+    valid_until: i64,
+    value: Option<f64>,
+}
+
+/// The node-wide cache (one per RocksDB instance, shared by all its shards).
+pub struct OnlineCache {
+    slots: Box<[AtomicU64]>,
+    epoch: AtomicU64,
+    entries: Mutex<HashMap<u64, Entry>>,
+    capacity: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for OnlineCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineCache")
+            .field("entries", &self.entries.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for OnlineCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
+    }
+}
+
+impl OnlineCache {
+    /// A cache of at most `capacity` values.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(group: ShardId, tenant: &str, kind: Entity, entity: &str) -> usize {
+        (HASHER.hash_one((group, tenant, kind.tag(), entity)) as usize) & (SLOTS - 1)
+    }
+
+    /// The current write state of an entity; read it before evaluating.
+    pub fn stamp(&self, group: ShardId, tenant: &str, kind: Entity, entity: &str) -> Stamp {
+        let slot = &self.slots[Self::slot(group, tenant, kind, entity)];
+        Stamp {
+            epoch: self.epoch.load(Ordering::Acquire),
+            slot: slot.load(Ordering::Acquire),
+        }
+    }
+
+    /// The cached value at `t` if it is still exact for `stamp` (the current one).
+    pub fn get(&self, key: &CacheKey<'_>, stamp: Stamp, t: i64) -> Option<Option<f64>> {
+        let entries = self.entries.lock();
+        let served = entries
+            .get(&key.hashed())
+            .filter(|e| key.is(&e.key))
+            .filter(|e| e.stamp == stamp && e.computed_at <= t && t < e.valid_until)
+            .map(|e| e.value);
+        let counter = if served.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        served
+    }
+
+    /// `(hits, misses)` since start, for tests and status pages.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps a value evaluated at `t` under `stamp` (read before evaluating).
+    pub fn put(
+        &self,
+        key: &CacheKey<'_>,
+        stamp: Stamp,
+        t: i64,
+        valid_until: i64,
+        value: Option<f64>,
+    ) {
+        if valid_until <= t {
+            return;
+        }
+        let hashed = key.hashed();
+        let mut entries = self.entries.lock();
+        if entries.len() >= self.capacity && !entries.contains_key(&hashed) {
+            entries.clear();
+        }
+        entries.insert(
+            hashed,
+            Entry {
+                key: key.owned(),
+                stamp,
+                computed_at: t,
+                valid_until,
+                value,
+            },
+        );
+    }
+
+    /// Marks an entity as written; call after the write is durable and visible.
+    pub fn touch(&self, group: ShardId, tenant: &str, kind: Entity, entity: &str) {
+        self.slots[Self::slot(group, tenant, kind, entity)].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Invalidates everything (a snapshot replaced a shard's rows, or definitions changed).
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.lock().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(entity: &str) -> CacheKey<'_> {
+        CacheKey {
+            group: 1,
+            tenant: "t",
+            feature: "f",
+            version: 1,
+            entity,
+        }
+    }
+
+    #[test]
+    fn serves_only_within_validity_and_until_touched() {
+        let c = OnlineCache::new(10);
+        let s = c.stamp(1, "t", Entity::User, "u:a");
+        c.put(&key("u:a"), s, 100, 200, Some(3.0));
+        assert_eq!(c.get(&key("u:a"), s, 100), Some(Some(3.0)));
+        assert_eq!(c.get(&key("u:a"), s, 199), Some(Some(3.0)));
+        assert_eq!(c.get(&key("u:a"), s, 200), None, "valid_until is exclusive");
+        assert_eq!(
+            c.get(&key("u:a"), s, 99),
+            None,
+            "never before it was computed"
+        );
+        c.touch(1, "t", Entity::User, "u:a");
+        let now = c.stamp(1, "t", Entity::User, "u:a");
+        assert_ne!(now, s);
+        assert_eq!(c.get(&key("u:a"), now, 150), None, "a write invalidates");
+        // A value evaluated from a stamp read before the write stays invalid.
+        c.put(&key("u:a"), s, 150, 300, Some(1.0));
+        assert_eq!(c.get(&key("u:a"), now, 160), None);
+        c.put(&key("u:a"), now, 150, 300, Some(4.0));
+        assert_eq!(c.get(&key("u:a"), now, 160), Some(Some(4.0)));
+        c.invalidate_all();
+        let after = c.stamp(1, "t", Entity::User, "u:a");
+        assert_eq!(c.get(&key("u:a"), after, 160), None);
+    }
+
+    #[test]
+    fn bounded() {
+        let c = OnlineCache::new(3);
+        let s = c.stamp(1, "t", Entity::User, "u:a");
+        for i in 0..10 {
+            c.put(&key(&format!("u:{i}")), s, 0, 10, Some(1.0));
+        }
+        assert!(c.entries.lock().len() <= 3);
+    }
+}
