@@ -7,6 +7,19 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use tantivy::doc;
 
+/// Queries over the vocabulary of `tessera_tests::docs::doc`, for the benchmarks that load
+/// those synthetic documents (router, rerank): one and two words, every one matching.
+pub const VOCABULARY_QUERIES: [&str; 8] = [
+    "deploy",
+    "incident rollback",
+    "database migration",
+    "quorum leader",
+    "latency cache",
+    "review design",
+    "capacity budget",
+    "snapshot replica",
+];
+
 /// One article of the Wikipedia corpus.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Article {

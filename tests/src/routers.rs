@@ -448,10 +448,15 @@ pub async fn wait_indexed(cluster: &TestCluster, tenant: &str) -> u64 {
         .find(|t| t.id == tenant)
         .and_then(|t| t.partitions.first().copied())
         .expect("the tenant's shard");
-    eventually(
-        SETTLE,
-        "every replica to index the bulk load",
-        || async move {
+    wait_shards_indexed(cluster, &[shard], SETTLE).await;
+    shard
+}
+
+/// Waits (up to `timeout`) until every up replica of each of `shards` has
+/// indexed everything its leader committed.
+pub async fn wait_shards_indexed(cluster: &TestCluster, shards: &[u64], timeout: Duration) {
+    eventually(timeout, "every replica to index the load", || async move {
+        for shard in shards {
             let mut marks = Vec::new();
             for id in cluster.up() {
                 let mut c = cluster.client(id).await?;
@@ -463,14 +468,16 @@ pub async fn wait_indexed(cluster: &TestCluster, tenant: &str) -> u64 {
                 let g = st
                     .groups
                     .iter()
-                    .find(|g| g.group == shard)
-                    .ok_or("shard not open")?;
+                    .find(|g| g.group == *shard)
+                    .ok_or_else(|| format!("shard {shard} not open on node {id}"))?;
                 marks.push((g.committed.max(g.applied), g.index_watermark));
             }
             let top = marks.iter().map(|m| m.0).max().unwrap_or(0);
-            Ok::<_, String>(marks.iter().all(|(_, w)| *w >= top).then_some(()))
-        },
-    )
-    .await;
-    shard
+            if !marks.iter().all(|(_, w)| *w >= top) {
+                return Ok::<_, String>(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
 }

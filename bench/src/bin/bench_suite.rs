@@ -18,10 +18,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tessera_bench::{read_articles, title_queries, Article, LatencySummary, RawIndex};
 use tessera_client::{SearchQuery, TenantSpec, TesseraClient};
-use tessera_proto::pb;
 use tessera_tests::cluster::{Mode, NodeSlot, SETTLE};
 use tessera_tests::routers::{client, create_tenant, spawn_router, RouterProc};
-use tessera_tests::{eventually, Layout, TestCluster};
+use tessera_tests::{Layout, TestCluster};
 
 #[path = "../report.rs"]
 mod report;
@@ -290,36 +289,7 @@ impl Bench {
     /// Waits until every replica of `shards` has indexed everything its
     /// leader committed, so measurements never include catch-up work.
     async fn settle(&self, shards: &[u64]) {
-        let cluster = &self.cluster;
-        eventually(
-            SETTLE * 5,
-            "every replica to index the load",
-            || async move {
-                for shard in shards {
-                    let mut marks = Vec::new();
-                    for id in cluster.up() {
-                        let mut c = cluster.client(id).await?;
-                        let st = c
-                            .status(pb::StatusRequest {})
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .into_inner();
-                        let g = st
-                            .groups
-                            .iter()
-                            .find(|g| g.group == *shard)
-                            .ok_or_else(|| format!("shard {shard} not open on node {id}"))?;
-                        marks.push((g.committed.max(g.applied), g.index_watermark));
-                    }
-                    let top = marks.iter().map(|m| m.0).max().unwrap_or(0);
-                    if !marks.iter().all(|(_, w)| *w >= top) {
-                        return Ok::<_, String>(None);
-                    }
-                }
-                Ok(Some(()))
-            },
-        )
-        .await
+        tessera_tests::routers::wait_shards_indexed(&self.cluster, shards, SETTLE * 5).await;
     }
 
     /// One search per query, sequentially, through the router; latency in ms.

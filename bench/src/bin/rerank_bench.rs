@@ -103,16 +103,7 @@ candidates = 100
 bm25 = 1.0
 "#;
 
-const QUERIES: [&str; 8] = [
-    "deploy",
-    "incident rollback",
-    "database migration",
-    "quorum leader",
-    "latency cache",
-    "review design",
-    "capacity budget",
-    "snapshot replica",
-];
+use tessera_bench::VOCABULARY_QUERIES as QUERIES;
 
 #[derive(Parser)]
 #[command(about = "Reranking on the node vs plain BM25 vs a two-hop Redis feature fetch")]

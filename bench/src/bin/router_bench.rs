@@ -23,16 +23,7 @@ use tessera_tests::routers::{
 };
 use tessera_tests::{docs, Layout, TestCluster};
 
-const QUERIES: [&str; 8] = [
-    "deploy",
-    "incident rollback",
-    "database migration",
-    "quorum leader",
-    "latency cache",
-    "review design",
-    "capacity budget",
-    "snapshot replica",
-];
+use tessera_bench::VOCABULARY_QUERIES as QUERIES;
 
 /// The node the slow scenario slows down.
 const SLOW_NODE: u64 = 2;
