@@ -481,3 +481,20 @@ pub async fn wait_shards_indexed(cluster: &TestCluster, shards: &[u64], timeout:
     })
     .await
 }
+
+/// Applies `features.toml` to `tenant` through the router, retrying while the tenant's shards
+/// settle; returns `(registry version, changed, session token)`.
+pub async fn apply_features(
+    client: &TesseraClient,
+    tenant: &str,
+    toml: &str,
+) -> (u64, bool, String) {
+    eventually(SETTLE, &format!("features applied to {tenant}"), || async {
+        client
+            .apply_features(tenant, toml)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    })
+    .await
+}

@@ -383,14 +383,7 @@ async fn features_through_router_and_client() {
     assert_eq!(err.exit_code(), tessera_client::exit::BAD_INPUT, "{err}");
     assert!(err.to_string().contains("entity"), "{err}");
 
-    let (version, changed, _) = eventually(SETTLE, "apply through the router", || async {
-        client
-            .apply_features("acme", TOML)
-            .await
-            .map(Some)
-            .map_err(|e| e.to_string())
-    })
-    .await;
+    let (version, changed, _) = tessera_tests::routers::apply_features(&client, "acme", TOML).await;
     assert_eq!((version, changed), (1, true));
     let (_, defs) = client.list_features("acme").await.expect("list");
     assert_eq!(defs.len(), FEATURES.len());

@@ -124,14 +124,7 @@ async fn profiles_rerank_on_the_node_explain_page_and_never_leak() {
     })
     .await;
     assert!(err.to_string().contains("nope"), "{err}");
-    let (version, _, _) = eventually(SETTLE, "apply features and profiles", || async {
-        client
-            .apply_features("acme", TOML)
-            .await
-            .map(Some)
-            .map_err(|e| e.to_string())
-    })
-    .await;
+    let (version, _, _) = tessera_tests::routers::apply_features(&client, "acme", TOML).await;
     assert_eq!(version, 1, "the rejected file registered nothing");
 
     let put = client

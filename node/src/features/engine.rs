@@ -98,18 +98,32 @@ pub fn evaluate<S: FeatureSource>(
         }
     }
     if let Some(ttl) = def.ttl_ms {
-        let newest = match src.events(def, entity, right_edge_lo, t)?.last() {
-            Some(ev) => Some(ev.order.event_ts),
-            None => src
-                .newest_tile(def, entity, last_full)?
-                .and_then(|(_, tl)| tl.max_ts),
-        };
+        let newest = newest_event_ts(def, src, entity, t)?;
         match newest {
             Some(ts) if t.saturating_sub(ts) <= ttl => {}
             _ => return Ok(None),
         }
     }
     Ok(acc.value(def))
+}
+
+/// The event time of the newest event at or before `t` (what a ttl is measured from): the
+/// current tile's raw events, else the newest earlier tile.
+fn newest_event_ts<S: FeatureSource>(
+    def: &FeatureDef,
+    src: &S,
+    entity: &str,
+    t: i64,
+) -> Result<Option<i64>, S::Error> {
+    let tile = def.tile_ms();
+    let last_full = t.div_euclid(tile) - 1;
+    let right_edge_lo = last_full.saturating_add(1).saturating_mul(tile);
+    Ok(match src.events(def, entity, right_edge_lo, t)?.last() {
+        Some(ev) => Some(ev.order.event_ts),
+        None => src
+            .newest_tile(def, entity, last_full)?
+            .and_then(|(_, tl)| tl.max_ts),
+    })
 }
 
 /// The first time after `t` at which `evaluate(def, src, entity, ·)` may return something
@@ -154,12 +168,7 @@ pub fn valid_until<S: FeatureSource>(
         }
     }
     if let Some(ttl) = def.ttl_ms {
-        let newest = match src.events(def, entity, right_edge_lo, t)?.last() {
-            Some(ev) => Some(ev.order.event_ts),
-            None => src
-                .newest_tile(def, entity, last_full)?
-                .and_then(|(_, tl)| tl.max_ts),
-        };
+        let newest = newest_event_ts(def, src, entity, t)?;
         if let Some(ts) = newest {
             if t.saturating_sub(ts) <= ttl {
                 // Null from the first instant more than `ttl` after the newest event.
