@@ -33,6 +33,7 @@ pub mod demo;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod train;
 pub mod types;
 
 pub use client::TesseraClient;

@@ -8,6 +8,12 @@ use tessera_node::index::IndexConfig;
 use tessera_node::raft::network::{generate_cluster_certs, NodeTls};
 use tessera_node::{ClusterConfig, NodeConfig, RaftTuning, TesseraNode};
 
+/// mimalloc instead of glibc's malloc: a search allocates and frees thousands of small
+/// strings and vectors (hit ids, feature entities, explanations), where glibc's free lists
+/// and consolidation showed up in profiles of the rerank path (`scripts/bench.sh rerank`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tessera storage node.
 #[derive(Parser)]
 #[command(name = "tessera-node", version, about, long_about = None)]

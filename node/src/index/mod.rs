@@ -189,13 +189,33 @@ fn read_watermark(index: &Index) -> Result<u64, IndexError> {
     }
 }
 
+/// Opens the index in `directory` if it has the current or the legacy schema, or creates one
+/// with the current schema.
+fn open_index(directory: MmapDirectory) -> Result<Index, IndexError> {
+    if !Index::exists(&directory).map_err(TantivyError::from)? {
+        return Ok(Index::create(
+            directory,
+            build_schema(),
+            tantivy::IndexSettings::default(),
+        )?);
+    }
+    let index = Index::open(directory)?;
+    let schema = index.schema();
+    if schema != build_schema() && schema != schema::legacy_schema() {
+        return Err(IndexError::Schema(
+            "the index on disk was built with another schema; delete it to rebuild".to_string(),
+        ));
+    }
+    Ok(index)
+}
+
 impl ShardIndex {
     /// Opens or creates the index in `dir` and starts its indexer thread. The watermark comes
     /// from the last commit's payload (0 for a new index): the caller re-indexes RocksDB's change
     /// sequence after it. An index with a different schema is an error (delete and rebuild).
     pub fn open(dir: &Path, config: IndexConfig) -> Result<Self, IndexError> {
         std::fs::create_dir_all(dir)?;
-        let index = Index::open_or_create(MmapDirectory::open(dir)?, build_schema())?;
+        let index = open_index(MmapDirectory::open(dir)?)?;
         let fields = Fields::from_schema(&index.schema())?;
         let watermark = read_watermark(&index)?;
         let writer: IndexWriter<TantivyDocument> =
@@ -299,6 +319,16 @@ impl ShardIndex {
 
     /// Runs one search (blocking; use `spawn_blocking`). See [`IndexQuery`] for the semantics.
     pub fn search(&self, q: &IndexQuery) -> Result<IndexResults, IndexError> {
+        self.search_impl(q, false)
+    }
+
+    /// [`Self::search`] that also reports each hit's indexed space
+    /// ([`IndexResults::spaces`]), for the second phase's user×space features.
+    pub fn search_with_spaces(&self, q: &IndexQuery) -> Result<IndexResults, IndexError> {
+        self.search_impl(q, true)
+    }
+
+    fn search_impl(&self, q: &IndexQuery, with_spaces: bool) -> Result<IndexResults, IndexError> {
         if q.allowed_acl_tokens.is_empty() {
             return Ok(IndexResults::default());
         }
@@ -309,6 +339,7 @@ impl ShardIndex {
             limit: q.limit.min(MAX_SEARCH_LIMIT),
             after: q.after.clone(),
             ids: self.id_columns.clone(),
+            with_spaces,
         };
         let results = match &q.stats {
             Some(stats) => {

@@ -89,6 +89,10 @@ pub struct IndexResults {
     pub hits: Vec<(String, f32)>,
     /// Every matching document (ignoring `limit` and `after`), for "about N results".
     pub total_matches: u64,
+    /// Each hit's space as indexed, aligned with `hits`, when the search asked for it and every
+    /// segment has the `space` fast column (indexes built before it existed do not). The second
+    /// phase reads user×space features with it without loading 100 stored rows first.
+    pub spaces: Option<Vec<String>>,
 }
 
 /// Normalises user text before parsing: lowercase (so `AND`/`OR` are plain words and never
@@ -266,6 +270,7 @@ impl Bm25StatisticsProvider for DfsStatistics<'_> {
 struct Candidate {
     score: Score,
     ord: u64,
+    doc: DocId,
 }
 
 /// "Greater" means worse: lower score, or equal score and larger id. A max-heap of candidates
@@ -298,24 +303,36 @@ pub(crate) fn hit_order(a: &(String, f32), b: &(String, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0))
 }
 
-/// The `id` fast column of each segment, opened once per segment rather than once per search.
-/// Opening a column decodes its block index, which costs in proportion to the segment's size:
-/// per search, that would make every query slower as documents (even ones the user cannot see)
-/// accumulate. A segment's columns never change (deletes live in a separate bitset), so the
-/// cache only has to forget segments that merges removed.
+/// The `id` and `space` fast columns of each segment, opened once per segment rather than once
+/// per search. Opening a column decodes its block index, which costs in proportion to the
+/// segment's size: per search, that would make every query slower as documents (even ones the
+/// user cannot see) accumulate. A segment's columns never change (deletes live in a separate
+/// bitset), so the cache only has to forget segments that merges removed.
 #[derive(Clone, Default)]
-pub(crate) struct IdColumns(Arc<Mutex<HashMap<SegmentId, Option<StrColumn>>>>);
+pub(crate) struct IdColumns(Arc<Mutex<HashMap<SegmentId, SegmentColumns>>>);
+
+/// One segment's columns; `None` where the segment has no such column (`space` is absent from
+/// indexes built before it became a fast field).
+#[derive(Clone)]
+struct SegmentColumns {
+    ids: Option<StrColumn>,
+    spaces: Option<StrColumn>,
+}
 
 impl IdColumns {
-    /// The segment's id column (`None` for a segment without one, which searching reports).
-    fn get(&self, segment: &SegmentReader) -> tantivy::Result<Option<StrColumn>> {
+    /// The segment's columns (a missing `id` column is reported by the search).
+    fn get(&self, segment: &SegmentReader) -> tantivy::Result<SegmentColumns> {
         let key = segment.segment_id();
-        if let Some(column) = self.0.lock().get(&key) {
-            return Ok(column.clone());
+        if let Some(columns) = self.0.lock().get(&key) {
+            return Ok(columns.clone());
         }
-        let column = segment.fast_fields().str(names::ID)?;
-        self.0.lock().insert(key, column.clone());
-        Ok(column)
+        let fast = segment.fast_fields();
+        let columns = SegmentColumns {
+            ids: fast.str(names::ID)?,
+            spaces: fast.str(names::SPACE).ok().flatten(),
+        };
+        self.0.lock().insert(key, columns.clone());
+        Ok(columns)
     }
 
     /// Forgets the columns of segments that `searcher` no longer has.
@@ -339,12 +356,16 @@ pub(crate) struct OrderedCollector {
     pub(crate) limit: usize,
     pub(crate) after: Option<(f32, String)>,
     pub(crate) ids: IdColumns,
+    /// Also resolve each hit's space (see [`IndexResults::spaces`]).
+    pub(crate) with_spaces: bool,
 }
 
 /// What one segment found.
 pub(crate) struct SegmentHits {
     count: u64,
     hits: Vec<(String, f32)>,
+    /// Aligned with `hits`, when asked for and the segment has the column.
+    spaces: Option<Vec<String>>,
     error: Option<String>,
 }
 
@@ -355,6 +376,9 @@ pub(crate) struct OrderedSegmentCollector {
     /// First ordinal whose id is strictly greater than the cursor id.
     after_ord: u64,
     ids: Option<StrColumn>,
+    /// The segment's `space` column, only when the collector resolves spaces.
+    spaces: Option<StrColumn>,
+    with_spaces: bool,
     heap: BinaryHeap<Candidate>,
     count: u64,
     error: Option<String>,
@@ -369,7 +393,7 @@ impl Collector for OrderedCollector {
         _segment_local_id: SegmentOrdinal,
         segment: &SegmentReader,
     ) -> tantivy::Result<Self::Child> {
-        let ids = self.ids.get(segment)?;
+        let SegmentColumns { ids, spaces } = self.ids.get(segment)?;
         let after_ord = match (&self.after, &ids) {
             (Some((_, after_id)), Some(ids)) => {
                 match ids.dictionary().term_ord_or_next(after_id.as_bytes())? {
@@ -384,6 +408,8 @@ impl Collector for OrderedCollector {
             after_score: self.after.as_ref().map(|(score, _)| *score),
             after_ord,
             ids,
+            spaces: spaces.filter(|_| self.with_spaces),
+            with_spaces: self.with_spaces,
             heap: BinaryHeap::with_capacity(self.limit.min(MAX_SEARCH_LIMIT)),
             count: 0,
             error: None,
@@ -397,18 +423,28 @@ impl Collector for OrderedCollector {
     fn merge_fruits(&self, segment_fruits: Vec<SegmentHits>) -> tantivy::Result<IndexResults> {
         let mut total_matches = 0;
         let mut hits = Vec::new();
+        let mut every_space = self.with_spaces;
         for fruit in segment_fruits {
             if let Some(error) = fruit.error {
                 return Err(TantivyError::InternalError(error));
             }
             total_matches += fruit.count;
-            hits.extend(fruit.hits);
+            let spaces = match fruit.spaces {
+                Some(spaces) => spaces.into_iter().map(Some).collect(),
+                None => {
+                    every_space &= fruit.hits.is_empty();
+                    vec![None; fruit.hits.len()]
+                }
+            };
+            hits.extend(fruit.hits.into_iter().zip(spaces));
         }
-        hits.sort_unstable_by(hit_order);
+        hits.sort_unstable_by(|a, b| hit_order(&a.0, &b.0));
         hits.truncate(self.limit);
+        let (hits, spaces): (Vec<_>, Vec<_>) = hits.into_iter().unzip();
         Ok(IndexResults {
             hits,
             total_matches,
+            spaces: every_space.then(|| spaces.into_iter().flatten().collect()),
         })
     }
 }
@@ -452,7 +488,7 @@ impl SegmentCollector for OrderedSegmentCollector {
                 return;
             }
         }
-        let candidate = Candidate { score, ord };
+        let candidate = Candidate { score, ord, doc };
         if self.heap.len() < self.limit {
             self.heap.push(candidate);
         } else if let Some(mut worst) = self.heap.peek_mut() {
@@ -489,10 +525,56 @@ impl SegmentCollector for OrderedSegmentCollector {
                 }
             }
         }
+        let spaces = match (&self.spaces, self.with_spaces) {
+            (Some(column), true) => match resolve_spaces(column, &candidates) {
+                Ok(spaces) => Some(spaces),
+                Err(e) => {
+                    error.get_or_insert(e);
+                    None
+                }
+            },
+            _ => None,
+        };
         SegmentHits {
             count: self.count,
             hits,
+            spaces,
             error,
         }
     }
+}
+
+/// The space of each candidate, in order: one ordinal per document from the column, and each
+/// distinct ordinal decoded once (a page of candidates spans few spaces). A document without a
+/// value (an empty space indexes no term) has the empty space.
+fn resolve_spaces(column: &StrColumn, candidates: &[Candidate]) -> Result<Vec<String>, String> {
+    let ords: Vec<Option<u64>> = candidates
+        .iter()
+        .map(|c| column.ords().first(c.doc))
+        .collect();
+    let mut distinct: Vec<u64> = ords.iter().flatten().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut names = Vec::with_capacity(distinct.len());
+    let mut bad = false;
+    let complete = column
+        .dictionary()
+        .sorted_ords_to_term_cb(&distinct, |bytes| match std::str::from_utf8(bytes) {
+            Ok(name) => names.push(name.to_string()),
+            Err(_) => bad = true,
+        })
+        .map_err(|e| format!("reading spaces: {e}"))?;
+    if bad || !complete {
+        return Err("a `space` ordinal is out of range or not UTF-8".to_string());
+    }
+    ords.iter()
+        .map(|ord| match ord {
+            None => Ok(String::new()),
+            Some(ord) => distinct
+                .binary_search(ord)
+                .ok()
+                .and_then(|i| names.get(i).cloned())
+                .ok_or_else(|| "a `space` ordinal did not resolve".to_string()),
+        })
+        .collect()
 }

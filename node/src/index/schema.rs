@@ -156,8 +156,20 @@ pub fn doc_key(tenant: &str, id: &str) -> String {
 }
 
 /// Builds the schema. The field set and options are part of the on-disk format: an index created
-/// with a different schema is rejected on open (and is then rebuilt from RocksDB by the caller).
+/// with a different schema is rejected on open, except [`legacy_schema`].
 pub fn build_schema() -> Schema {
+    schema_with(STRING | FAST)
+}
+
+/// The schema before `space` became a fast field. Indexes built with it still open and serve
+/// (the second phase then reads spaces from stored rows), so upgrading a node needs no rebuild;
+/// an index directory created afresh (a new replica, or a deleted directory that the node
+/// rebuilds from RocksDB) gets the current schema.
+pub fn legacy_schema() -> Schema {
+    schema_with(STRING)
+}
+
+fn schema_with(space: TextOptions) -> Schema {
     let mut builder = Schema::builder();
     let text = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
@@ -168,7 +180,7 @@ pub fn build_schema() -> Schema {
     builder.add_text_field(names::TENANT, STRING);
     builder.add_text_field(names::KEY, STRING);
     builder.add_text_field(names::ID, STRING | FAST | STORED);
-    builder.add_text_field(names::SPACE, STRING);
+    builder.add_text_field(names::SPACE, space);
     builder.add_text_field(names::TITLE, text.clone());
     builder.add_text_field(names::BODY, text);
     builder.add_text_field(names::ANCESTORS, STRING);

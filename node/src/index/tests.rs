@@ -1027,3 +1027,67 @@ fn dfs_stats_tolerate_inconsistent_input() {
     assert!(!results.hits.is_empty());
     assert!(results.hits.iter().all(|(_, s)| s.is_finite()));
 }
+
+#[test]
+fn search_with_spaces_aligns_each_hit_with_its_space_across_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = open_manual(dir.path());
+    let spaces = ["ENG", "OPS", "", "HR"];
+    // Three commits: three segments, and one document without a space.
+    for (batch, chunk) in (0..12).collect::<Vec<_>>().chunks(4).enumerate() {
+        let docs: Vec<IndexedDoc> = chunk
+            .iter()
+            .map(|i| IndexedDoc {
+                space: spaces[i % spaces.len()].to_string(),
+                ..doc("t", &format!("p-{i:02}"), "runbook", &"deploy ".repeat(i + 1))
+            })
+            .collect();
+        index.submit(batch as u64 + 1, upserts(&docs));
+        index.flush().expect("flush");
+    }
+    let results = index
+        .search_with_spaces(&query("t", "deploy"))
+        .expect("search");
+    let got = results.spaces.clone().expect("spaces from the fast column");
+    assert_eq!(got.len(), results.hits.len());
+    assert_eq!(results.hits.len(), 12);
+    for ((id, _), space) in results.hits.iter().zip(&got) {
+        let i: usize = id.trim_start_matches("p-").parse().expect("id");
+        assert_eq!(space, spaces[i % spaces.len()], "space of {id}");
+    }
+    assert_eq!(
+        index.search(&query("t", "deploy")).expect("search").spaces,
+        None,
+        "plain searches do not resolve spaces"
+    );
+}
+
+#[test]
+fn an_index_with_the_legacy_schema_opens_and_reports_no_spaces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let legacy = tantivy::Index::create_in_dir(dir.path(), schema::legacy_schema())
+            .expect("legacy index");
+        drop(legacy);
+    }
+    let index = open_manual(dir.path());
+    index.submit(1, upserts(&[doc("t", "p-1", "runbook", "deploy")]));
+    index.flush().expect("flush");
+    let results = index
+        .search_with_spaces(&query("t", "deploy"))
+        .expect("search");
+    assert_eq!(ids(&results), vec!["p-1"]);
+    assert_eq!(results.spaces, None, "no space column: callers read stored rows");
+}
+
+#[test]
+fn an_index_with_another_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut builder = tantivy::schema::Schema::builder();
+    builder.add_text_field("other", tantivy::schema::STRING);
+    drop(tantivy::Index::create_in_dir(dir.path(), builder.build()).expect("index"));
+    assert!(matches!(
+        ShardIndex::open(dir.path(), IndexConfig::default()),
+        Err(IndexError::Schema(_))
+    ));
+}

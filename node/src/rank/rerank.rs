@@ -1,6 +1,8 @@
 //! The second phase on the node: rescore the first phase's candidates with a rank profile over
 //! feature values read from this shard's own feature store, in the same request (one hop).
 
+use std::collections::HashMap;
+
 use super::profile::{Explained, RankProfile};
 use crate::features::store::entity_of;
 use crate::features::{FeatureError, FeatureStore, Registry};
@@ -41,14 +43,38 @@ pub fn rerank(
             .ok_or_else(|| FeatureError::UnknownFeature(term.feature.clone()))?;
         defs.push(def);
     }
-    let mut out = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        let mut values = Vec::with_capacity(defs.len());
-        for def in &defs {
-            let entity = entity_of(def, user, &c.space, &c.id)?;
-            values.push(store.online_value(tenant, registry.version, def, &entity, t_ms)?);
+    // Each distinct (feature, entity) once: user and user×space values repeat across
+    // candidates (a page spans a few spaces).
+    let mut entities: Vec<Vec<usize>> = Vec::with_capacity(candidates.len());
+    let mut distinct: HashMap<(usize, String), usize, foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut wanted_keys: Vec<(usize, String)> = Vec::new();
+    for c in &candidates {
+        let mut slots = Vec::with_capacity(defs.len());
+        for (d, def) in defs.iter().enumerate() {
+            let key = (d, entity_of(def, user, &c.space, &c.id)?);
+            let slot = match distinct.get(&key) {
+                Some(&slot) => slot,
+                None => {
+                    let slot = wanted_keys.len();
+                    wanted_keys.push(key.clone());
+                    distinct.insert(key, slot);
+                    slot
+                }
+            };
+            slots.push(slot);
         }
-        let explained = profile.score(f64::from(c.bm25), &values);
+        entities.push(slots);
+    }
+    let wanted: Vec<_> = wanted_keys
+        .iter()
+        .map(|(d, entity)| (defs[*d], entity.as_str()))
+        .collect();
+    let values = store.online_values(tenant, registry.version, &wanted, t_ms)?;
+    let mut out = Vec::with_capacity(candidates.len());
+    for (c, slots) in candidates.into_iter().zip(entities) {
+        let row: Vec<Option<f64>> = slots.iter().map(|&i| values[i]).collect();
+        let explained = profile.score(f64::from(c.bm25), &row);
         out.push(Reranked {
             id: c.id,
             score: explained.score as f32,

@@ -29,6 +29,7 @@ use crate::node::{propose_indexed, NodeInner, ProposeError};
 use crate::raft::registry::GroupHandle;
 use crate::raft::state_machine::{GroupData, ShardData};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
+use crate::rank::Candidate;
 use rank::SecondPhase;
 
 /// Default bound on waits (leader commit, session tokens, map catch-up).
@@ -396,22 +397,55 @@ impl Node for NodeService {
         // One blocking task for the index search, the stored-row re-check and the second
         // phase: each hand-off between the runtime and the blocking pool costs wake-ups.
         let (hits, total_matches) = tokio::task::spawn_blocking(move || {
-            let results = data.index.search(&query).map_err(internal)?;
-            let checked = data
-                .recheck_hits(&tenant, &principals, results.hits, |(id, _)| id)
-                .map_err(internal)?;
-            let hits = match second {
-                None => checked
+            let Some(second) = second else {
+                let results = data.index.search(&query).map_err(internal)?;
+                let hits = data
+                    .recheck_hits(&tenant, &principals, results.hits, |(id, _)| id)
+                    .map_err(internal)?
                     .into_iter()
                     .map(|((id, score), _)| pb::Hit {
                         id,
                         score,
                         explanation: None,
                     })
-                    .collect(),
-                Some(second) => second.run(checked)?,
+                    .collect();
+                return Ok::<_, Status>((hits, results.total_matches));
             };
-            Ok::<_, Status>((hits, results.total_matches))
+            let results = data.index.search_with_spaces(&query).map_err(internal)?;
+            let total = results.total_matches;
+            let hits = match results.spaces {
+                // The index knows each candidate's space: rerank first, then re-check only
+                // the hits that make the page.
+                Some(spaces) => {
+                    let candidates = results
+                        .hits
+                        .into_iter()
+                        .zip(spaces)
+                        .map(|((id, bm25), space)| Candidate { id, bm25, space })
+                        .collect();
+                    second.run(candidates, |id| {
+                        data.visible_doc(&tenant, id, &principals)
+                            .map(|d| d.is_some())
+                            .map_err(internal)
+                    })?
+                }
+                // An index from before the `space` column: spaces come from the stored rows,
+                // which the re-check reads anyway.
+                None => {
+                    let candidates = data
+                        .recheck_hits(&tenant, &principals, results.hits, |(id, _)| id)
+                        .map_err(internal)?
+                        .into_iter()
+                        .map(|((id, bm25), stored)| Candidate {
+                            id,
+                            bm25,
+                            space: stored.space(),
+                        })
+                        .collect();
+                    second.run(candidates, |_| Ok(true))?
+                }
+            };
+            Ok::<_, Status>((hits, total))
         })
         .await
         .map_err(internal)??;

@@ -6,7 +6,7 @@ use tonic::Status;
 
 use super::{internal, NodeService};
 use crate::features::{FeatureError, FeatureStore, Registry};
-use crate::raft::state_machine::{ShardData, StoredDoc};
+use crate::raft::state_machine::ShardData;
 use crate::rank::{self, Candidate, ProfileError, RankProfile};
 
 impl NodeService {
@@ -44,21 +44,17 @@ pub(super) struct SecondPhase {
 }
 
 impl SecondPhase {
-    /// Reranks `checked` (first-phase hits with their stored rows), applies the cursor and the
-    /// page size, and attaches explanations when asked.
+    /// Reranks every candidate, applies the cursor, and keeps the first `limit` hits in the
+    /// new order that `visible` confirms (the stored-row re-check: existence, version and
+    /// permissions as of now). Checking after reranking costs `limit` row reads instead of
+    /// one per candidate, and every returned hit is still checked. Explanations are attached
+    /// when asked.
     pub(super) fn run(
         self,
-        checked: Vec<((String, f32), StoredDoc)>,
+        candidates: Vec<Candidate>,
+        mut visible: impl FnMut(&str) -> Result<bool, Status>,
     ) -> Result<Vec<pb::Hit>, Status> {
         let started = std::time::Instant::now();
-        let candidates = checked
-            .into_iter()
-            .map(|((id, bm25), stored)| Candidate {
-                id,
-                bm25,
-                space: stored.space(),
-            })
-            .collect();
         let store = FeatureStore::new(self.data.storage.clone(), self.data.group);
         let reranked = rank::rerank(
             &self.profile,
@@ -73,33 +69,40 @@ impl SecondPhase {
             FeatureError::Storage(e) => internal(e),
             other => Status::failed_precondition(other.to_string()),
         })?;
-        let page = rank::after_cursor(reranked, self.after.as_ref());
-        let hits = page
-            .into_iter()
-            .take(self.limit)
-            .map(|h| pb::Hit {
-                explanation: self.explain.then(|| pb::HitExplanation {
-                    profile: self.profile.name.clone(),
-                    version: self.profile.version,
-                    bm25: h.explained.bm25,
-                    score: h.explained.score,
-                    features: self
-                        .profile
-                        .terms
-                        .iter()
-                        .zip(&h.explained.terms)
-                        .map(|(term, (value, contribution))| pb::FeatureContribution {
-                            name: term.feature.clone(),
-                            value: *value,
-                            contribution: *contribution,
-                        })
-                        .collect(),
-                }),
-                id: h.id,
-                score: h.score,
-            })
-            .collect();
+        let mut hits = Vec::with_capacity(self.limit);
+        for h in rank::after_cursor(reranked, self.after.as_ref()) {
+            if hits.len() == self.limit {
+                break;
+            }
+            if visible(&h.id)? {
+                hits.push(self.hit(h));
+            }
+        }
         metrics::histogram!("tessera_node_rerank_seconds").record(started.elapsed().as_secs_f64());
         Ok(hits)
+    }
+
+    fn hit(&self, h: rank::Reranked) -> pb::Hit {
+        pb::Hit {
+            explanation: self.explain.then(|| pb::HitExplanation {
+                profile: self.profile.name.clone(),
+                version: self.profile.version,
+                bm25: h.explained.bm25,
+                score: h.explained.score,
+                features: self
+                    .profile
+                    .terms
+                    .iter()
+                    .zip(&h.explained.terms)
+                    .map(|(term, (value, contribution))| pb::FeatureContribution {
+                        name: term.feature.clone(),
+                        value: *value,
+                        contribution: *contribution,
+                    })
+                    .collect(),
+            }),
+            id: h.id,
+            score: h.score,
+        }
     }
 }

@@ -102,6 +102,24 @@ pub enum Command {
         #[command(subcommand)]
         command: FeaturesCommand,
     },
+    /// Train a linear rank profile's weights from click logs (offline; needs no router).
+    ///
+    /// Reads the CSV that `tessera features historical` writes (feature
+    /// columns, empty cell = null) with a label column (1 = clicked, 0 = shown
+    /// and not clicked), a group column (query or session id) and a bm25 column
+    /// (the candidate's first-phase score). Fits a pairwise logistic model
+    /// (RankNet) over (clicked, not clicked) pairs within each group, linear in
+    /// bm25 and the transformed features, exactly as the node scores a profile
+    /// (a null takes the term's default before the transform). Deterministic:
+    /// Newton's method from zero weights, no random initialisation.
+    ///
+    /// Prints a `[[profile]]` block to append to features.toml and register
+    /// with `tessera features apply`; weights are scaled so bm25 = 1.0 when the
+    /// learned bm25 weight is positive (scaling does not change a ranking).
+    /// Training figures go to stderr: rows, groups, pairs, skipped groups,
+    /// loss, and pairwise accuracy on the training groups and on a held-out
+    /// share of groups chosen by a stable hash of the group id.
+    Train(TrainArgs),
     /// Show the cluster's nodes and shards.
     Status {
         /// Print {"epoch":N,"nodes":[...],"shards":[...]}.
@@ -277,6 +295,57 @@ pub struct EvalArgs {
     pub per_query: bool,
 }
 
+/// Arguments of `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training rows: the CSV of `tessera features historical` (- for stdin).
+    #[arg(long)]
+    pub rows: PathBuf,
+    /// Label column: 1 = clicked, 0 = shown and not clicked (higher is preferred).
+    #[arg(long)]
+    pub label: String,
+    /// Group column (query or session id): only rows of one group are compared.
+    #[arg(long)]
+    pub group: String,
+    /// Column with each candidate's BM25 (first-phase) score.
+    #[arg(long)]
+    pub bm25: String,
+    /// Comma-separated features (columns of --rows), in profile term order.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub features: Vec<String>,
+    /// FEATURE=identity|log1p, comma-separated (default identity).
+    #[arg(long = "transform", value_name = "FEATURE=T", value_delimiter = ',')]
+    pub transforms: Vec<String>,
+    /// FEATURE=VALUE used for a null (empty) cell, before the transform (default 0).
+    #[arg(long = "default", value_name = "FEATURE=V", value_delimiter = ',')]
+    pub defaults: Vec<String>,
+    /// Profile name.
+    #[arg(long)]
+    pub name: String,
+    /// Profile version (bump it on every retrain; `--profile NAME@V` pins one).
+    #[arg(long)]
+    pub version: u64,
+    /// BM25 candidates the node reranks per shard (1..=1000).
+    #[arg(long, default_value_t = tessera_client::train::DEFAULT_CANDIDATES)]
+    pub candidates: u32,
+    /// Most Newton iterations (full passes over the pairs).
+    #[arg(long, default_value_t = tessera_client::train::DEFAULT_EPOCHS)]
+    pub epochs: usize,
+    /// L2 strength on the standardised weights (0 disables it).
+    #[arg(long, default_value_t = tessera_client::train::DEFAULT_L2)]
+    pub l2: f64,
+    /// Percent of groups held out from training to measure held-out accuracy (0..=90).
+    #[arg(long, default_value_t = tessera_client::train::DEFAULT_HOLDOUT_PERCENT)]
+    pub holdout: u8,
+    /// Write the `[[profile]]` block to this file instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print {"profile":{...},"rows":N,"groups":N,"pairs":N,"loss":F,
+    /// "train_accuracy":F,"holdout_accuracy":F|null,...} instead of the TOML.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// How a relevance grade becomes nDCG gain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GainArg {
@@ -430,6 +499,42 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(parse(&["eval"]).is_err(), "the collection is required");
+        let cli = parse(&[
+            "train",
+            "--rows",
+            "hist.csv",
+            "--label",
+            "clicked",
+            "--group",
+            "qid",
+            "--bm25",
+            "bm25",
+            "--features",
+            "views,age",
+            "--transform",
+            "views=log1p",
+            "--default",
+            "age=-1",
+            "--name",
+            "learned",
+            "--version",
+            "3",
+        ])
+        .expect("train");
+        match cli.command {
+            Command::Train(t) => {
+                assert_eq!(t.features, vec!["views", "age"]);
+                assert_eq!(t.transforms, vec!["views=log1p"]);
+                assert_eq!(t.defaults, vec!["age=-1"]);
+                assert_eq!((t.version, t.candidates, t.holdout), (3, 100, 20));
+                assert!(t.out.is_none() && !t.json);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            parse(&["train", "--rows", "h.csv", "--label", "c"]).is_err(),
+            "group, bm25, features, name and version are required"
+        );
         let cli = parse(&["groups", "acme", "groups.jsonl"]).expect("groups");
         assert!(matches!(cli.command, Command::Groups(_)));
         let cli = parse(&[

@@ -3,6 +3,7 @@
 mod cli;
 mod eval_cmd;
 mod run;
+mod train_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

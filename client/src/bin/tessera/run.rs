@@ -58,6 +58,10 @@ fn router_addr(cli: &Cli) -> Result<String, Failure> {
 
 /// Runs the command.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Train(args) = &cli.command {
+        // Offline: no router to connect to.
+        return crate::train_cmd::train(args);
+    }
     let addr = router_addr(&cli)?;
     let client = TesseraClient::connect(&addr)
         .await?
@@ -133,6 +137,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Eval(args) => crate::eval_cmd::eval(&client, args).await,
         Command::Events { tenant, file, json } => events(&client, &tenant, &file, json).await,
         Command::Features { command } => features(&client, command).await,
+        // Returned above, before connecting.
+        Command::Train(args) => crate::train_cmd::train(&args),
         Command::Status { json } => {
             let st = client.status().await?;
             if json {
