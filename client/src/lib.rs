@@ -32,6 +32,7 @@ pub mod cluster_file;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod experiments;
 pub mod features;
 pub mod train;
 pub mod types;

@@ -207,6 +207,9 @@ pub struct SearchQuery {
     pub profile: Option<String>,
     /// Ask for each hit's feature values and score parts (with a profile).
     pub explain: bool,
+    /// An experiment of the tenant's features.toml: the user's variant picks the profile
+    /// (exclusive with `profile`).
+    pub experiment: Option<String>,
 }
 
 impl SearchQuery {
@@ -282,6 +285,14 @@ impl SearchQuery {
         self
     }
 
+    /// Searches under an experiment: the user's variant ranks the results, and the page is
+    /// logged as an impression (when the router keeps a log) that clicks can cite.
+    pub fn experiment(mut self, e: impl Into<String>) -> Self {
+        let e = e.into();
+        self.experiment = (!e.is_empty()).then_some(e);
+        self
+    }
+
     pub(crate) fn to_request(&self, timeout_ms: u32) -> pb::RouterSearchRequest {
         let filters = pb::SearchFilters {
             spaces: self.spaces.clone(),
@@ -298,6 +309,7 @@ impl SearchQuery {
             cursor: self.cursor.clone().unwrap_or_default(),
             token: self.token.clone().unwrap_or_default(),
             profile: self.profile.clone().unwrap_or_default(),
+            experiment: self.experiment.clone().unwrap_or_default(),
             timeout_ms,
             selection: pb::ReplicaSelection::Default as i32,
             explain: self.explain,
@@ -386,6 +398,12 @@ pub struct SearchPage {
     pub served_by: Vec<ServedBy>,
     /// Time the router spent, in ms.
     pub took_ms: f64,
+    /// Under an experiment: the user's variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// Under an experiment, with the router's log on: the impression id clicks cite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impression: Option<String>,
 }
 
 impl From<pb::RouterSearchResponse> for SearchPage {
@@ -403,6 +421,8 @@ impl From<pb::RouterSearchResponse> for SearchPage {
             cursor: (!r.cursor.is_empty()).then_some(r.cursor),
             served_by: r.served_by.into_iter().map(ServedBy::from).collect(),
             took_ms: r.took_ms,
+            variant: (!r.variant.is_empty()).then_some(r.variant),
+            impression: (!r.impression.is_empty()).then_some(r.impression),
         }
     }
 }
@@ -513,6 +533,8 @@ mod tests {
                 hedged: false,
             }],
             took_ms: 2.5,
+            variant: String::new(),
+            impression: String::new(),
             total_matches: 1,
         });
         let v = serde_json::to_value(&page).expect("json");

@@ -156,6 +156,7 @@ impl Router for FakeRouter {
             }],
             took_ms: 1.5,
             total_matches: 2,
+            ..RouterSearchResponse::default()
         }))
     }
 

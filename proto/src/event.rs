@@ -50,6 +50,11 @@ pub struct Event {
     /// Optional numeric payload for `sum` and `last`; absent counts as 1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// For a click: the impression (a search page served under an experiment) it came from,
+    /// as the search response named it. The router logs such clicks beside the impressions;
+    /// the feature store ignores the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impression: Option<String>,
 }
 
 /// An event after validation, with its time in epoch milliseconds.
@@ -96,6 +101,15 @@ impl Event {
             field: "ts",
             value: self.ts.clone(),
         })?;
+        if let Some(impression) = &self.impression {
+            check_len("impression (MAX_ID_BYTES)", impression, MAX_ID_BYTES)?;
+            if impression.is_empty() || !impression.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(DocumentError::BadName {
+                    field: "impression",
+                    value: impression.clone(),
+                });
+            }
+        }
         let value = self.value.unwrap_or(1.0);
         if !value.is_finite() || value.abs() > MAX_EVENT_VALUE_ABS {
             return Err(DocumentError::Json(format!(

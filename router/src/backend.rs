@@ -34,11 +34,21 @@ pub struct Backend {
     leaders: Mutex<HashMap<ShardId, NodeId>>,
     high_water: Mutex<HashMap<ShardId, u64>>,
     rr_turn: AtomicUsize,
+    /// The experiment log, when configured.
+    pub impressions: Option<crate::impressions::ImpressionLog>,
 }
 
 impl Backend {
     /// A backend with nothing learned yet.
     pub fn new(cfg: RouterConfig) -> Self {
+        Self::with_impressions(cfg, None)
+    }
+
+    /// A backend that logs experiment impressions and clicks to `impressions`.
+    pub fn with_impressions(
+        cfg: RouterConfig,
+        impressions: Option<crate::impressions::ImpressionLog>,
+    ) -> Self {
         let pool = Arc::new(NodePool::new(Duration::from_secs(1)));
         let map = Arc::new(MapCache::with_routes(
             cfg.seeds.clone(),
@@ -51,6 +61,7 @@ impl Backend {
             leaders: Mutex::new(HashMap::new()),
             high_water: Mutex::new(HashMap::new()),
             rr_turn: AtomicUsize::new(0),
+            impressions,
             cfg,
             map,
             pool,

@@ -58,6 +58,9 @@ pub struct RouterConfig {
     /// gRPC at instead of the map's `grpc_addr` (typically a chaos proxy
     /// that injects latency on the router→node link; `--node-route ID=ADDR`).
     pub node_routes: BTreeMap<NodeId, String>,
+    /// Where searches under an experiment and clicks citing them are logged (JSON lines, see
+    /// `impressions`); `None` = not logged.
+    pub impression_log: Option<std::path::PathBuf>,
 }
 
 impl RouterConfig {
@@ -81,6 +84,7 @@ impl RouterConfig {
             probe_interval: Duration::from_millis(250),
             map_poll_interval: Duration::from_secs(10),
             node_routes: BTreeMap::new(),
+            impression_log: None,
         }
     }
 }

@@ -41,6 +41,29 @@ impl FeatureRouterService {
         Self { backend }
     }
 
+    /// Logs the acknowledged click events that cite an impression (see `impressions`).
+    fn log_clicks(&self, tenant: &str, lines: &[Vec<u8>]) {
+        let Some(log) = &self.backend.impressions else {
+            return;
+        };
+        for line in lines {
+            let Ok(ev) = serde_json::from_slice::<Event>(line) else {
+                continue;
+            };
+            let (tessera_proto::EventKind::Click, Some(impression)) = (ev.kind, &ev.impression)
+            else {
+                continue;
+            };
+            log.click(crate::impressions::Click {
+                impression,
+                ts_ms: tessera_proto::event::parse_ts_millis(&ev.ts).unwrap_or(0),
+                tenant,
+                user: &ev.user,
+                doc: &ev.doc,
+            });
+        }
+    }
+
     fn deadline<T>(&self, req: &Request<T>, timeout_ms: u32) -> Deadline {
         let c = &self.backend.cfg;
         Deadline::for_request(
@@ -312,6 +335,7 @@ impl FeatureRouter for FeatureRouterService {
                 token.observe(shard, r.token.map_or(0, |t| t.applied));
             }
         }
+        self.log_clicks(&req.tenant, &req.events_json);
         Ok(Response::new(pb::PutEventsResponse {
             acked: req.events_json.len() as u32,
             rejected: Vec::new(),

@@ -18,6 +18,7 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod features;
+pub mod impressions;
 pub mod limits;
 pub mod map_cache;
 pub mod merge;

@@ -53,6 +53,11 @@ struct Args {
     /// `--node-route 2=127.0.0.1:9002 --node-route 5=127.0.0.1:9005`.
     #[arg(long = "node-route", value_name = "ID=ADDR", value_parser = parse_node_route)]
     node_routes: Vec<(u64, String)>,
+    /// Append every page served under an experiment (`--experiment`) and every click event
+    /// citing one (`"impression"` field) to this JSON Lines file, for `tessera eval
+    /// --impressions`. Off by default.
+    #[arg(long, value_name = "PATH")]
+    impression_log: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -77,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     };
     cfg.default_read_timeout = Duration::from_millis(args.read_timeout_ms);
     cfg.default_write_timeout = Duration::from_millis(args.write_timeout_ms);
+    cfg.impression_log = args.impression_log;
     for (id, addr) in args.node_routes {
         if let Some(old) = cfg.node_routes.insert(id, addr.clone()) {
             anyhow::bail!("--node-route given twice for node {id} ({old} and {addr})");

@@ -55,7 +55,16 @@ impl Router {
             .local_addr()
             .map_err(|e| RouterError::Startup(format!("listener address: {e}")))?;
         let limits = Arc::new(Limits::new(&config.limits));
-        let backend = Arc::new(Backend::new(config));
+        let impressions = match &config.impression_log {
+            Some(path) => Some(crate::impressions::ImpressionLog::open(path).map_err(|e| {
+                RouterError::Startup(format!(
+                    "cannot open the impression log {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        let backend = Arc::new(Backend::with_impressions(config, impressions));
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(Arc::clone(&backend.map).run_watch()));

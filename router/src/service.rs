@@ -21,7 +21,7 @@ use tessera_proto::limits::{MAX_BATCH_OPS, MAX_PAGE_SIZE};
 use tessera_proto::pb::router_server::Router as RouterApi;
 use tessera_proto::pb::{
     CreateTenantRequest, CreateTenantResponse, DeleteOp, GetRequest, GetTenantRequest,
-    GetTenantResponse, GlobalStats, ItemKind, ItemRejection, Membership, PutDocumentsRequest,
+    GetTenantResponse, GlobalStats, Hit, ItemKind, ItemRejection, Membership, PutDocumentsRequest,
     PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse, ReplicaSelection, Restriction,
     RouterGetRequest, RouterGetResponse, RouterNodeStatus, RouterSearchRequest,
     RouterSearchResponse, RouterShardStatus, RouterStatusRequest, RouterStatusResponse,
@@ -317,7 +317,7 @@ impl RouterService {
         limit: u32,
         after: Option<&Cursor>,
         token: &SessionToken,
-    ) -> Result<RouterSearchResponse, RouterError> {
+    ) -> Result<(RouterSearchResponse, Vec<Hit>), RouterError> {
         let started = Instant::now();
         let tenant = scope.tenant;
         let shards = Topology::tenant_shards(tenant);
@@ -359,6 +359,7 @@ impl RouterService {
                 timeout_ms: 0,
                 profile: req.profile.clone(),
                 explain: req.explain,
+                experiment: req.experiment.clone(),
             };
             async move {
                 let plan = self.plan(scope, shard, min_applied)?;
@@ -384,23 +385,65 @@ impl RouterService {
         .await?;
 
         let mut pages = Vec::with_capacity(results.len());
+        let mut shadow_pages = Vec::with_capacity(results.len());
         let mut served = Vec::with_capacity(results.len());
         let mut more = false;
         let mut total = 0u64;
+        let mut variant = String::new();
         for (shard, out) in results {
             served.push(served_by(&self.backend, shard, &out, out.value.applied));
             more |= out.value.hits.len() >= ask as usize;
             total += out.value.total_matches;
+            if variant.is_empty() {
+                variant = out.value.variant;
+            }
             pages.push(out.value.hits);
+            shadow_pages.push(out.value.shadow_hits);
         }
         let page = merge(pages, after, limit as usize, more);
-        Ok(RouterSearchResponse {
-            hits: page.hits,
-            cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
-            served_by: served,
-            took_ms: started.elapsed().as_secs_f64() * 1000.0,
-            total_matches: total,
-        })
+        let shadow = merge(shadow_pages, None, limit as usize, false).hits;
+        Ok((
+            RouterSearchResponse {
+                hits: page.hits,
+                cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
+                served_by: served,
+                took_ms: started.elapsed().as_secs_f64() * 1000.0,
+                total_matches: total,
+                variant,
+                impression: String::new(),
+            },
+            shadow,
+        ))
+    }
+
+    /// Logs a page served under an experiment and names it in the response, so that clicks
+    /// can cite it. Nothing happens without an experiment or without a log.
+    fn log_impression(
+        &self,
+        req: &RouterSearchRequest,
+        resp: &mut RouterSearchResponse,
+        shadow: &[Hit],
+    ) {
+        let Some(log) = &self.backend.impressions else {
+            return;
+        };
+        if req.experiment.is_empty() {
+            return;
+        }
+        let id = crate::impressions::new_id();
+        log.impression(crate::impressions::Impression {
+            id: &id,
+            ts_ms: crate::impressions::now_ms(),
+            tenant: &req.tenant,
+            user: &req.user,
+            query: &req.query,
+            experiment: &req.experiment,
+            variant: &resp.variant,
+            shadow: !shadow.is_empty(),
+            hits: resp.hits.iter().map(|h| h.id.as_str()).collect(),
+            shadow_hits: shadow.iter().map(|h| h.id.as_str()).collect(),
+        });
+        resp.impression = id;
     }
 
     async fn search_inner(
@@ -440,7 +483,8 @@ impl RouterService {
                     attempt += 1;
                     self.backend.map.refresh(deadline).await;
                 }
-                Ok(mut resp) => {
+                Ok((mut resp, shadow)) => {
+                    self.log_impression(&req, &mut resp, &shadow);
                     resp.took_ms = started.elapsed().as_secs_f64() * 1000.0;
                     return Ok(resp);
                 }

@@ -231,6 +231,7 @@ impl Node for FakeNode {
             region: self.region.clone(),
             applied,
             total_matches: total,
+            ..SearchResponse::default()
         }))
     }
 

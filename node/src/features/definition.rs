@@ -215,6 +215,9 @@ struct FeaturesFile {
     /// Rank profiles over these features, validated by `crate::rank::parse_profiles`.
     #[serde(default)]
     profile: Vec<toml::Value>,
+    /// Experiments over these profiles, validated by `crate::rank::parse_experiments`.
+    #[serde(default)]
+    experiment: Vec<toml::Value>,
 }
 
 /// Why a `features.toml` was rejected.
@@ -232,6 +235,8 @@ pub enum DefinitionError {
     Invalid { name: String, reason: String },
     #[error(transparent)]
     Profile(#[from] crate::rank::ProfileError),
+    #[error(transparent)]
+    Experiment(#[from] crate::rank::ExperimentError),
 }
 
 /// Parses a duration such as `500ms`, `45s`, `15m`, `12h`, `30d` or `2w`.
@@ -270,9 +275,10 @@ pub fn parse_features_toml(text: &str) -> Result<Vec<FeatureDef>, DefinitionErro
         }
         out.push(def);
     }
-    if !file.profile.is_empty() {
+    if !file.profile.is_empty() || !file.experiment.is_empty() {
         let names: Vec<&str> = out.iter().map(|d| d.name.as_str()).collect();
-        crate::rank::parse_profiles(text, &names)?;
+        let profiles = crate::rank::parse_profiles(text, &names)?;
+        crate::rank::parse_experiments(text, &profiles)?;
     }
     Ok(out)
 }
@@ -381,6 +387,12 @@ impl Registry {
     pub fn profiles(&self) -> Result<Vec<crate::rank::RankProfile>, crate::rank::ProfileError> {
         let names: Vec<&str> = self.features.iter().map(|d| d.name.as_str()).collect();
         crate::rank::parse_profiles(&self.toml, &names)
+    }
+
+    /// The experiments of this version of `features.toml`, checked against its profiles.
+    pub fn experiments(&self) -> Result<Vec<crate::rank::Experiment>, DefinitionError> {
+        let profiles = self.profiles()?;
+        Ok(crate::rank::parse_experiments(&self.toml, &profiles)?)
     }
 }
 

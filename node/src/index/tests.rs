@@ -1039,7 +1039,12 @@ fn search_with_spaces_aligns_each_hit_with_its_space_across_segments() {
             .iter()
             .map(|i| IndexedDoc {
                 space: spaces[i % spaces.len()].to_string(),
-                ..doc("t", &format!("p-{i:02}"), "runbook", &"deploy ".repeat(i + 1))
+                ..doc(
+                    "t",
+                    &format!("p-{i:02}"),
+                    "runbook",
+                    &"deploy ".repeat(i + 1),
+                )
             })
             .collect();
         index.submit(batch as u64 + 1, upserts(&docs));
@@ -1077,7 +1082,10 @@ fn an_index_with_the_legacy_schema_opens_and_reports_no_spaces() {
         .search_with_spaces(&query("t", "deploy"))
         .expect("search");
     assert_eq!(ids(&results), vec!["p-1"]);
-    assert_eq!(results.spaces, None, "no space column: callers read stored rows");
+    assert_eq!(
+        results.spaces, None,
+        "no space column: callers read stored rows"
+    );
 }
 
 #[test]

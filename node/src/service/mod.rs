@@ -357,13 +357,22 @@ impl Node for NodeService {
                 filters.title_only,
             )?),
         };
-        let ranking = Self::rank_profile(&data, &req.tenant, &req.profile)?;
         let after = req.after.map(|a| (a.score, a.id));
+        let plan = Self::rank_plan(
+            &data,
+            &req.tenant,
+            &req.profile,
+            &req.experiment,
+            &req.user,
+            after.is_none(),
+        )?;
+        let variant = plan.as_ref().map(|p| p.variant.clone()).unwrap_or_default();
+        let ranking = plan.filter(|p| !p.is_plain_bm25());
         // With a profile, the first phase fetches the profile's candidates from the top and
         // the cursor applies to the reranked order instead.
         let (first_phase_limit, first_phase_after) = match &ranking {
-            Some((_, profile)) => (
-                (profile.candidates as usize)
+            Some(plan) => (
+                (plan.candidates() as usize)
                     .max(limit)
                     .min(crate::index::MAX_SEARCH_LIMIT),
                 None,
@@ -383,10 +392,11 @@ impl Node for NodeService {
             stats: Some(stats),
         };
         let applied = data.index.watermark();
-        let second = ranking.map(|(registry, profile)| SecondPhase {
+        let second = ranking.map(|plan| SecondPhase {
             data: data.clone(),
-            registry,
-            profile,
+            registry: plan.registry,
+            profile: plan.served,
+            shadow: plan.shadow,
             tenant: req.tenant.clone(),
             user: req.user.clone(),
             after,
@@ -396,7 +406,7 @@ impl Node for NodeService {
         let tenant = req.tenant.clone();
         // One blocking task for the index search, the stored-row re-check and the second
         // phase: each hand-off between the runtime and the blocking pool costs wake-ups.
-        let (hits, total_matches) = tokio::task::spawn_blocking(move || {
+        let (hits, shadow_hits, total_matches) = tokio::task::spawn_blocking(move || {
             let Some(second) = second else {
                 let results = data.index.search(&query).map_err(internal)?;
                 let hits = data
@@ -409,11 +419,11 @@ impl Node for NodeService {
                         explanation: None,
                     })
                     .collect();
-                return Ok::<_, Status>((hits, results.total_matches));
+                return Ok::<_, Status>((hits, Vec::new(), results.total_matches));
             };
             let results = data.index.search_with_spaces(&query).map_err(internal)?;
             let total = results.total_matches;
-            let hits = match results.spaces {
+            let (hits, shadow) = match results.spaces {
                 // The index knows each candidate's space: rerank first, then re-check only
                 // the hits that make the page.
                 Some(spaces) => {
@@ -445,7 +455,7 @@ impl Node for NodeService {
                     second.run(candidates, |_| Ok(true))?
                 }
             };
-            Ok::<_, Status>((hits, total))
+            Ok::<_, Status>((hits, shadow, total))
         })
         .await
         .map_err(internal)??;
@@ -457,6 +467,8 @@ impl Node for NodeService {
             region: self.node.spec.region.clone(),
             applied,
             total_matches,
+            variant,
+            shadow_hits,
         }))
     }
 

@@ -1,5 +1,6 @@
-//! The search handler's second phase: resolving the requested rank profile and reranking the
-//! first phase's (permission-checked) candidates with this shard's feature values.
+//! The search handler's second phase: resolving the requested rank profile (directly, or
+//! through an experiment's assignment of the user) and reranking the first phase's candidates
+//! with this shard's feature values.
 
 use tessera_proto::pb;
 use tonic::Status;
@@ -7,27 +8,118 @@ use tonic::Status;
 use super::{internal, NodeService};
 use crate::features::{FeatureError, FeatureStore, Registry};
 use crate::raft::state_machine::ShardData;
-use crate::rank::{self, Candidate, ProfileError, RankProfile};
+use crate::rank::{self, experiment, Candidate, RankProfile};
+
+/// What ranks one search.
+pub(super) struct RankPlan {
+    pub(super) registry: Registry,
+    /// The profile whose ranking is served.
+    pub(super) served: RankProfile,
+    /// Shadow mode: the variant's profile, ranked and returned apart, never served.
+    pub(super) shadow: Option<RankProfile>,
+    /// With an experiment, the user's variant.
+    pub(super) variant: String,
+}
+
+/// A profile that ranks by BM25 alone (`score = bm25` exactly, in f32): how a BM25 control
+/// takes part in a shadow comparison over the same candidates.
+fn bm25_profile(candidates: u32) -> RankProfile {
+    RankProfile {
+        name: experiment::BM25.to_string(),
+        version: 0,
+        candidates,
+        bm25: 1.0,
+        terms: Vec::new(),
+    }
+}
 
 impl NodeService {
-    /// The tenant's registry and the profile `wanted` names; `None` for plain BM25. An unknown
-    /// profile is the caller's error, with the registered ones listed.
-    pub(super) fn rank_profile(
+    /// How to rank: `None` for plain BM25. `profile` names a profile; `experiment` names an
+    /// experiment whose assignment of `user` picks it (exclusive). Shadow rankings are only
+    /// computed for a first page (`first_page`): they are logged per impression, and later
+    /// pages then page the served order exactly as plain searches do. Unknown names are the
+    /// caller's error, listing the registered ones.
+    pub(super) fn rank_plan(
         data: &ShardData,
         tenant: &str,
-        wanted: &str,
-    ) -> Result<Option<(Registry, RankProfile)>, Status> {
-        if wanted.is_empty() {
+        profile: &str,
+        experiment_name: &str,
+        user: &str,
+        first_page: bool,
+    ) -> Result<Option<RankPlan>, Status> {
+        if profile.is_empty() && experiment_name.is_empty() {
             return Ok(None);
+        }
+        if !profile.is_empty() && !experiment_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "profile and experiment are exclusive: an experiment picks the profile",
+            ));
         }
         let registry = FeatureStore::new(data.storage.clone(), data.group)
             .registry(tenant)
             .map_err(internal)?;
         let profiles = registry.profiles().map_err(internal)?;
-        let profile = rank::select(&profiles, wanted)
-            .map_err(|e: ProfileError| Status::invalid_argument(e.to_string()))?
-            .clone();
-        Ok(Some((registry, profile)))
+        let resolve = |spec: &str| -> Result<Option<RankProfile>, Status> {
+            if spec == experiment::BM25 {
+                return Ok(None);
+            }
+            rank::select(&profiles, spec)
+                .map(|p| Some(p.clone()))
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        };
+        if experiment_name.is_empty() {
+            return Ok(resolve(profile)?.map(|served| RankPlan {
+                registry,
+                served,
+                shadow: None,
+                variant: String::new(),
+            }));
+        }
+        let experiments = registry
+            .experiments()
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let assignment = experiment::find(&experiments, experiment_name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .assign(user);
+        let served = resolve(&assignment.served)?;
+        let shadow = match (&assignment.shadow, first_page) {
+            (Some(spec), true) => resolve(spec)?,
+            _ => None,
+        };
+        let served = match (served, &shadow) {
+            (Some(p), _) => p,
+            (None, Some(s)) => bm25_profile(s.candidates),
+            (None, None) => {
+                // Plain BM25 for this user; the variant is still reported.
+                return Ok(Some(RankPlan {
+                    registry,
+                    served: bm25_profile(0),
+                    shadow: None,
+                    variant: assignment.variant,
+                }));
+            }
+        };
+        Ok(Some(RankPlan {
+            registry,
+            served,
+            shadow,
+            variant: assignment.variant,
+        }))
+    }
+}
+
+impl RankPlan {
+    /// Whether the served ranking is plain BM25 with no shadow: the ordinary search path, which
+    /// pages without a candidate cap.
+    pub(super) fn is_plain_bm25(&self) -> bool {
+        self.served.candidates == 0 && self.shadow.is_none()
+    }
+
+    /// Candidates the first phase fetches.
+    pub(super) fn candidates(&self) -> u32 {
+        self.served
+            .candidates
+            .max(self.shadow.as_ref().map_or(0, |s| s.candidates))
     }
 }
 
@@ -36,6 +128,8 @@ pub(super) struct SecondPhase {
     pub(super) data: std::sync::Arc<ShardData>,
     pub(super) registry: Registry,
     pub(super) profile: RankProfile,
+    /// Shadow mode: ranked over the same candidates and returned apart.
+    pub(super) shadow: Option<RankProfile>,
     pub(super) tenant: String,
     pub(super) user: String,
     pub(super) after: Option<(f32, String)>,
@@ -53,11 +147,41 @@ impl SecondPhase {
         self,
         candidates: Vec<Candidate>,
         mut visible: impl FnMut(&str) -> Result<bool, Status>,
-    ) -> Result<Vec<pb::Hit>, Status> {
+    ) -> Result<(Vec<pb::Hit>, Vec<pb::Hit>), Status> {
         let started = std::time::Instant::now();
+        let shadow = match &self.shadow {
+            Some(profile) => self
+                .page(profile, candidates.clone(), None, &mut visible)?
+                .into_iter()
+                .map(|h| pb::Hit {
+                    id: h.id,
+                    score: h.score,
+                    explanation: None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let served = self
+            .page(&self.profile, candidates, self.after.as_ref(), &mut visible)?
+            .into_iter()
+            .map(|h| self.hit(h))
+            .collect();
+        metrics::histogram!("tessera_node_rerank_seconds").record(started.elapsed().as_secs_f64());
+        Ok((served, shadow))
+    }
+
+    /// `profile`'s ranking of the candidates after `after`: its first `limit` hits that
+    /// `visible` confirms.
+    fn page(
+        &self,
+        profile: &RankProfile,
+        candidates: Vec<Candidate>,
+        after: Option<&(f32, String)>,
+        visible: &mut impl FnMut(&str) -> Result<bool, Status>,
+    ) -> Result<Vec<rank::Reranked>, Status> {
         let store = FeatureStore::new(self.data.storage.clone(), self.data.group);
         let reranked = rank::rerank(
-            &self.profile,
+            profile,
             &self.registry,
             &store,
             &self.tenant,
@@ -70,15 +194,14 @@ impl SecondPhase {
             other => Status::failed_precondition(other.to_string()),
         })?;
         let mut hits = Vec::with_capacity(self.limit);
-        for h in rank::after_cursor(reranked, self.after.as_ref()) {
+        for h in rank::after_cursor(reranked, after) {
             if hits.len() == self.limit {
                 break;
             }
             if visible(&h.id)? {
-                hits.push(self.hit(h));
+                hits.push(h);
             }
         }
-        metrics::histogram!("tessera_node_rerank_seconds").record(started.elapsed().as_secs_f64());
         Ok(hits)
     }
 

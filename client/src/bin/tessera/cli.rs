@@ -235,8 +235,13 @@ pub struct SearchArgs {
     pub token: Option<String>,
     /// Rank profile registered in the tenant's features.toml: NAME (its newest version) or
     /// NAME@VERSION. The node reranks the profile's top BM25 candidates with feature values.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "experiment")]
     pub profile: Option<String>,
+    /// Search under an experiment of the tenant's features.toml: the user's variant (by a
+    /// hash of the user id) picks the profile. Prints the variant and, when the router keeps
+    /// an impression log, the impression id that click events cite (`"impression"` field).
+    #[arg(long)]
+    pub experiment: Option<String>,
     /// With --profile: print each hit's BM25 score, feature values and their contributions.
     #[arg(long, requires = "profile")]
     pub explain: bool,

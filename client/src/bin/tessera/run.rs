@@ -239,6 +239,9 @@ async fn search(client: &TesseraClient, a: SearchArgs) -> Result<(), Failure> {
     if let Some(p) = a.profile {
         q = q.profile(p);
     }
+    if let Some(e) = a.experiment {
+        q = q.experiment(e);
+    }
     q = q.explain(a.explain);
     let page: SearchPage = client.search(&q).await?;
     if a.json {
@@ -275,6 +278,12 @@ async fn search(client: &TesseraClient, a: SearchArgs) -> Result<(), Failure> {
     );
     if let Some(c) = &page.cursor {
         println!("-- next page: --cursor {c}");
+    }
+    if let Some(v) = &page.variant {
+        match &page.impression {
+            Some(i) => println!("-- variant {v}, impression {i}"),
+            None => println!("-- variant {v}"),
+        }
     }
     Ok(())
 }
