@@ -523,6 +523,13 @@ load_tenant() {
     out=$(grep '"acked"' "$log" | tail -n 1)
     acked=$(grep -o '"acked":[0-9]*' <<<"$out" | cut -d: -f2)
     [[ "$acked" == "$ndocs" ]] || { warn "tenant $id: ${acked:-no} of $ndocs documents acknowledged; see $log"; return 1; }
+    # Features, rank profiles and the demo experiment, then the simulated activity.
+    cli_retry "$log" --region "$home" features apply "$id" "$ROOT/scripts/demo-features.toml" ||
+        { warn "registering the features of $id failed; see $log"; return 1; }
+    if [[ -s "$dir/events.jsonl" ]]; then
+        cli_retry "$log" --region "$home" events "$id" "$dir/events.jsonl" ||
+            { warn "loading the events of $id failed; see $log"; return 1; }
+    fi
     : >"$dir.ok"
     printf '  %-10s %5s docs  p=%s  %-34s %2ss\n' "$id" "$ndocs" "$parts" "$regs ($survival)" $((SECONDS - t0))
 }
@@ -576,7 +583,8 @@ print_endpoints() {
     fi
     say "  cluster file: .cluster/cluster.json   logs: .cluster/logs/"
     if [[ -f "$CDIR/demo/tenants.json" ]]; then
-        example=$("$BIN/tessera-demo" tenants "$CDIR/demo" 2>/dev/null | head -n 1)
+        # sed reads all of its input: `head` could exit first and fail the pipe (SIGPIPE).
+        example=$("$BIN/tessera-demo" tenants "$CDIR/demo" 2>/dev/null | sed -n 1p)
     fi
     say ""
     say "Try (from $ROOT):"
@@ -592,6 +600,8 @@ print_endpoints() {
         say "  tessera search $t --user $user $query"
         say "  tessera search $t --user $other $query        # a contractor sees less"
         say "  tessera search $t --user $user $query --limit 3 --json"
+        say "  tessera search $t --user $user $query --profile affinity_contributor --explain"
+        say "  tessera search $t --user $user $query --experiment affinity_test"
         if ((NREGIONS > 1)); then
             say "  tessera --region $(region_name 2) search $t --user $user $query --space ENG"
         fi
