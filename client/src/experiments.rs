@@ -20,7 +20,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::demo::rng::Rng;
-use crate::eval::{bootstrap, ndcg_at_k, reciprocal_rank, Estimate, Gain};
+use crate::eval::{bootstrap, ndcg_at_k, percentile_interval, reciprocal_rank, Estimate, Gain};
 
 /// Depth of the metrics.
 pub const DEPTH: usize = 10;
@@ -253,14 +253,8 @@ pub fn bootstrap_difference(a: &[f64], b: &[f64], resamples: usize, seed: u64) -
     let mut rng = Rng::new(seed);
     let mut draw =
         |v: &[f64]| (0..v.len()).map(|_| v[rng.below(v.len())]).sum::<f64>() / v.len() as f64;
-    let mut diffs: Vec<f64> = (0..resamples).map(|_| draw(a) - draw(b)).collect();
-    diffs.sort_by(f64::total_cmp);
-    let at = |q: f64| diffs[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
-    Estimate {
-        mean: point,
-        ci_low: at(0.025),
-        ci_high: at(0.975),
-    }
+    let diffs: Vec<f64> = (0..resamples).map(|_| draw(a) - draw(b)).collect();
+    percentile_interval(point, diffs)
 }
 
 #[cfg(test)]

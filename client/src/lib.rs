@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod bulk;
+pub mod click_eval;
 pub mod client;
 pub mod cluster_file;
 pub mod demo;

@@ -272,6 +272,23 @@ async fn experiments_split_users_shadow_and_log_impressions_and_clicks() {
         2 * USERS
     );
 
+    // The CLI reads the same log without a cluster.
+    let log_arg = log_path.display().to_string();
+    let out = tessera_tests::routers::cli(&["eval", "--impressions", &log_arg, "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let names: Vec<&str> = printed
+        .as_array()
+        .expect("one report per experiment")
+        .iter()
+        .filter_map(|r| r["experiment"].as_str())
+        .collect();
+    assert_eq!(names, vec!["shadowed", "split"]);
+
     // Errors: profile with experiment, unknown experiment.
     for (q, needle) in [
         (

@@ -16,12 +16,15 @@
 //! <tenant>/docs.jsonl     documents, parents before children (DESIGN.md data model)
 //! <tenant>/groups.jsonl   {"user":"u:x","groups":["g:y"]}
 //! <tenant>/events.jsonl   {"kind":"view","user":"u:x","doc":"p-1","space":"ENG","ts":"..."}, in time order
+//! <tenant>/clicks.jsonl   {"user":"u:x","query":"word","doc":"p-1","ts":"..."}: searches with a click,
+//!                         held out of the events (see [`sessions`])
 //! ```
 //!
 //! The chaos harness and the benchmarks reuse [`generate_tenant`] and
 //! [`visible`] (a brute-force permission oracle).
 
 pub mod rng;
+pub mod sessions;
 pub mod text;
 pub mod zipf;
 
@@ -187,8 +190,11 @@ pub struct TenantManifest {
     pub users: usize,
     /// Space keys.
     pub spaces: Vec<String>,
-    /// Events.
+    /// Events (history: everything but the held-out sessions).
     pub events: usize,
+    /// Search sessions with a click (`clicks.jsonl`).
+    #[serde(default)]
+    pub sessions: usize,
     /// Directory of the tenant's files, relative to the manifest.
     pub dir: String,
     /// Something to try.
@@ -243,6 +249,8 @@ pub struct TenantData {
     pub groups: Vec<Membership>,
     /// Events in time order.
     pub events: Vec<Event>,
+    /// Search sessions with a click, held out of `events` (see [`sessions`]).
+    pub sessions: Vec<sessions::Session>,
 }
 
 /// Well-known tenant names, largest tenant first; more get `tenant-NN`.
@@ -312,6 +320,7 @@ pub fn generate(
         write_jsonl(&dir.join("docs.jsonl"), &data.docs)?;
         write_jsonl(&dir.join("groups.jsonl"), &data.groups)?;
         write_jsonl(&dir.join("events.jsonl"), &data.events)?;
+        write_jsonl(&dir.join("clicks.jsonl"), &data.sessions)?;
         tenants.push(data.manifest);
     }
     let manifest = Manifest {

@@ -414,6 +414,7 @@ pub fn generate_tenant(
     }
 
     let events = make_events(config, &mut rng, &users, &documents, &space_docs, end)?;
+    let (events, sessions) = super::sessions::split(&documents, events);
     let groups = users
         .iter()
         .map(|u| Membership {
@@ -433,6 +434,7 @@ pub fn generate_tenant(
         users: users.len(),
         spaces: spaces.iter().map(|s| s.key.clone()).collect(),
         events: events.len(),
+        sessions: sessions.len(),
         dir: id,
         example,
     };
@@ -441,6 +443,7 @@ pub fn generate_tenant(
         docs: documents,
         groups,
         events,
+        sessions,
     })
 }
 

@@ -58,7 +58,7 @@ fn same_seed_same_bytes_other_seed_other_set() {
         read_tree(b.path()),
         read_tree(c.path()),
     );
-    assert_eq!(ta.len(), 1 + 3 * 6, "manifest + 3 files per tenant");
+    assert_eq!(ta.len(), 1 + 4 * 6, "manifest + 4 files per tenant");
     assert_eq!(ta, tb, "same seed, same bytes");
     assert_ne!(ta, tc, "another seed changes the set");
 }

@@ -253,8 +253,35 @@ pub struct SearchArgs {
 /// Arguments of `eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Collection directory with docs.jsonl, queries.tsv and qrels.txt.
-    pub collection: PathBuf,
+    /// Collection directory with docs.jsonl, queries.tsv and qrels.txt (not with --clicks or
+    /// --impressions).
+    #[arg(required_unless_present_any = ["clicks", "impressions"])]
+    pub collection: Option<PathBuf>,
+    /// Evaluate an already-loaded tenant (--tenant) on search sessions with a click instead of
+    /// a collection: JSON lines {"user","query","doc","ts"}, e.g. a demo tenant's
+    /// .cluster/demo/<tenant>/clicks.jsonl. Each session is searched as its user under every
+    /// --variant; the clicked page is the one relevant result. Reports MRR@10 and nDCG@10 per
+    /// variant and each variant's paired difference to the first, with 95% bootstrap intervals.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "impressions",
+        requires = "tenant"
+    )]
+    pub clicks: Option<PathBuf>,
+    /// With --clicks: a ranking to compare, NAME=PROFILE (PROFILE a registered profile, NAME@V
+    /// pinned, or `bm25`), or just PROFILE. Repeatable; the first is the baseline. Default:
+    /// bm25 alone.
+    #[arg(long = "variant", value_name = "NAME=PROFILE", requires = "clicks")]
+    pub variants: Vec<String>,
+    /// Evaluate an experiment from router impression logs (`tessera-router --impression-log`;
+    /// repeatable, one per router): MRR@10 and nDCG@10 per variant over the impressions with a
+    /// click, and each variant's difference to control. Needs no cluster.
+    #[arg(long, value_name = "FILE")]
+    pub impressions: Vec<PathBuf>,
+    /// Sessions to use with --clicks (the first N; 0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit_sessions: usize,
     /// Tenant to load and search (default: eval-<collection>-p<P>).
     #[arg(long)]
     pub tenant: Option<String>,

@@ -1,11 +1,15 @@
-//! `tessera eval`: relevance of a test collection through the router.
+//! `tessera eval`: relevance of a test collection through the router, of rankings on search
+//! sessions with a click (`--clicks`), or of an experiment from its impression logs
+//! (`--impressions`).
 
 use crate::cli::{EvalArgs, GainArg};
 use crate::run::{bad_input, print_json, Failure};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
+use tessera_client::click_eval;
 use tessera_client::eval::{self, BootstrapSpec, Collection, Estimate, Gain, Progress, RunOptions};
+use tessera_client::experiments::{self, ExperimentLog};
 use tessera_client::TesseraClient;
 
 /// A bar on stderr when it is a terminal (never in pipes and logs).
@@ -33,11 +37,146 @@ async fn default_regions(client: &TesseraClient) -> Result<Vec<String>, Failure>
         .ok_or_else(|| bad_input("the router lists no node; pass --regions".into()))
 }
 
+/// `tessera eval --impressions`: per-variant figures from experiment logs.
+pub fn impressions(a: &EvalArgs) -> Result<(), Failure> {
+    let log = ExperimentLog::load(&a.impressions).map_err(|e| bad_input(e.to_string()))?;
+    let reports = experiments::report(&log, a.resamples, a.seed);
+    if a.json {
+        return print_json(&reports);
+    }
+    if reports.is_empty() {
+        println!("no impressions in {} file(s)", a.impressions.len());
+    }
+    for r in &reports {
+        println!(
+            "experiment {} ({} bootstrap resamples, seed {})",
+            r.experiment, a.resamples, a.seed
+        );
+        println!(
+            "{:<28} {:>6} {:>7} {:>6}  {:<24} {:<24} MRR vs control",
+            "variant", "pages", "clicked", "CTR", "MRR@10 [95% CI]", "nDCG@10 [95% CI]"
+        );
+        for v in &r.variants {
+            println!(
+                "{:<28} {:>6} {:>7} {:>6.3}  {:<24} {:<24} {}",
+                v.variant,
+                v.impressions,
+                v.clicked,
+                v.click_rate,
+                interval(&v.mrr_at_10),
+                interval(&v.ndcg_at_10),
+                v.mrr_vs_control
+                    .as_ref()
+                    .map_or(String::new(), signed_interval)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn interval(e: &Estimate) -> String {
+    format!("{:.4} [{:.4}, {:.4}]", e.mean, e.ci_low, e.ci_high)
+}
+
+fn signed_interval(e: &Estimate) -> String {
+    let verdict = if e.ci_low > 0.0 {
+        "better"
+    } else if e.ci_high < 0.0 {
+        "worse"
+    } else {
+        "no clear difference"
+    };
+    format!(
+        "{:+.4} [{:+.4}, {:+.4}] {verdict}",
+        e.mean, e.ci_low, e.ci_high
+    )
+}
+
+/// `tessera eval --clicks`: variants compared on search sessions with a click.
+async fn clicks(
+    client: &TesseraClient,
+    a: &EvalArgs,
+    file: &std::path::Path,
+) -> Result<(), Failure> {
+    let tenant = a
+        .tenant
+        .clone()
+        .ok_or_else(|| bad_input("--clicks needs --tenant".into()))?;
+    let mut sessions = click_eval::load_sessions(file)?;
+    if a.limit_sessions > 0 {
+        sessions.truncate(a.limit_sessions);
+    }
+    if sessions.is_empty() {
+        return Err(bad_input(format!("{} holds no session", file.display())));
+    }
+    let mut variants = a
+        .variants
+        .iter()
+        .map(|v| click_eval::Variant::parse(v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad_input)?;
+    if variants.is_empty() {
+        variants.push(click_eval::Variant {
+            name: "bm25".into(),
+            profile: a.profile.clone(),
+        });
+    }
+    let progress = bar((sessions.len() * variants.len()) as u64, "searching");
+    let report = click_eval::evaluate(
+        client,
+        &tenant,
+        &sessions,
+        &variants,
+        a.resamples,
+        a.seed,
+        |done, _| {
+            if let Some(b) = &progress {
+                b.set_position(done as u64);
+            }
+        },
+    )
+    .await;
+    if let Some(b) = progress {
+        b.finish_and_clear();
+    }
+    let report = report?;
+    if a.json {
+        return print_json(&report);
+    }
+    println!(
+        "{}: {} sessions with a click; {} bootstrap resamples, seed {}",
+        report.tenant, report.sessions, report.resamples, report.seed
+    );
+    println!(
+        "{:<24} {:<24} {:<24} MRR@10 vs first (paired)",
+        "variant", "MRR@10 [95% CI]", "nDCG@10 [95% CI]"
+    );
+    for v in &report.variants {
+        println!(
+            "{:<24} {:<24} {:<24} {}",
+            v.variant.name,
+            interval(&v.mrr_at_10),
+            interval(&v.ndcg_at_10),
+            v.mrr_vs_first
+                .as_ref()
+                .map_or(String::new(), signed_interval)
+        );
+    }
+    Ok(())
+}
+
 /// Runs `tessera eval`.
 pub async fn eval(client: &TesseraClient, a: EvalArgs) -> Result<(), Failure> {
-    let collection = Collection::load(&a.collection).map_err(|e| bad_input(e.to_string()))?;
-    let name = a
-        .collection
+    if let Some(file) = &a.clicks {
+        return clicks(client, &a, file).await;
+    }
+    let Some(path) = a.collection.clone() else {
+        return Err(bad_input(
+            "give a collection directory, --clicks FILE or --impressions FILE".into(),
+        ));
+    };
+    let collection = Collection::load(&path).map_err(|e| bad_input(e.to_string()))?;
+    let name = path
         .canonicalize()
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))

@@ -62,6 +62,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         // Offline: no router to connect to.
         return crate::train_cmd::train(args);
     }
+    if let Command::Eval(args) = &cli.command {
+        if !args.impressions.is_empty() {
+            // Offline too: the logs are files.
+            return crate::eval_cmd::impressions(args);
+        }
+    }
     let addr = router_addr(&cli)?;
     let client = TesseraClient::connect(&addr)
         .await?
