@@ -494,8 +494,8 @@ fn render(args: &Args, t: &mut Timings, loaded: usize) -> String {
          | one hop: node reranks 100 candidates with 5 features | {o50:.3} | {o99:.3} |\n\
          | two hops: node top 100 + Redis MGET of 500 values + rerank in the caller | {w50:.3} | {w99:.3} |\n\n\
          - Reranking adds **{:+.1}%** to the node's search (p50 one hop / BM25 top 10 = {:.3}; \
-         the issue's goal is ≤ 1.15). Of that, the deeper first phase (100 candidates, each \
-         re-checked against its stored row) is {:.3}× and the 500 feature values {:.3}× \
+         the issue's goal is ≤ 1.15). Of that, the deeper first phase (100 candidates; only the \
+         page is re-checked against stored rows) is {:.3}× and the 500 feature values {:.3}× \
          (one hop / 100 candidates without features).\n\
          - Two hops / one hop = **{:.2}×** at p50 ({:.2}× at p99).\n",
         std::env::var("BENCH_DATE").unwrap_or_else(|_| "unknown date".into()),
