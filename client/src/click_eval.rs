@@ -7,10 +7,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::demo::rng::Rng;
 use crate::demo::sessions::Session;
 use crate::error::ClientError;
-use crate::eval::{bootstrap, ndcg_at_k, percentile_interval, reciprocal_rank, Estimate, Gain};
+use crate::eval::{bootstrap, ndcg_at_k, reciprocal_rank, Estimate, Gain};
 use crate::{SearchQuery, TesseraClient};
 
 /// Depth of the metrics (and hits fetched per search).
@@ -164,23 +163,10 @@ pub fn report(
 }
 
 /// `mean(a - b)` over paired observations, with a percentile-bootstrap 95% interval that
-/// resamples the pairs (sessions) jointly.
+/// resamples the pairs (sessions) jointly: the bootstrap of the per-session differences.
 pub fn paired_difference(a: &[f64], b: &[f64], resamples: usize, seed: u64) -> Estimate {
     let diffs: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    let n = diffs.len();
-    let mean = diffs.iter().sum::<f64>() / n.max(1) as f64;
-    if n == 0 || resamples == 0 {
-        return Estimate {
-            mean,
-            ci_low: mean,
-            ci_high: mean,
-        };
-    }
-    let mut rng = Rng::new(seed);
-    let means: Vec<f64> = (0..resamples)
-        .map(|_| (0..n).map(|_| diffs[rng.below(n)]).sum::<f64>() / n as f64)
-        .collect();
-    percentile_interval(mean, means)
+    bootstrap(&diffs, resamples, seed)
 }
 
 #[cfg(test)]

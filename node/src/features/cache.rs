@@ -147,19 +147,22 @@ impl OnlineCache {
 
     /// The cached value at `t` if it is still exact for `stamp` (the current one).
     pub fn get(&self, key: &CacheKey<'_>, stamp: Stamp, t: i64) -> Option<Option<f64>> {
-        let entries = self.entries.lock();
-        let served = entries
-            .get(&key.hashed())
+        self.get_many(std::slice::from_ref(key), &[stamp], t)
+            .pop()
+            .flatten()
+    }
+
+    /// The entry's value if it is `key`'s and still exact for `stamp` at `t`.
+    fn served(
+        entry: Option<&Entry>,
+        key: &CacheKey<'_>,
+        stamp: Stamp,
+        t: i64,
+    ) -> Option<Option<f64>> {
+        entry
             .filter(|e| key.is(&e.key))
             .filter(|e| e.stamp == stamp && e.computed_at <= t && t < e.valid_until)
-            .map(|e| e.value);
-        let counter = if served.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        served
+            .map(|e| e.value)
     }
 
     /// [`Self::get`] for many keys under one lock, in order.
@@ -175,13 +178,7 @@ impl OnlineCache {
             .iter()
             .zip(stamps)
             .zip(hashes)
-            .map(|((key, stamp), hashed)| {
-                entries
-                    .get(&hashed)
-                    .filter(|e| key.is(&e.key))
-                    .filter(|e| e.stamp == *stamp && e.computed_at <= t && t < e.valid_until)
-                    .map(|e| e.value)
-            })
+            .map(|((key, stamp), hashed)| Self::served(entries.get(&hashed), key, *stamp, t))
             .collect();
         drop(entries);
         let hits = out.iter().filter(|v| v.is_some()).count() as u64;
