@@ -23,13 +23,22 @@
 //!
 //! MAP and MRR are the means of AP and RR. Gain is linear (`grade`, as in
 //! trec_eval's `ndcg_cut`) unless [`Gain::Exponential`] (`2^grade − 1`) is
-//! asked for; the two agree on binary judgments.
+//! asked for; the two agree on binary judgments. MRR@10 cuts RR at rank 10
+//! (0 when the first relevant hit is below it).
+//!
+//! Rankings are compared as [`variants`]: every judged query runs under
+//! every variant (plain BM25 or a rank profile), and each variant's MRR@10
+//! and nDCG@10 come with its paired difference to the first variant.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::demo::rng::Rng;
 use tessera_proto::limits::MAX_QUERY_TERMS;
+
+pub mod variants;
+
+pub use variants::{Difference, Variant, VariantFigures};
 
 /// Why a collection could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +328,8 @@ pub struct QueryScores {
     pub ap: f64,
     /// Reciprocal rank.
     pub rr: f64,
+    /// Reciprocal rank within the top 10 (0 below it).
+    pub rr10: f64,
     /// P@10.
     pub p10: f64,
     /// R@100.
@@ -344,6 +355,7 @@ pub fn score_runs(
                 ndcg10: ndcg_at_k(run, judged, 10, gain)?,
                 ap: average_precision(run, judged)?,
                 rr: reciprocal_rank(run, judged)?,
+                rr10: reciprocal_rank(&run[..run.len().min(10)], judged)?,
                 p10: precision_at_k(run, judged, 10)?,
                 r100: recall_at_k(run, judged, 100)?,
                 qid,
@@ -425,7 +437,8 @@ pub struct Report {
     pub queries: usize,
     /// Ids of queries cut to `MAX_QUERY_TERMS` terms.
     pub cut_queries: Vec<String>,
-    /// Rank profile passed to search, if any.
+    /// Rank profile of the first variant, if any: the one the figures above `variants` (and
+    /// `per_query`) are of.
     pub profile: Option<String>,
     /// Hits fetched per query (MAP and MRR are computed over them).
     pub depth: u32,
@@ -441,9 +454,12 @@ pub struct Report {
     pub p_at_10: Estimate,
     /// Recall at 100.
     pub r_at_100: Estimate,
-    /// Every query's scores (only when asked for).
+    /// Every query's scores under the first variant (only when asked for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_query: Option<Vec<QueryScores>>,
+    /// MRR@10 and nDCG@10 of every variant, in the order given, each later one with its
+    /// paired difference to the first.
+    pub variants: Vec<VariantFigures>,
 }
 
 /// How the intervals were drawn.
@@ -482,8 +498,11 @@ pub struct RunOptions {
     pub regions: Vec<String>,
     /// The searching user.
     pub user: String,
-    /// Rank profile passed through to search.
+    /// Rank profile passed through to search when `variants` is empty.
     pub profile: Option<String>,
+    /// Rankings to compare on the same queries; the first is the baseline and the one the
+    /// classic figures are of. Empty: one variant of `profile` (or plain BM25).
+    pub variants: Vec<Variant>,
     /// Hits fetched per query (at most the page-size limit).
     pub depth: u32,
     /// nDCG gain.
@@ -512,7 +531,7 @@ pub enum Progress {
         /// All of them.
         total: u64,
     },
-    /// `done` of `total` queries answered.
+    /// `done` of `total` searches (queries times variants) answered.
     Searching {
         /// Answered so far.
         done: u64,
@@ -568,7 +587,7 @@ impl RunError {
 
 /// Calls `f` until it succeeds, fails with a non-retryable error, or
 /// `retry_for` has passed; waits 100 ms (or the router's hint) between tries.
-async fn retrying<T, F, Fut>(
+pub(crate) async fn retrying<T, F, Fut>(
     what: impl Fn() -> String,
     retry_for: std::time::Duration,
     mut f: F,
@@ -670,27 +689,41 @@ pub async fn run(
         }
     }
 
-    // Search: a bounded number in flight; rankings keyed by query id.
+    // Search: every judged query under every variant, a bounded number in flight; rankings
+    // keyed by query id, one map per variant.
+    let variants = if opts.variants.is_empty() {
+        vec![opts
+            .profile
+            .clone()
+            .map_or_else(Variant::bm25, |p| Variant {
+                name: p.clone(),
+                profile: Some(p),
+            })]
+    } else {
+        opts.variants.clone()
+    };
     let judged = collection.judged_queries();
-    let total = judged.len() as u64;
+    let total = (judged.len() * variants.len()) as u64;
     let mut cut_queries = Vec::new();
-    let mut runs: HashMap<String, Vec<String>> = HashMap::new();
+    let mut runs: Vec<HashMap<String, Vec<String>>> = vec![HashMap::new(); variants.len()];
     let mut pending = tokio::task::JoinSet::new();
-    let mut queue = judged.into_iter();
+    let mut queue = judged
+        .into_iter()
+        .flat_map(|(qid, raw)| (0..variants.len()).map(move |v| (v, qid.clone(), raw.clone())));
     let mut done = 0u64;
     loop {
         while pending.len() < opts.concurrency.max(1) {
-            let Some((qid, raw)) = queue.next() else {
+            let Some((v, qid, raw)) = queue.next() else {
                 break;
             };
             let (text, cut) = query_text(&raw);
-            if cut {
+            if cut && v == 0 {
                 cut_queries.push(qid.clone());
             }
             let mut q = crate::SearchQuery::new(&opts.tenant, &opts.user, text)
                 .limit(opts.depth)
                 .token(&token);
-            if let Some(p) = &opts.profile {
+            if let Some(p) = &variants[v].profile {
                 q = q.profile(p);
             }
             let client = client.clone();
@@ -698,24 +731,46 @@ pub async fn run(
             pending.spawn(async move {
                 let page =
                     retrying(|| format!("query {qid}"), retry_for, || client.search(&q)).await;
-                (qid, page)
+                (v, qid, page)
             });
         }
         let Some(joined) = pending.join_next().await else {
             break;
         };
-        let (qid, page) = joined.map_err(|e| RunError::Client {
+        let (v, qid, page) = joined.map_err(|e| RunError::Client {
             what: "a search task".into(),
             source: crate::ClientError::Internal(e.to_string()),
         })?;
         let page = page?;
-        runs.insert(qid, page.hits.into_iter().map(|h| h.id).collect());
+        runs[v].insert(qid, page.hits.into_iter().map(|h| h.id).collect());
         done += 1;
         on_progress(Progress::Searching { done, total });
     }
     cut_queries.sort();
 
-    let scores = score_runs(collection, &runs, opts.gain);
+    let per_variant: Vec<Vec<QueryScores>> = runs
+        .iter()
+        .map(|r| score_runs(collection, r, opts.gain))
+        .collect();
+    let paired: Vec<Vec<variants::QueryScore>> = per_variant
+        .iter()
+        .map(|scores| {
+            scores
+                .iter()
+                .map(|s| variants::QueryScore {
+                    rr_at_10: s.rr10,
+                    ndcg_at_10: s.ndcg10,
+                })
+                .collect()
+        })
+        .collect();
+    let figures = variants::figures(
+        &variants,
+        &paired,
+        opts.bootstrap.resamples,
+        opts.bootstrap.seed,
+    );
+    let scores = per_variant.into_iter().next().unwrap_or_default();
     let [ndcg_at_10, map, mrr, p_at_10, r_at_100] = summarise(&scores, opts.bootstrap);
     Ok(Report {
         collection: name.to_string(),
@@ -724,7 +779,7 @@ pub async fn run(
         docs: collection.docs.len(),
         queries: scores.len(),
         cut_queries,
-        profile: opts.profile.clone(),
+        profile: variants.first().and_then(|v| v.profile.clone()),
         depth: opts.depth,
         bootstrap: opts.bootstrap,
         ndcg_at_10,
@@ -733,6 +788,7 @@ pub async fn run(
         p_at_10,
         r_at_100,
         per_query: opts.per_query.then_some(scores),
+        variants: figures,
     })
 }
 
@@ -811,6 +867,14 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert!(close(s[0].ndcg10, 1.0) && close(s[0].ap, 1.0) && close(s[0].rr, 1.0));
         assert_eq!((s[1].ndcg10, s[1].ap, s[1].rr), (0.0, 0.0, 0.0));
+        // MRR@10 cuts at rank 10; MRR does not.
+        let deep: Vec<String> = (0..10)
+            .map(|i| format!("x{i}"))
+            .chain(ids(&["b"]))
+            .collect();
+        let deep_runs: HashMap<String, Vec<String>> = [("2".to_string(), deep)].into();
+        let d = score_runs(&c, &deep_runs, Gain::Linear);
+        assert!(close(d[1].rr, 1.0 / 11.0) && d[1].rr10 == 0.0, "{:?}", d[1]);
         let [ndcg, map, mrr, p10, r100] = summarise(
             &s,
             BootstrapSpec {

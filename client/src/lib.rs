@@ -35,6 +35,7 @@ pub mod error;
 pub mod eval;
 pub mod experiments;
 pub mod features;
+pub mod parquet_rows;
 pub mod train;
 pub mod types;
 

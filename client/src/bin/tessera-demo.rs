@@ -18,8 +18,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate tenants (Zipf sizes), spaces, page trees, users, groups,
-    /// permissions and events. Writes OUT/tenants.json and, per tenant,
-    /// OUT/<tenant>/{docs,groups,events}.jsonl. Deterministic for a seed.
+    /// permissions, events and search sessions. Writes OUT/tenants.json and,
+    /// per tenant, OUT/<tenant>/{docs,groups,events,clicks}.jsonl.
+    /// Deterministic for a seed.
+    ///
+    /// clicks.jsonl holds simulated searches with a click
+    /// ({"user","query","doc","ts"}), held out of the events and later than
+    /// all of them: the judgments `tessera eval --clicks` ranks with. A user
+    /// looks for a page of their own space, a popular page, or a page they
+    /// edited or contributed to, with one or two distinctive words of its
+    /// title that other pages share too.
     Generate {
         /// Wikipedia JSON Lines (.jsonl.zst is streamed, never unpacked to disk).
         #[arg(long, default_value = "../shared/data/enwiki2014_chunk_262k.jsonl.zst")]
@@ -51,6 +59,9 @@ enum Command {
         /// Cut page bodies to this many bytes.
         #[arg(long, default_value_t = 4096)]
         max_body_bytes: usize,
+        /// Search sessions with a click (clicks.jsonl) per document, on average.
+        #[arg(long, default_value_t = 0.2)]
+        sessions_per_doc: f64,
         /// Print the manifest as JSON instead of a summary.
         #[arg(long)]
         json: bool,
@@ -122,6 +133,7 @@ fn generate_set(command: Command) -> Result<(), String> {
         zipf,
         events_per_doc,
         max_body_bytes,
+        sessions_per_doc,
         json,
     } = command
     else {
@@ -135,6 +147,7 @@ fn generate_set(command: Command) -> Result<(), String> {
         tenant_zipf: zipf,
         events_per_doc,
         max_body_bytes,
+        sessions_per_doc,
     };
     config.validate().map_err(|e| e.to_string())?;
     let mut text: Box<dyn TextSource> = if synthetic_text {
@@ -152,11 +165,13 @@ fn generate_set(command: Command) -> Result<(), String> {
         return Ok(());
     }
     let events: usize = manifest.tenants.iter().map(|t| t.events).sum();
+    let sessions: usize = manifest.tenants.iter().map(|t| t.sessions).sum();
     println!(
-        "wrote {} tenants, {} docs, {} events to {} in {:.1}s",
+        "wrote {} tenants, {} docs, {} events, {} search sessions to {} in {:.1}s",
         manifest.tenants.len(),
         manifest.docs,
         events,
+        sessions,
         out.display(),
         started.elapsed().as_secs_f64()
     );

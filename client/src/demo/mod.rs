@@ -5,7 +5,8 @@
 //! deep), users and groups, hierarchical permissions (space-level group
 //! sets, some restricted subtrees, some page-level user restrictions, most
 //! pages open to their space), labels, contributors and timestamps, plus
-//! simulated view, edit and click events. Page text comes from a
+//! simulated view, edit and click events, and held-out search sessions
+//! with a click to evaluate ranking on. Page text comes from a
 //! [`text::TextSource`], normally the Wikipedia dump streamed out of its
 //! zstd file.
 //!
@@ -16,8 +17,9 @@
 //! <tenant>/docs.jsonl     documents, parents before children (DESIGN.md data model)
 //! <tenant>/groups.jsonl   {"user":"u:x","groups":["g:y"]}
 //! <tenant>/events.jsonl   {"kind":"view","user":"u:x","doc":"p-1","space":"ENG","ts":"..."}, in time order
-//! <tenant>/clicks.jsonl   {"user":"u:x","query":"word","doc":"p-1","ts":"..."}: searches with a click,
-//!                         held out of the events (see [`sessions`])
+//! <tenant>/clicks.jsonl   {"user":"u:x","query":"two words","doc":"p-1","ts":"..."}: searches with a
+//!                         click, in time order after every event, never written as events
+//!                         (see [`sessions`] for the model); `tessera eval --clicks` reads them
 //! ```
 //!
 //! The chaos harness and the benchmarks reuse [`generate_tenant`] and
@@ -95,6 +97,9 @@ pub struct DemoConfig {
     pub events_per_doc: f64,
     /// Bodies are cut to this many bytes.
     pub max_body_bytes: usize,
+    /// Simulated search sessions with a click per document, on average (see [`sessions`]):
+    /// the held-out judgments `tessera eval --clicks` ranks with.
+    pub sessions_per_doc: f64,
 }
 
 impl Default for DemoConfig {
@@ -107,6 +112,7 @@ impl Default for DemoConfig {
             tenant_zipf: 1.0,
             events_per_doc: 2.0,
             max_body_bytes: 4096,
+            sessions_per_doc: 0.2,
         }
     }
 }
@@ -143,6 +149,11 @@ impl DemoConfig {
         if !(self.events_per_doc.is_finite() && self.events_per_doc >= 0.0) {
             return Err(DemoError::Config(
                 "--events-per-doc must be a finite number >= 0".into(),
+            ));
+        }
+        if !(self.sessions_per_doc.is_finite() && self.sessions_per_doc >= 0.0) {
+            return Err(DemoError::Config(
+                "--sessions-per-doc must be a finite number >= 0".into(),
             ));
         }
         if self.max_body_bytes < 16 {
@@ -190,7 +201,7 @@ pub struct TenantManifest {
     pub users: usize,
     /// Space keys.
     pub spaces: Vec<String>,
-    /// Events (history: everything but the held-out sessions).
+    /// Events (the history; the sessions are not among them).
     pub events: usize,
     /// Search sessions with a click (`clicks.jsonl`).
     #[serde(default)]
@@ -249,7 +260,8 @@ pub struct TenantData {
     pub groups: Vec<Membership>,
     /// Events in time order.
     pub events: Vec<Event>,
-    /// Search sessions with a click, held out of `events` (see [`sessions`]).
+    /// Search sessions with a click, in time order after every event and never among
+    /// `events` (see [`sessions`]).
     pub sessions: Vec<sessions::Session>,
 }
 

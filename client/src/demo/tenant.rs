@@ -42,8 +42,8 @@ const LABELS: &[&str] = &[
     "okr",
 ];
 
-/// Words too common to make an interesting example query.
-const STOP: &[&str] = &[
+/// Words too common to make an interesting example or session query.
+pub(super) const STOP: &[&str] = &[
     "about",
     "after",
     "again",
@@ -160,7 +160,8 @@ fn parse_ts(s: &str) -> Result<DateTime<Utc>, DemoError> {
         .map_err(|e| DemoError::Config(format!("bad built-in timestamp {s}: {e}")))
 }
 
-fn fmt_ts(secs: i64) -> String {
+/// `secs` (Unix) as RFC 3339 in UTC, to the second.
+pub(super) fn fmt_ts(secs: i64) -> String {
     DateTime::<Utc>::from_timestamp(secs, 0)
         .unwrap_or_default()
         .to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -413,8 +414,19 @@ pub fn generate_tenant(
         }
     }
 
-    let events = make_events(config, &mut rng, &users, &documents, &space_docs, end)?;
-    let (events, sessions) = super::sessions::split(&documents, events);
+    // The history ends where the session window begins; sessions draw from their own stream.
+    let horizon = end - super::sessions::SESSION_WINDOW_DAYS * 86_400;
+    let behaviour = Behaviour::new(&users, &documents, &space_docs, end, horizon)?;
+    let events = make_events(config, &mut rng, &behaviour);
+    let wanted_sessions = (documents.len() as f64 * config.sessions_per_doc).round() as usize;
+    let sessions = super::sessions::make_sessions(
+        &behaviour,
+        &documents,
+        &events,
+        wanted_sessions,
+        (horizon, end),
+        &mut Rng::derive(config.seed, &format!("tenant/{index}/sessions")),
+    );
     let groups = users
         .iter()
         .map(|u| Membership {
@@ -447,59 +459,117 @@ pub fn generate_tenant(
     })
 }
 
-/// Simulated activity: heavy users view (and sometimes edit or click)
-/// pages they may see, mostly in their own team's space, popular pages
-/// more often.
-fn make_events(
-    config: &DemoConfig,
-    rng: &mut Rng,
-    users: &[User],
-    docs: &[Document],
-    space_docs: &[Vec<usize>],
-    end: i64,
-) -> Result<Vec<Event>, DemoError> {
-    let want = (docs.len() as f64 * config.events_per_doc).round() as usize;
-    let user_pick = Zipf::new(users.len(), 0.7);
-    let space_pick = Zipf::new(space_docs.len(), 0.8);
-    let doc_picks: Vec<Zipf> = space_docs.iter().map(|d| Zipf::new(d.len(), 1.0)).collect();
-    let principals: Vec<BTreeSet<String>> = users.iter().map(User::principals).collect();
+/// How simulated people behave, shared by the events and the search sessions so that both
+/// follow one model: heavy users act more often (Zipf over users); a user mostly visits pages
+/// of their own team's space (60%), otherwise a space drawn by size (Zipf); within a space,
+/// popular pages more often (Zipf); only pages the user may see, and only pages that exist
+/// before `horizon` (the end of the history).
+struct Behaviour<'a> {
+    users: &'a [User],
+    docs: &'a [Document],
+    space_docs: &'a [Vec<usize>],
+    principals: Vec<BTreeSet<String>>,
+    /// Creation time of each page (Unix seconds).
+    created: Vec<i64>,
+    /// The history ends here; the sessions come after.
+    horizon: i64,
+    user_pick: Zipf,
+    space_pick: Zipf,
+    doc_picks: Vec<Zipf>,
+}
+
+impl<'a> Behaviour<'a> {
+    fn new(
+        users: &'a [User],
+        docs: &'a [Document],
+        space_docs: &'a [Vec<usize>],
+        end: i64,
+        horizon: i64,
+    ) -> Result<Self, DemoError> {
+        let created = docs
+            .iter()
+            .map(|d| {
+                d.created_at
+                    .as_deref()
+                    .map(parse_ts)
+                    .transpose()
+                    .map(|t| t.map_or(end, |t| t.timestamp()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Behaviour {
+            users,
+            docs,
+            space_docs,
+            principals: users.iter().map(User::principals).collect(),
+            created,
+            horizon,
+            user_pick: Zipf::new(users.len(), 0.7),
+            space_pick: Zipf::new(space_docs.len(), 0.8),
+            doc_picks: space_docs.iter().map(|d| Zipf::new(d.len(), 1.0)).collect(),
+        })
+    }
+}
+
+impl super::sessions::Searchers for Behaviour<'_> {
+    fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    fn user_id(&self, u: usize) -> &str {
+        &self.users[u].id
+    }
+
+    fn pick_user(&self, rng: &mut Rng) -> usize {
+        self.user_pick.sample(rng)
+    }
+
+    /// Up to 8 draws; `None` when none of them was a page the user may find.
+    fn pick_page(&self, rng: &mut Rng, u: usize) -> Option<usize> {
+        for _ in 0..8 {
+            let s = if rng.chance(0.6) {
+                self.users[u].primary_space
+            } else {
+                self.space_pick.sample(rng)
+            };
+            let Some(&d) = self.space_docs[s].get(self.doc_picks[s].sample(rng)) else {
+                continue;
+            };
+            if self.may_find(u, d) {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    fn may_find(&self, u: usize, d: usize) -> bool {
+        self.created[d] < self.horizon && visible(&self.docs[d], &self.principals[u])
+    }
+}
+
+/// Simulated activity before `behaviour.horizon`: heavy users view (and sometimes edit or
+/// click) pages they may see, mostly in their own team's space, popular pages more often.
+fn make_events(config: &DemoConfig, rng: &mut Rng, behaviour: &Behaviour<'_>) -> Vec<Event> {
+    use super::sessions::Searchers;
+    let want = (behaviour.docs.len() as f64 * config.events_per_doc).round() as usize;
     let mut out: Vec<(i64, Event)> = Vec::with_capacity(want);
     for _ in 0..want {
-        let u = user_pick.sample(rng);
+        let u = behaviour.pick_user(rng);
         let kind = match rng.unit() {
             x if x < 0.8 => "view",
             x if x < 0.92 => "click",
             _ => "edit",
         };
-        let mut chosen = None;
-        for _ in 0..8 {
-            let s = if rng.chance(0.6) {
-                users[u].primary_space
-            } else {
-                space_pick.sample(rng)
-            };
-            let Some(&d) = space_docs[s].get(doc_picks[s].sample(rng)) else {
-                continue;
-            };
-            if visible(&docs[d], &principals[u]) {
-                chosen = Some(d);
-                break;
-            }
-        }
-        let Some(d) = chosen else { continue };
-        let doc = &docs[d];
-        let created = doc
-            .created_at
-            .as_deref()
-            .map(parse_ts)
-            .transpose()?
-            .map_or(end, |t| t.timestamp());
-        let ts = created + ((end - created) as f64 * rng.unit()) as i64;
+        let Some(d) = behaviour.pick_page(rng, u) else {
+            continue;
+        };
+        let doc = &behaviour.docs[d];
+        let created = behaviour.created[d];
+        let ts = created + ((behaviour.horizon - created) as f64 * rng.unit()) as i64;
         out.push((
             ts,
             Event {
                 kind: kind.to_string(),
-                user: users[u].id.clone(),
+                user: behaviour.users[u].id.clone(),
                 doc: doc.id.clone(),
                 space: doc.space.clone(),
                 ts: fmt_ts(ts),
@@ -508,7 +578,7 @@ fn make_events(
     }
     // Stable: equal times keep generation order.
     out.sort_by_key(|(ts, _)| *ts);
-    Ok(out.into_iter().map(|(_, e)| e).collect())
+    out.into_iter().map(|(_, e)| e).collect()
 }
 
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {

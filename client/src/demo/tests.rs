@@ -300,3 +300,112 @@ fn real_wikipedia_text_when_available() {
         data
     );
 }
+
+/// The held-out sessions of a generated tenant: deterministic, later than every event, never
+/// among the events, only pages the user may see, query words from the target, and the
+/// model's mix of one- and two-word queries, own pages and primary-space pages.
+#[test]
+fn sessions_are_held_out_visible_and_match_their_targets() {
+    let cfg = DemoConfig {
+        tenants: 1,
+        docs: 600,
+        ..DemoConfig::default()
+    };
+    let data = generate_tenant(&cfg, 0, 600, &mut SyntheticText::new(cfg.seed)).expect("tenant");
+    let again = generate_tenant(&cfg, 0, 600, &mut SyntheticText::new(cfg.seed)).expect("again");
+    assert_eq!(data.sessions, again.sessions, "deterministic");
+    let fewer = DemoConfig {
+        sessions_per_doc: 0.05,
+        ..cfg.clone()
+    };
+    let other = generate_tenant(&fewer, 0, 600, &mut SyntheticText::new(cfg.seed)).expect("less");
+    assert_eq!(other.events, data.events, "sessions never shift the events");
+    assert_eq!(other.sessions.len(), 30);
+
+    assert_eq!(data.sessions.len(), 120, "0.2 per document");
+    assert_eq!(data.manifest.sessions, 120);
+    let last_event = data
+        .events
+        .iter()
+        .map(|e| e.ts.as_str())
+        .max()
+        .expect("events");
+    let by_id: BTreeMap<&str, &Document> = data.docs.iter().map(|d| (d.id.as_str(), d)).collect();
+    let principals: BTreeMap<&str, BTreeSet<String>> = data
+        .groups
+        .iter()
+        .map(|g| {
+            let mut p: BTreeSet<String> = g.groups.iter().cloned().collect();
+            p.insert(g.user.clone());
+            (g.user.as_str(), p)
+        })
+        .collect();
+    let events: BTreeSet<(&str, &str, &str)> = data
+        .events
+        .iter()
+        .map(|e| (e.user.as_str(), e.doc.as_str(), e.ts.as_str()))
+        .collect();
+    let edited: BTreeSet<(&str, &str)> = data
+        .events
+        .iter()
+        .filter(|e| e.kind == "edit")
+        .map(|e| (e.user.as_str(), e.doc.as_str()))
+        .collect();
+    let (mut two_words, mut own, mut title_only) = (0, 0, 0);
+    let mut home_space = 0;
+    for s in &data.sessions {
+        assert!(
+            s.ts.as_str() > last_event && s.ts.as_str() <= EPOCH_END,
+            "{s:?}"
+        );
+        assert!(!events.contains(&(s.user.as_str(), s.doc.as_str(), s.ts.as_str())));
+        let d = by_id[s.doc.as_str()];
+        assert!(visible(d, &principals[s.user.as_str()]), "{s:?}");
+        let lower = |t: &str| t.to_lowercase();
+        let words: Vec<&str> = s.query.split(' ').collect();
+        assert!((1..=2).contains(&words.len()), "{s:?}");
+        two_words += usize::from(words.len() == 2);
+        let tokens = |t: &str| -> BTreeSet<String> {
+            lower(t)
+                .split(|c: char| !c.is_alphanumeric())
+                .map(str::to_string)
+                .collect()
+        };
+        let (title, body) = (tokens(&d.title), tokens(&d.body));
+        assert!(
+            words
+                .iter()
+                .all(|w| title.contains(*w) || body.contains(*w)),
+            "{s:?} vs {d:?}"
+        );
+        title_only += usize::from(words.iter().all(|w| title.contains(*w)));
+        // Competition: every word is in at least 4 pages.
+        for w in &words {
+            let n = data
+                .docs
+                .iter()
+                .filter(|x| tokens(&x.title).contains(*w) || tokens(&x.body).contains(*w))
+                .count();
+            assert!(n > sessions::MIN_OTHER_MATCHES, "{w}: {n} pages");
+        }
+        if d.contributors.contains(&s.user) || edited.contains(&(s.user.as_str(), s.doc.as_str())) {
+            own += 1;
+        }
+        let team = principals[s.user.as_str()]
+            .iter()
+            .any(|g| *g == format!("g:{}", d.space.to_lowercase()));
+        home_space += usize::from(team);
+    }
+    let n = data.sessions.len();
+    eprintln!("{n} sessions: {two_words} two-word, {own} own pages, {title_only} title words, {home_space} in a team space");
+    assert!(
+        two_words > n / 4 && two_words < n * 3 / 4,
+        "{two_words}/{n}"
+    );
+    assert!(own >= n / 10, "own pages: {own}/{n}");
+    assert_eq!(title_only, n, "synthetic titles always have a usable word");
+    assert!(
+        home_space > n / 2,
+        "mostly the user's own space: {home_space}/{n}"
+    );
+}

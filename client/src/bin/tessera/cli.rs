@@ -75,7 +75,8 @@ pub enum Command {
     Groups(LoadArgs),
     /// Search a tenant as a user.
     Search(SearchArgs),
-    /// Evaluate relevance (nDCG@10, MAP, MRR) on a test collection.
+    /// Evaluate relevance (nDCG@10, MAP, MRR, MRR@10) on a test collection or on search sessions
+    /// with a click, and compare rankings.
     ///
     /// Loads a collection directory (docs.jsonl, queries.tsv, qrels.txt; see
     /// ../shared/data/ir) into a tenant through the router, runs every judged
@@ -84,6 +85,12 @@ pub enum Command {
     /// with that many partitions (reloading is harmless: every document has
     /// version 1). Queries are lowercased, stripped of punctuation and cut to
     /// MAX_QUERY_TERMS (64) terms, since nodes reject longer ones.
+    ///
+    /// With --clicks FILE --tenant T, evaluates a loaded tenant on search
+    /// sessions instead (the demo set's clicks.jsonl). With --variant (repeatable),
+    /// every query runs under every ranking and each is compared with the first:
+    /// MRR@10 and nDCG@10 per variant, and the paired difference with its 95%
+    /// interval. With --impressions, reads an experiment's router logs.
     Eval(EvalArgs),
     /// Write events (JSON Lines: {"kind":"view","user":"u:a","doc":"p-1","space":"ENG","ts":"..."}).
     /// One invalid line rejects the whole input; nothing is written.
@@ -259,9 +266,10 @@ pub struct EvalArgs {
     pub collection: Option<PathBuf>,
     /// Evaluate an already-loaded tenant (--tenant) on search sessions with a click instead of
     /// a collection: JSON lines {"user","query","doc","ts"}, e.g. a demo tenant's
-    /// .cluster/demo/<tenant>/clicks.jsonl. Each session is searched as its user under every
-    /// --variant; the clicked page is the one relevant result. Reports MRR@10 and nDCG@10 per
-    /// variant and each variant's paired difference to the first, with 95% bootstrap intervals.
+    /// .cluster/demo/<tenant>/clicks.jsonl. Nothing is loaded. Each session is searched as its
+    /// user (with their permissions) under every --variant; the clicked page is the one
+    /// relevant result (grade 1). Reports MRR@10 and nDCG@10 per variant and each variant's
+    /// paired difference to the first, with 95% bootstrap intervals over the sessions.
     #[arg(
         long,
         value_name = "FILE",
@@ -269,10 +277,17 @@ pub struct EvalArgs {
         requires = "tenant"
     )]
     pub clicks: Option<PathBuf>,
-    /// With --clicks: a ranking to compare, NAME=PROFILE (PROFILE a registered profile, NAME@V
-    /// pinned, or `bm25`), or just PROFILE. Repeatable; the first is the baseline. Default:
-    /// bm25 alone.
-    #[arg(long = "variant", value_name = "NAME=PROFILE", requires = "clicks")]
+    /// A ranking to compare: NAME=PROFILE, where PROFILE is a profile registered in the
+    /// tenant's features.toml (its newest version, or PROFILE@V pinned), or `bm25` or nothing
+    /// for plain BM25; a bare PROFILE is named after itself. Repeatable: every query (or
+    /// session) runs under every variant, and each variant after the first is compared with
+    /// the first, paired by query: the difference of MRR@10 and nDCG@10 with its 95% bootstrap
+    /// interval and whether that interval excludes zero. Default: --profile, else bm25 alone.
+    #[arg(
+        long = "variant",
+        value_name = "NAME=PROFILE",
+        conflicts_with_all = ["profile", "impressions"]
+    )]
     pub variants: Vec<String>,
     /// Evaluate an experiment from router impression logs (`tessera-router --impression-log`;
     /// repeatable, one per router): MRR@10 and nDCG@10 per variant over the impressions with a
@@ -280,9 +295,14 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub impressions: Vec<PathBuf>,
     /// Sessions to use with --clicks (the first N; 0 = all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, requires = "clicks")]
     pub limit_sessions: usize,
-    /// Tenant to load and search (default: eval-<collection>-p<P>).
+    /// With --clicks: a session token of earlier writes (as `tessera events --json` prints)
+    /// that every search must see, so an evaluation right after loading counts every event.
+    #[arg(long, requires = "clicks")]
+    pub token: Option<String>,
+    /// Tenant to load and search (default: eval-<collection>-p<P>); with --clicks, the loaded
+    /// tenant to search (required).
     #[arg(long)]
     pub tenant: Option<String>,
     /// Partition count of the tenant.
@@ -295,7 +315,8 @@ pub struct EvalArgs {
     /// The searching user (the documents carry no restriction).
     #[arg(long, default_value = "u:eval")]
     pub user: String,
-    /// Rank profile passed to every search.
+    /// Rank profile passed to every search: NAME or NAME@VERSION (a single variant named
+    /// after it; use --variant to compare rankings).
     #[arg(long)]
     pub profile: Option<String>,
     /// Hits fetched per query; MAP and MRR are computed over them (at most 1000).
@@ -313,7 +334,7 @@ pub struct EvalArgs {
     /// Documents per write batch.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
-    /// Searches in flight at once.
+    /// Searches in flight at once (collections and --clicks).
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
     /// Do not load the documents (the tenant already holds them).
@@ -629,18 +650,24 @@ pub enum FeaturesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Point-in-time values for every row of a CSV (header with ts and
+    /// Point-in-time values for every row of a rows file (columns ts and
     /// user/space/doc); writes the rows, in order, plus one column per feature.
+    ///
+    /// Each file is CSV or Parquet by its extension (.csv or .parquet, any
+    /// case; - is CSV), independently. In Parquet, ts is an RFC 3339 string
+    /// or a timestamp (any unit, taken as UTC), user/space/doc are strings
+    /// (null = empty), other columns are carried through with their types,
+    /// and each feature is a nullable Float64 column (null = null).
     Historical {
         /// Tenant.
         tenant: String,
-        /// Input rows (.csv).
+        /// Input rows (.csv or .parquet; - for CSV on stdin).
         #[arg(long)]
         rows: PathBuf,
         /// Comma-separated feature names.
         #[arg(long, value_delimiter = ',')]
         features: Vec<String>,
-        /// Output file (.csv); - for stdout.
+        /// Output file (.csv or .parquet); - for CSV on stdout.
         #[arg(long, default_value = "-")]
         out: PathBuf,
         /// Only use events also ingested by each row's time.

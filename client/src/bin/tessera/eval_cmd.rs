@@ -7,10 +7,13 @@ use crate::run::{bad_input, print_json, Failure};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
-use tessera_client::click_eval;
-use tessera_client::eval::{self, BootstrapSpec, Collection, Estimate, Gain, Progress, RunOptions};
+use tessera_client::click_eval::{self, ClickOptions};
+use tessera_client::eval::{
+    self, BootstrapSpec, Collection, Difference, Estimate, Gain, Progress, RunOptions, Variant,
+    VariantFigures,
+};
 use tessera_client::experiments::{self, ExperimentLog};
-use tessera_client::TesseraClient;
+use tessera_client::{ClientError, TesseraClient};
 
 /// A bar on stderr when it is a terminal (never in pipes and logs).
 fn bar(len: u64, what: &str) -> Option<ProgressBar> {
@@ -78,21 +81,67 @@ fn interval(e: &Estimate) -> String {
     format!("{:.4} [{:.4}, {:.4}]", e.mean, e.ci_low, e.ci_high)
 }
 
+/// `+0.0123 [+0.0045, +0.0201]` and the verdict of an independent-samples difference.
 fn signed_interval(e: &Estimate) -> String {
-    let verdict = if e.ci_low > 0.0 {
-        "better"
-    } else if e.ci_high < 0.0 {
-        "worse"
-    } else {
-        "no clear difference"
-    };
+    signed(&Difference {
+        mean: e.mean,
+        ci_low: e.ci_low,
+        ci_high: e.ci_high,
+        excludes_zero: e.ci_low > 0.0 || e.ci_high < 0.0,
+    })
+}
+
+/// `+0.0123 [+0.0045, +0.0201] better`: a paired difference and its verdict.
+fn signed(d: &Difference) -> String {
     format!(
-        "{:+.4} [{:+.4}, {:+.4}] {verdict}",
-        e.mean, e.ci_low, e.ci_high
+        "{:+.4} [{:+.4}, {:+.4}] {}",
+        d.mean,
+        d.ci_low,
+        d.ci_high,
+        d.verdict()
     )
 }
 
-/// `tessera eval --clicks`: variants compared on search sessions with a click.
+/// The per-variant table: MRR@10 and nDCG@10 with intervals, then each later variant's paired
+/// differences to the first.
+fn print_variants(variants: &[VariantFigures]) {
+    let width = variants
+        .iter()
+        .map(|v| v.variant.name.len())
+        .max()
+        .unwrap_or(0)
+        .max("variant".len());
+    println!(
+        "{:<width$}  {:<24} {:<24} nDCG@10 [95% CI]",
+        "variant", "profile", "MRR@10 [95% CI]"
+    );
+    for v in variants {
+        println!(
+            "{:<width$}  {:<24} {:<24} {}",
+            v.variant.name,
+            v.variant.profile.as_deref().unwrap_or("(bm25)"),
+            interval(&v.mrr_at_10),
+            interval(&v.ndcg_at_10),
+        );
+    }
+    let Some(first) = variants.first() else {
+        return;
+    };
+    for v in &variants[1..] {
+        if let (Some(m), Some(n)) = (&v.mrr_vs_first, &v.ndcg_vs_first) {
+            println!(
+                "{} vs {} (paired): MRR@10 {}; nDCG@10 {}",
+                v.variant.name,
+                first.variant.name,
+                signed(m),
+                signed(n)
+            );
+        }
+    }
+}
+
+/// `tessera eval --clicks`: variants compared on search sessions with a click, on a tenant
+/// that already holds the documents, groups and events.
 async fn clicks(
     client: &TesseraClient,
     a: &EvalArgs,
@@ -102,39 +151,40 @@ async fn clicks(
         .tenant
         .clone()
         .ok_or_else(|| bad_input("--clicks needs --tenant".into()))?;
-    let mut sessions = click_eval::load_sessions(file)?;
+    let mut sessions = click_eval::load_sessions(file).map_err(|e| bad_input(e.to_string()))?;
     if a.limit_sessions > 0 {
         sessions.truncate(a.limit_sessions);
     }
     if sessions.is_empty() {
         return Err(bad_input(format!("{} holds no session", file.display())));
     }
-    let mut variants = a
-        .variants
-        .iter()
-        .map(|v| click_eval::Variant::parse(v))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(bad_input)?;
-    if variants.is_empty() {
-        variants.push(click_eval::Variant {
-            name: "bm25".into(),
-            profile: a.profile.clone(),
-        });
+    let variants = Variant::resolve(&a.variants, a.profile.as_deref()).map_err(bad_input)?;
+    // A missing tenant is a mistake in the command, not a failure of the cluster: say so
+    // before searching.
+    match client.tenant(&tenant).await {
+        Ok(_) => {}
+        Err(ClientError::NotFound(_)) => {
+            return Err(bad_input(format!(
+                "tenant {tenant} does not exist: --clicks evaluates a tenant that already \
+                 holds the documents, groups and events (scripts/cluster.sh up loads the demo \
+                 tenants)"
+            )))
+        }
+        Err(e) => return Err(e.into()),
     }
+    let opts = ClickOptions {
+        resamples: a.resamples,
+        seed: a.seed,
+        concurrency: a.concurrency.max(1),
+        token: a.token.clone().unwrap_or_default(),
+        retry_for: Duration::from_secs(60),
+    };
     let progress = bar((sessions.len() * variants.len()) as u64, "searching");
-    let report = click_eval::evaluate(
-        client,
-        &tenant,
-        &sessions,
-        &variants,
-        a.resamples,
-        a.seed,
-        |done, _| {
-            if let Some(b) = &progress {
-                b.set_position(done as u64);
-            }
-        },
-    )
+    let report = click_eval::evaluate(client, &tenant, &sessions, &variants, &opts, |done, _| {
+        if let Some(b) = &progress {
+            b.set_position(done as u64);
+        }
+    })
     .await;
     if let Some(b) = progress {
         b.finish_and_clear();
@@ -147,21 +197,7 @@ async fn clicks(
         "{}: {} sessions with a click; {} bootstrap resamples, seed {}",
         report.tenant, report.sessions, report.resamples, report.seed
     );
-    println!(
-        "{:<24} {:<24} {:<24} MRR@10 vs first (paired)",
-        "variant", "MRR@10 [95% CI]", "nDCG@10 [95% CI]"
-    );
-    for v in &report.variants {
-        println!(
-            "{:<24} {:<24} {:<24} {}",
-            v.variant.name,
-            interval(&v.mrr_at_10),
-            interval(&v.ndcg_at_10),
-            v.mrr_vs_first
-                .as_ref()
-                .map_or(String::new(), signed_interval)
-        );
-    }
+    print_variants(&report.variants);
     Ok(())
 }
 
@@ -176,6 +212,7 @@ pub async fn eval(client: &TesseraClient, a: EvalArgs) -> Result<(), Failure> {
         ));
     };
     let collection = Collection::load(&path).map_err(|e| bad_input(e.to_string()))?;
+    let variants = Variant::resolve(&a.variants, a.profile.as_deref()).map_err(bad_input)?;
     let name = path
         .canonicalize()
         .ok()
@@ -201,6 +238,7 @@ pub async fn eval(client: &TesseraClient, a: EvalArgs) -> Result<(), Failure> {
         regions,
         user: a.user.clone(),
         profile: a.profile.clone(),
+        variants,
         depth: a.depth,
         gain: match a.gain {
             GainArg::Linear => Gain::Linear,
@@ -278,6 +316,16 @@ pub async fn eval(client: &TesseraClient, a: EvalArgs) -> Result<(), Failure> {
     row("MRR", &report.mrr);
     row("P@10", &report.p_at_10);
     row("R@100", &report.r_at_100);
+    if let Some(first) = report.variants.first() {
+        row("MRR@10", &first.mrr_at_10);
+    }
+    if report.variants.len() > 1 {
+        println!(
+            "(the figures above are of variant {}; every variant:)",
+            report.variants[0].variant.name
+        );
+        print_variants(&report.variants);
+    }
     if !report.cut_queries.is_empty() {
         println!(
             "queries cut to {} terms (MAX_QUERY_TERMS): {}",
@@ -287,13 +335,13 @@ pub async fn eval(client: &TesseraClient, a: EvalArgs) -> Result<(), Failure> {
     }
     if let Some(per) = &report.per_query {
         println!(
-            "{:<8} {:>7} {:>7} {:>7} {:>7} {:>7}",
-            "qid", "nDCG@10", "AP", "RR", "P@10", "R@100"
+            "{:<8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+            "qid", "nDCG@10", "AP", "RR", "RR@10", "P@10", "R@100"
         );
         for q in per {
             println!(
-                "{:<8} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4}",
-                q.qid, q.ndcg10, q.ap, q.rr, q.p10, q.r100
+                "{:<8} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4}",
+                q.qid, q.ndcg10, q.ap, q.rr, q.rr10, q.p10, q.r100
             );
         }
     }

@@ -534,14 +534,14 @@ async fn features(client: &TesseraClient, command: FeaturesCommand) -> Result<()
             as_of_known,
             token,
         } => {
-            if rows.extension().is_some_and(|e| e == "parquet")
-                || out.extension().is_some_and(|e| e == "parquet")
-            {
-                return Err(bad_input("Parquet is not supported yet; use .csv".into()));
-            }
-            let text = String::from_utf8(read_input(&rows)?)
-                .map_err(|e| bad_input(format!("{} is not UTF-8: {e}", rows.display())))?;
-            let (header, raw, parsed) = tessera_client::features::parse_rows_csv(&text)?;
+            use tessera_client::parquet_rows::{RowsFormat, RowsInput};
+            // Both formats first: a typo in either name fails with exit 2
+            // before anything is read, asked or written.
+            let in_format = RowsFormat::of_path(&rows)?;
+            let out_format = RowsFormat::of_path(&out)?;
+            let (input, parsed) =
+                RowsInput::parse(in_format, read_input(&rows)?, &rows.display().to_string())?;
+            input.check_output(out_format, &features)?;
             let values = client
                 .historical_features(
                     &tenant,
@@ -551,12 +551,19 @@ async fn features(client: &TesseraClient, command: FeaturesCommand) -> Result<()
                     token.as_deref().unwrap_or(""),
                 )
                 .await?;
-            let csv = tessera_client::features::format_rows_csv(&header, &raw, &features, &values);
+            let bytes = input.format(out_format, &features, &values)?;
             if out.as_os_str() == "-" {
-                print!("{csv}");
-                Ok(())
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(&bytes)
+                    .and_then(|()| stdout.flush())
+                    .map_err(|e| Failure {
+                        code: exit::OTHER,
+                        message: format!("cannot write to stdout: {e}"),
+                    })
             } else {
-                std::fs::write(&out, csv).map_err(|e| Failure {
+                std::fs::write(&out, bytes).map_err(|e| Failure {
                     code: exit::OTHER,
                     message: format!("cannot write {}: {e}", out.display()),
                 })
