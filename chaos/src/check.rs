@@ -207,6 +207,8 @@ async fn replica_get(
         id: id.to_string(),
         user: model::ROOT_USER.to_string(),
         min_applied: 0,
+        // The chaos tenants are never resized, so no fence applies.
+        map_epoch: 0,
     });
     req.set_timeout(OBSERVER_RPC);
     let r = tokio::time::timeout(OBSERVER_RPC, c.get(req))

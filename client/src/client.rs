@@ -107,7 +107,27 @@ impl TesseraClient {
         let info = resp
             .tenant
             .ok_or_else(|| ClientError::Internal("router returned no tenant".into()))?;
-        Ok(TenantView::from_info(info, resp.docs))
+        Ok(TenantView::from_info(info, resp.docs).with_shards(resp.shards))
+    }
+
+    /// Starts growing a tenant to `partitions` partitions (a multiple of
+    /// the current count). Returns once the resize has begun; the cluster
+    /// moves the documents in the background (`tenant` shows progress).
+    /// Asking again for the resize already running is safe.
+    pub async fn resize_tenant(
+        &self,
+        id: &str,
+        partitions: u32,
+    ) -> Result<TenantView, ClientError> {
+        let req = self.request(pb::ResizeTenantRequest {
+            id: id.to_string(),
+            partitions,
+        });
+        let resp = self.inner.clone().resize_tenant(req).await?.into_inner();
+        let info = resp
+            .tenant
+            .ok_or_else(|| ClientError::Internal("router returned no tenant".into()))?;
+        Ok(TenantView::from_info(info, 0))
     }
 
     /// Upserts documents (raw JSON, the DESIGN.md schema) and applies deletes.

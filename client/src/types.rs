@@ -80,12 +80,65 @@ pub struct TenantView {
     pub partitions: Vec<PartitionView>,
     /// Documents over all partitions.
     pub docs: u64,
+    /// The shards holding the tenant's data, with their replicas.
+    #[serde(default)]
+    pub shards: Vec<ShardView>,
+    /// A partition-count change in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizeView>,
+}
+
+/// One shard of a tenant and where its replicas are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardView {
+    /// Shard (Raft group) id.
+    pub id: u64,
+    /// Voting replicas (node ids).
+    pub voters: Vec<u64>,
+    /// Non-voting replicas in the tenant's other regions.
+    pub learners: Vec<u64>,
+}
+
+/// A resize in progress, as `tenant show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeView {
+    /// The new placement: partition index → shard.
+    pub to: Vec<u64>,
+    /// `copying` or `dropping`.
+    pub phase: String,
+    /// The map epoch that began it.
+    pub fence: u64,
+    /// Old shards already copied.
+    pub copied: Vec<u64>,
+    /// Shards that have dropped what they no longer own.
+    pub dropped: Vec<u64>,
 }
 
 impl TenantView {
+    /// Adds the shards (with replicas) of a `GetTenant` answer.
+    pub fn with_shards(mut self, shards: Vec<pb::ShardInfo>) -> Self {
+        self.shards = shards
+            .into_iter()
+            .map(|s| ShardView {
+                id: s.id,
+                voters: s.voters,
+                learners: s.learners,
+            })
+            .collect();
+        self
+    }
+
     /// Builds the view from the API's tenant record and document count.
     pub fn from_info(t: pb::TenantInfo, docs: u64) -> Self {
         TenantView {
+            resize: t.resize.map(|r| ResizeView {
+                to: r.to,
+                phase: r.phase,
+                fence: r.fence,
+                copied: r.copied,
+                dropped: r.dropped,
+            }),
+            shards: Vec::new(),
             partitions: t
                 .partitions
                 .iter()
@@ -555,13 +608,22 @@ mod tests {
                 home: "us-east".into(),
                 survival: "zone".into(),
                 partitions: vec![4, 9],
+                resize: Some(pb::ResizeInfo {
+                    to: vec![4, 9, 4, 7],
+                    fence: 3,
+                    phase: "copying".into(),
+                    copied: vec![4],
+                    dropped: vec![],
+                }),
             },
             12,
         );
         assert_eq!(
             serde_json::to_value(&t).expect("json"),
             json!({"id":"acme","regions":["us-east"],"home":"us-east","survival":"zone",
-                   "partitions":[{"index":0,"shard":4},{"index":1,"shard":9}],"docs":12})
+                   "partitions":[{"index":0,"shard":4},{"index":1,"shard":9}],"docs":12,
+                   "shards":[],
+                   "resize":{"to":[4,9,4,7],"phase":"copying","fence":3,"copied":[4],"dropped":[]}})
         );
         let s = ClusterStatus::from(pb::RouterStatusResponse {
             epoch: 5,

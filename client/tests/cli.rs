@@ -21,6 +21,7 @@ fn tenant_info(id: &str) -> TenantInfo {
         home: "us-east".into(),
         survival: "zone".into(),
         partitions: vec![3, 4],
+        resize: None,
     }
 }
 
@@ -72,6 +73,19 @@ impl Router for FakeRouter {
             tenant: Some(tenant_info(&r.id)),
             docs: 42,
             epoch: 2,
+            shards: Vec::new(),
+        }))
+    }
+
+    async fn resize_tenant(
+        &self,
+        r: Request<tessera_proto::pb::ResizeTenantRequest>,
+    ) -> Result<Response<CreateTenantResponse>, Status> {
+        let r = r.into_inner();
+        scripted(&r.id)?;
+        Ok(Response::new(CreateTenantResponse {
+            tenant: Some(tenant_info(&r.id)),
+            epoch: 3,
         }))
     }
 
@@ -388,7 +402,8 @@ fn get_status_tenant_and_groups_json_shapes() {
     assert_eq!(
         json_out(&o),
         json!({"id":"acme","regions":["us-east","eu-west"],"home":"us-east","survival":"zone",
-               "partitions":[{"index":0,"shard":3},{"index":1,"shard":4}],"docs":42})
+               "partitions":[{"index":0,"shard":3},{"index":1,"shard":4}],"docs":42,
+               "shards":[]})
     );
     let o = tessera(
         Some(addr),

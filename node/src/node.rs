@@ -160,6 +160,7 @@ impl TesseraNode {
             )),
             tokio::spawn(meta_driver(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(reconciler(inner.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::meta::mover::run(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(maintenance(inner.clone(), shutdown_rx)),
         ];
         tracing::info!(node = inner.id, grpc = %grpc_addr, raft = %spec.raft, "node started");

@@ -22,11 +22,11 @@ use tessera_proto::pb::router_server::Router as RouterApi;
 use tessera_proto::pb::{
     CreateTenantRequest, CreateTenantResponse, DeleteOp, GetRequest, GetTenantRequest,
     GetTenantResponse, GlobalStats, Hit, ItemKind, ItemRejection, Membership, PutDocumentsRequest,
-    PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse, ReplicaSelection, Restriction,
-    RouterGetRequest, RouterGetResponse, RouterNodeStatus, RouterSearchRequest,
-    RouterSearchResponse, RouterShardStatus, RouterStatusRequest, RouterStatusResponse,
-    SearchFilters, SearchRequest, ServedBy, StatsRequest, StatusRequest, TenantInfo, TermStat,
-    WriteRequest,
+    PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse, ReplicaSelection,
+    ResizeTenantRequest, Restriction, RouterGetRequest, RouterGetResponse, RouterNodeStatus,
+    RouterSearchRequest, RouterSearchResponse, RouterShardStatus, RouterStatusRequest,
+    RouterStatusResponse, SearchFilters, SearchRequest, ServedBy, StatsRequest, StatusRequest,
+    TenantInfo, TermStat, WriteRequest,
 };
 use tessera_proto::{NodeId, ShardId};
 use tonic::metadata::MetadataValue;
@@ -38,6 +38,11 @@ pub struct RouterService {
     backend: Arc<Backend>,
     limits: Arc<Limits>,
 }
+
+/// How many times a request is retried after a node said the router's
+/// cluster map is stale (a resize began or cut over since): each retry
+/// refreshes the map first.
+const STALE_MAP_RETRIES: u32 = 3;
 
 /// One accepted write item, remembered so a rejection by the node can be
 /// reported against the caller's index.
@@ -59,11 +64,23 @@ enum Item {
         index: u32,
         r: Restriction,
     },
+    /// Not counted either: the second copy of a caller's document or delete
+    /// while a resize runs, for the other placement.
+    Copy(Box<Item>),
 }
 
 impl Item {
+    /// The same item as an uncounted copy for another shard.
+    fn as_copy(&self) -> Item {
+        match self {
+            Item::Copy(_) => self.clone(),
+            other => Item::Copy(Box::new(other.clone())),
+        }
+    }
+
     fn size(&self) -> usize {
         match self {
+            Item::Copy(inner) => inner.size(),
             Item::Doc { json, .. } => json.len(),
             Item::Delete { op, .. } => op.id.len() + 16,
             Item::Restriction { r, .. } => {
@@ -74,11 +91,12 @@ impl Item {
 
     /// Whether the caller sent this item (and counts it as acknowledged).
     fn is_callers(&self) -> bool {
-        !matches!(self, Item::Restriction { .. })
+        !matches!(self, Item::Restriction { .. } | Item::Copy(_))
     }
 
     fn rejection(&self, error: &str) -> ItemRejection {
         let (index, kind) = match self {
+            Item::Copy(inner) => return inner.rejection(error),
             Item::Doc { index, .. } | Item::Restriction { index, .. } => (*index, ItemKind::Doc),
             Item::Delete { index, .. } => (*index, ItemKind::Delete),
         };
@@ -298,6 +316,7 @@ impl RouterService {
             query: query.to_string(),
             filters,
             min_applied,
+            map_epoch: scope.topo.epoch(),
         };
         let out = self
             .backend
@@ -360,6 +379,7 @@ impl RouterService {
                 profile: req.profile.clone(),
                 explain: req.explain,
                 experiment: req.experiment.clone(),
+                map_epoch: scope.topo.epoch(),
             };
             async move {
                 let plan = self.plan(scope, shard, min_applied)?;
@@ -479,7 +499,7 @@ impl RouterService {
                 .search_once(&scope, &req, limit, after.as_ref(), &token)
                 .await
             {
-                Err(e) if e.is_not_found() && attempt == 0 => {
+                Err(e) if e.is_not_found() && attempt < STALE_MAP_RETRIES => {
                     attempt += 1;
                     self.backend.map.refresh(deadline).await;
                 }
@@ -505,61 +525,79 @@ impl RouterService {
         let mut attempt = 0;
         loop {
             let (topo, tenant) = self.tenant(&req.tenant, deadline).await?;
-            let shard = Topology::shard_for_doc(&tenant, &req.id).ok_or_else(|| {
-                RouterError::Unavailable(format!(
+            let shards = Topology::write_shards_for_doc(&tenant, &req.id);
+            if shards.is_empty() {
+                return Err(RouterError::Unavailable(format!(
                     "tenant {} has no partitions assigned yet",
                     tenant.id
-                ))
-            })?;
-            let min_applied = token.min_applied(shard);
-            let node_req = GetRequest {
-                tenant: tenant.id.clone(),
-                shard,
-                id: req.id.clone(),
-                user: req.user.clone(),
-                min_applied,
-            };
+                )));
+            }
             let scope = ReadScope {
                 topo: &topo,
                 tenant: &tenant,
                 policy: self.backend.cfg.selection,
                 deadline,
             };
-            let plan = self.plan(&scope, shard, min_applied)?;
-            let result = self
-                .backend
-                .hedged_read(&topo, plan, |mut c, budget| {
-                    let mut r = Request::new(node_req.clone());
-                    r.set_timeout(budget);
-                    async move {
-                        let resp = c.get(r).await?;
-                        if min_applied > 0 && resp.get_ref().applied < min_applied {
-                            return Err(behind_status(resp.get_ref().applied));
-                        }
-                        Ok(resp)
-                    }
-                })
-                .await;
+            // While a resize runs the document may not have reached its new
+            // shard yet: ask the new one first, then the old one.
+            let mut result = Err(RouterError::Unavailable("no shard asked".into()));
+            for shard in shards {
+                result = self.get_from(&scope, shard, &req, &token).await;
+                if matches!(&result, Ok(r) if r.found) {
+                    break;
+                }
+            }
             match result {
-                Err(e) if e.is_not_found() && attempt == 0 => {
+                Err(e) if e.is_not_found() && attempt < STALE_MAP_RETRIES => {
                     attempt += 1;
                     self.backend.map.refresh(deadline).await;
                 }
-                Err(e) => return Err(e),
-                Ok(out) => {
-                    let sb = served_by(&self.backend, shard, &out, out.value.applied);
-                    return Ok(RouterGetResponse {
-                        found: out.value.found,
-                        doc_json: if out.value.found {
-                            out.value.doc_json
-                        } else {
-                            Vec::new()
-                        },
-                        served_by: Some(sb),
-                    });
-                }
+                other => return other,
             }
         }
+    }
+
+    async fn get_from(
+        &self,
+        scope: &ReadScope<'_>,
+        shard: ShardId,
+        req: &RouterGetRequest,
+        token: &SessionToken,
+    ) -> Result<RouterGetResponse, RouterError> {
+        let min_applied = token.min_applied(shard);
+        let node_req = GetRequest {
+            tenant: scope.tenant.id.clone(),
+            shard,
+            id: req.id.clone(),
+            user: req.user.clone(),
+            min_applied,
+            map_epoch: scope.topo.epoch(),
+        };
+        let plan = self.plan(scope, shard, min_applied)?;
+        let out = self
+            .backend
+            .hedged_read(scope.topo, plan, |mut c, budget| {
+                let mut r = Request::new(node_req.clone());
+                r.set_timeout(budget);
+                async move {
+                    let resp = c.get(r).await?;
+                    if min_applied > 0 && resp.get_ref().applied < min_applied {
+                        return Err(behind_status(resp.get_ref().applied));
+                    }
+                    Ok(resp)
+                }
+            })
+            .await?;
+        let sb = served_by(&self.backend, shard, &out, out.value.applied);
+        Ok(RouterGetResponse {
+            found: out.value.found,
+            doc_json: if out.value.found {
+                out.value.doc_json
+            } else {
+                Vec::new()
+            },
+            served_by: Some(sb),
+        })
     }
 
     async fn get_tenant_inner(
@@ -581,11 +619,24 @@ impl RouterService {
                 .map(|shard| self.shard_stats(&scope, shard, "", None, 0)),
         )
         .await?;
-        let docs = parts.iter().map(|p| p.num_docs).sum();
+        // While a resize runs both placements hold the moving documents:
+        // count the current placement's shards only.
+        let current = &tenant.partitions;
+        let docs = Topology::tenant_shards(&tenant)
+            .iter()
+            .zip(&parts)
+            .filter(|(s, _)| tenant.resize.is_none() || current.contains(s))
+            .map(|(_, p)| p.num_docs)
+            .sum();
+        let shards = Topology::tenant_shards(&tenant)
+            .into_iter()
+            .filter_map(|s| topo.shard(s).cloned())
+            .collect();
         Ok(GetTenantResponse {
             epoch: topo.epoch(),
             tenant: Some(tenant),
             docs,
+            shards,
         })
     }
 
@@ -684,6 +735,43 @@ impl RouterService {
         )))
     }
 
+    /// Starts a resize on the meta group (through any node: a follower
+    /// forwards to the meta leader). The mover on the meta leader finishes it.
+    async fn resize_tenant_inner(
+        &self,
+        req: ResizeTenantRequest,
+        deadline: Deadline,
+    ) -> Result<CreateTenantResponse, RouterError> {
+        validate::tenant(&req.id)?;
+        let (topo, _) = self.tenant(&req.id, deadline).await?;
+        let mut last = String::from("no node to send it to");
+        for node in topo.nodes() {
+            if deadline.expired() {
+                break;
+            }
+            let mut client = self.backend.pool.client(&node.grpc_addr)?;
+            let budget = deadline.downstream(None);
+            let mut r = Request::new(req.clone());
+            r.set_timeout(budget);
+            match tokio::time::timeout(budget, client.resize_tenant(r)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    self.await_epoch(resp.epoch, deadline).await;
+                    return Ok(resp);
+                }
+                Ok(Err(s)) if s.code() == Code::InvalidArgument || s.code() == Code::NotFound => {
+                    return Err(RouterError::from_node_status("resize tenant", &s))
+                }
+                Ok(Err(s)) => last = format!("{}: {}", node.grpc_addr, s.message()),
+                Err(_) => last = format!("{}: no answer in time", node.grpc_addr),
+            }
+        }
+        Err(RouterError::Unavailable(format!(
+            "resize tenant {}: no node could reach the meta leader ({last}); retrying is safe",
+            req.id
+        )))
+    }
+
     /// Waits until the cached map has at least `epoch` (bounded), so a read
     /// right after a change sees it.
     async fn await_epoch(&self, epoch: u64, deadline: Deadline) {
@@ -700,6 +788,7 @@ impl RouterService {
     /// a shard in order). Returns acked count, node rejections, token.
     async fn write_items(
         &self,
+        map_epoch: u64,
         tenant: &TenantInfo,
         items: Vec<Item>,
         deadline: Deadline,
@@ -711,23 +800,25 @@ impl RouterService {
                 Item::Doc { id, .. } => id,
                 Item::Delete { op, .. } => &op.id,
                 Item::Restriction { r, .. } => &r.page,
+                Item::Copy(_) => continue,
             };
-            let shard = Topology::shard_for_doc(tenant, id).ok_or_else(|| {
-                RouterError::Unavailable(format!(
+            let targets = Topology::write_shards_for_doc(tenant, id);
+            if targets.is_empty() {
+                return Err(RouterError::Unavailable(format!(
                     "tenant {} has no partitions assigned yet",
                     tenant.id
-                ))
-            })?;
+                )));
+            }
             // A page's descendants may live on any partition: every other
             // shard of the tenant learns the page's own restriction set.
-            if let (Item::Doc { index, json, .. }, true) = (&it, shards.len() > 1) {
+            if let (Item::Doc { index, json, .. }, true) = (&it, shards.len() > targets.len()) {
                 if let Ok(doc) = tessera_proto::Document::from_json_bytes(json) {
                     let r = Restriction {
                         page: doc.id,
                         version: doc.version,
                         principals: doc.permissions.page,
                     };
-                    for other in shards.iter().filter(|s| **s != shard) {
+                    for other in shards.iter().filter(|s| !targets.contains(s)) {
                         by_shard.entry(*other).or_default().push(Item::Restriction {
                             index: *index,
                             r: r.clone(),
@@ -735,7 +826,13 @@ impl RouterService {
                     }
                 }
             }
-            by_shard.entry(shard).or_default().push(it);
+            // The caller's item is counted once, on its first shard; the
+            // copy for the other placement must succeed too, or the write
+            // fails as a whole.
+            for (n, shard) in targets.iter().enumerate() {
+                let copy = if n == 0 { it.clone() } else { it.as_copy() };
+                by_shard.entry(*shard).or_default().push(copy);
+            }
         }
         let max_bytes = self.backend.cfg.max_write_bytes;
         let per_shard = by_shard.into_iter().map(|(shard, items)| async move {
@@ -746,13 +843,19 @@ impl RouterService {
                 let mut req = WriteRequest {
                     tenant: tenant.id.clone(),
                     shard,
+                    map_epoch,
                     ..Default::default()
                 };
                 for it in &batch {
+                    let it = match it {
+                        Item::Copy(inner) => inner.as_ref(),
+                        other => other,
+                    };
                     match it {
                         Item::Doc { json, .. } => req.docs_json.push(json.clone()),
                         Item::Delete { op, .. } => req.deletes.push(op.clone()),
                         Item::Restriction { r, .. } => req.restrictions.push(r.clone()),
+                        Item::Copy(_) => {}
                     }
                 }
                 match self.backend.write_shard(shard, req, deadline).await {
@@ -843,11 +946,14 @@ impl RouterService {
             if items.is_empty() {
                 break (0, Vec::new(), SessionToken::new());
             }
-            let (_topo, tenant) = self.tenant(&req.tenant, deadline).await?;
-            match self.write_items(&tenant, items.clone(), deadline).await {
+            let (topo, tenant) = self.tenant(&req.tenant, deadline).await?;
+            match self
+                .write_items(topo.epoch(), &tenant, items.clone(), deadline)
+                .await
+            {
                 // Writes are idempotent, so redoing every batch after a map
                 // refresh is safe.
-                Err(e) if e.is_not_found() && attempt == 0 => {
+                Err(e) if e.is_not_found() && attempt < STALE_MAP_RETRIES => {
                     attempt += 1;
                     self.backend.map.refresh(deadline).await;
                 }
@@ -898,7 +1004,7 @@ impl RouterService {
         }
         let mut attempt = 0;
         loop {
-            let (_topo, tenant) = self.tenant(&req.tenant, deadline).await?;
+            let (topo, tenant) = self.tenant(&req.tenant, deadline).await?;
             // Memberships are tenant data every partition needs for its
             // permission filter, so every shard of the tenant gets them all.
             let writes = Topology::tenant_shards(&tenant).into_iter().map(|shard| {
@@ -906,6 +1012,7 @@ impl RouterService {
                     tenant: tenant.id.clone(),
                     shard,
                     memberships: valid.clone(),
+                    map_epoch: topo.epoch(),
                     ..Default::default()
                 };
                 async move { (shard, self.backend.write_shard(shard, req, deadline).await) }
@@ -924,7 +1031,7 @@ impl RouterService {
                 }
             }
             match err {
-                Some(e) if e.is_not_found() && attempt == 0 => {
+                Some(e) if e.is_not_found() && attempt < STALE_MAP_RETRIES => {
                     attempt += 1;
                     self.backend.map.refresh(deadline).await;
                 }
@@ -1056,6 +1163,21 @@ impl RouterApi for RouterService {
             "create_tenant",
             None,
             self.create_tenant_inner(req, deadline),
+        )
+        .await
+    }
+
+    async fn resize_tenant(
+        &self,
+        request: Request<ResizeTenantRequest>,
+    ) -> Result<Response<CreateTenantResponse>, Status> {
+        let deadline = self.write_deadline(&request, 0);
+        let req = request.into_inner();
+        let tenant = req.id.clone();
+        self.run(
+            "resize_tenant",
+            Some(&tenant),
+            self.resize_tenant_inner(req, deadline),
         )
         .await
     }

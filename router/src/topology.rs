@@ -78,13 +78,13 @@ impl Topology {
         v
     }
 
-    /// The distinct shards a tenant lives on, in partition order.
-    ///
-    /// Two partitions on one shard are searched once: a shard's search
-    /// covers every document of the tenant it holds.
+    /// Every shard holding the tenant's data, each once: while a resize
+    /// runs, the old placement and the new one (reads cover both and
+    /// deduplicate by id; memberships and restrictions go to all).
     pub fn tenant_shards(tenant: &TenantInfo) -> Vec<ShardId> {
+        let moving = tenant.resize.iter().flat_map(|r| r.to.iter());
         let mut out: Vec<ShardId> = Vec::with_capacity(tenant.partitions.len());
-        for s in &tenant.partitions {
+        for s in tenant.partitions.iter().chain(moving) {
             if !out.contains(s) {
                 out.push(*s);
             }
@@ -92,13 +92,25 @@ impl Topology {
         out
     }
 
-    /// The shard owning document `id` of `tenant`: `partitions[hash(id) % p]`.
+    /// The shard of document `id` under the tenant's current placement.
     pub fn shard_for_doc(tenant: &TenantInfo, id: &str) -> Option<ShardId> {
-        let p = u32::try_from(tenant.partitions.len()).ok()?;
-        if p == 0 {
-            return None;
+        placed(&tenant.partitions, id)
+    }
+
+    /// The shards a write of document `id` goes to: its shard, and while a
+    /// resize runs, its shard under the new placement first. Both copies
+    /// stay current, so a read of either placement is right.
+    pub fn write_shards_for_doc(tenant: &TenantInfo, id: &str) -> Vec<ShardId> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(r) = &tenant.resize {
+            out.extend(placed(&r.to, id));
         }
-        tenant.partitions.get(partition_of(id, p) as usize).copied()
+        if let Some(s) = placed(&tenant.partitions, id) {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
     }
 
     /// Every replica (voters, then learners) of a shard on a known node.
@@ -130,6 +142,12 @@ impl Topology {
         });
         v
     }
+}
+
+/// The shard of document `id` under `placement` (partition index → shard).
+fn placed(placement: &[ShardId], id: &str) -> Option<ShardId> {
+    let p = u32::try_from(placement.len()).ok().filter(|p| *p > 0)?;
+    placement.get(partition_of(id, p) as usize).copied()
 }
 
 #[cfg(test)]
@@ -177,6 +195,7 @@ pub(crate) mod tests {
                     home: "us-east".into(),
                     survival: "zone".into(),
                     partitions: vec![1, 2, 1],
+                    resize: None,
                 },
                 TenantInfo {
                     id: "solo".into(),
@@ -184,9 +203,32 @@ pub(crate) mod tests {
                     home: "eu-west".into(),
                     survival: "zone".into(),
                     partitions: vec![2],
+                    resize: None,
                 },
             ],
         }
+    }
+
+    #[test]
+    fn a_resize_reads_both_placements_and_writes_both_shards_of_a_document() {
+        let mut t = sample_map().tenants[1].clone();
+        assert_eq!(Topology::tenant_shards(&t), vec![2]);
+        t.resize = Some(tessera_proto::pb::ResizeInfo {
+            to: vec![2, 5],
+            ..Default::default()
+        });
+        assert_eq!(Topology::tenant_shards(&t), vec![2, 5]);
+        let mut moving = 0;
+        for i in 0..100 {
+            let id = format!("p-{i}");
+            let shards = Topology::write_shards_for_doc(&t, &id);
+            assert_eq!(shards.last(), Some(&2), "the old shard is always written");
+            if shards.len() == 2 {
+                assert_eq!(shards[0], 5, "the new shard comes first");
+                moving += 1;
+            }
+        }
+        assert!(moving > 20 && moving < 80, "about half move: {moving}");
     }
 
     #[test]

@@ -326,6 +326,7 @@ impl Node for FakeNode {
                 partitions: (0..req.partitions.max(1) as usize)
                     .map(|i| shards[i % shards.len()])
                     .collect(),
+                resize: None,
             };
             m.tenants.push(t.clone());
             m.epoch += 1;
@@ -388,6 +389,34 @@ impl Node for FakeNode {
     ) -> Result<Response<SnapshotResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn resize_tenant(
+        &self,
+        _r: Request<tessera_proto::pb::ResizeTenantRequest>,
+    ) -> Result<Response<CreateTenantResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn fence(
+        &self,
+        _r: Request<tessera_proto::pb::FenceRequest>,
+    ) -> Result<Response<tessera_proto::pb::FenceResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn export(
+        &self,
+        _r: Request<tessera_proto::pb::ExportRequest>,
+    ) -> Result<Response<tessera_proto::pb::ExportResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn drop(
+        &self,
+        _r: Request<tessera_proto::pb::DropRequest>,
+    ) -> Result<Response<tessera_proto::pb::DropResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Four fake nodes (1, 2 in us-east; 3 in eu-west; 4 in ap-south), shards 1
@@ -444,6 +473,7 @@ async fn start(tweak: impl FnOnce(&mut RouterConfig)) -> Harness {
                 home: "us-east".into(),
                 survival: "zone".into(),
                 partitions: vec![1, 2],
+                resize: None,
             },
             TenantInfo {
                 id: "solo".into(),
@@ -451,6 +481,7 @@ async fn start(tweak: impl FnOnce(&mut RouterConfig)) -> Harness {
                 home: "eu-west".into(),
                 survival: "zone".into(),
                 partitions: vec![1],
+                resize: None,
             },
         ],
     };

@@ -150,6 +150,7 @@ async fn observe(
                 id: id.clone(),
                 user: user.to_string(),
                 min_applied: tenant.tokens.get(&shard).copied().unwrap_or(0),
+                map_epoch: 0,
             })
             .await
             .map_err(|e| e.to_string())?
@@ -358,6 +359,7 @@ async fn visible_everywhere(
                     id: id.to_string(),
                     user: user.into(),
                     min_applied: token,
+                    map_epoch: 0,
                 })
                 .await
                 .expect("get")

@@ -88,6 +88,7 @@ async fn leader_kill_loses_no_acknowledged_write() {
                     id: id_to_check.clone(),
                     user: "u:x".into(),
                     min_applied: last,
+                    map_epoch: 0,
                 })
                 .await
                 .expect("get")

@@ -6,13 +6,21 @@
 //! command, and two concurrent tenant creations can never pick the same new
 //! shard id.
 
+pub mod legacy;
+pub mod mover;
 pub mod placement;
+pub mod resize;
+
+pub use resize::{Resize, ResizeStep};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tessera_proto::document::{check_name, validate_tenant};
 use tessera_proto::pb;
 use tessera_proto::{NodeId, ShardId};
+
+/// Marks a stored map as JSON (older maps are bincode; see [`legacy`]).
+const STORED_MAP_MARKER: &[u8] = b"tessera-map-json\0";
 
 /// Most partitions one tenant may have.
 pub const MAX_PARTITIONS: u32 = 256;
@@ -95,6 +103,32 @@ pub struct TenantEntry {
     pub survival: Survival,
     /// Partition index → shard id.
     pub partitions: Vec<ShardId>,
+    /// A partition-count change in progress: while it runs, reads cover
+    /// both placements and writes go to both (see [`resize`]).
+    #[serde(default)]
+    pub resize: Option<Resize>,
+}
+
+/// Placement knobs. They live in the replicated map, not in each node's
+/// config, so that every replica of the meta group places alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlacementSettings {
+    /// Shards a residency policy's ring starts with, so that small tenants
+    /// spread from the first one instead of piling onto one shard.
+    pub min_shards: u32,
+    /// A shard holding partitions of this many tenants is full: new
+    /// tenants go to other shards of the ring, or to a new shard.
+    pub max_tenants_per_shard: u32,
+}
+
+impl Default for PlacementSettings {
+    fn default() -> Self {
+        PlacementSettings {
+            min_shards: 1,
+            max_tenants_per_shard: 512,
+        }
+    }
 }
 
 /// The replicated cluster map. `epoch` grows with every change.
@@ -104,6 +138,9 @@ pub struct ClusterMap {
     pub nodes: BTreeMap<NodeId, NodeEntry>,
     pub shards: BTreeMap<ShardId, ShardEntry>,
     pub tenants: BTreeMap<String, TenantEntry>,
+    /// Placement knobs (see [`PlacementSettings`]).
+    #[serde(default)]
+    pub settings: PlacementSettings,
 }
 
 /// A request to create a tenant, as validated by `apply`.
@@ -125,6 +162,18 @@ pub enum MetaCommand {
     CreateTenant(TenantSpec),
     /// Adds a learner replica to a shard (residency is checked).
     AddLearner { shard: ShardId, node: NodeId },
+    /// Replaces the placement knobs (the meta leader proposes its config's).
+    Configure(PlacementSettings),
+    /// Starts changing a tenant's partition count (a multiple of the
+    /// current one): assigns the new partitions and fences the old map.
+    BeginResize { tenant: String, partitions: u32 },
+    /// Records a finished step of the resize that began at map epoch
+    /// `fence`; the last step cuts over to the new placement.
+    ResizeStep {
+        tenant: String,
+        fence: u64,
+        step: ResizeStep,
+    },
 }
 
 /// The result of a meta command.
@@ -145,8 +194,42 @@ impl ClusterMap {
             MetaCommand::RegisterNodes(nodes) => self.register_nodes(nodes),
             MetaCommand::CreateTenant(spec) => self.create_tenant(spec),
             MetaCommand::AddLearner { shard, node } => self.add_learner(*shard, *node),
+            MetaCommand::Configure(settings) => Ok(self.configure(settings)),
+            MetaCommand::BeginResize { tenant, partitions } => {
+                self.begin_resize(tenant, *partitions)
+            }
+            MetaCommand::ResizeStep {
+                tenant,
+                fence,
+                step,
+            } => self.resize_step(tenant, *fence, step),
         };
         result.unwrap_or_else(MetaOutcome::Rejected)
+    }
+
+    fn configure(&mut self, settings: &PlacementSettings) -> MetaOutcome {
+        if &self.settings != settings {
+            self.settings = settings.clone();
+            self.bump();
+        }
+        MetaOutcome::Ok { epoch: self.epoch }
+    }
+
+    /// Serialises the map for storage: JSON behind a marker, so that fields
+    /// added later (with serde defaults) still read old maps.
+    pub fn encode_stored(&self) -> Result<Vec<u8>, String> {
+        let mut out = STORED_MAP_MARKER.to_vec();
+        serde_json::to_writer(&mut out, self).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// Reads a stored map: the JSON form, or the bincode form of maps
+    /// written before it (see [`legacy`]).
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.strip_prefix(STORED_MAP_MARKER) {
+            Some(json) => serde_json::from_slice(json).map_err(|e| e.to_string()),
+            None => legacy::decode(bytes),
+        }
     }
 
     fn bump(&mut self) -> u64 {
@@ -193,6 +276,7 @@ impl ClusterMap {
             home: policy.home.clone(),
             survival: policy.survival,
             partitions: shards,
+            resize: None,
         };
         self.tenants.insert(tenant.id.clone(), tenant.clone());
         let epoch = self.bump();
@@ -265,7 +349,8 @@ impl ClusterMap {
     pub fn residency_violations(&self) -> Vec<String> {
         let mut out = Vec::new();
         for t in self.tenants.values() {
-            for shard in &t.partitions {
+            let moving = t.resize.iter().flat_map(|r| r.to.iter());
+            for shard in t.partitions.iter().chain(moving) {
                 let Some(s) = self.shards.get(shard) else {
                     out.push(format!("tenant {} maps to missing shard {shard}", t.id));
                     continue;
@@ -325,6 +410,13 @@ impl TenantEntry {
             home: self.home.clone(),
             survival: self.survival.as_str().to_string(),
             partitions: self.partitions.clone(),
+            resize: self.resize.as_ref().map(|r| pb::ResizeInfo {
+                to: r.to.clone(),
+                fence: r.fence,
+                phase: r.phase(&self.partitions).as_str().to_string(),
+                copied: r.copied.clone(),
+                dropped: r.dropped.clone(),
+            }),
         }
     }
 }

@@ -11,9 +11,21 @@ use tessera_proto::{NodeId, ShardId};
 /// Voters every shard aims for, so that losing one node never stops writes.
 pub const TARGET_VOTERS: usize = 3;
 
+/// Most partitions of one tenant a single shard takes when the tenant
+/// grows: growth is meant to spread a tenant's load, so a new partition
+/// goes to a shard holding fewer of the tenant's partitions, or to a new
+/// shard once every shard of the ring holds this many.
+pub const MAX_TENANT_PARTITIONS_PER_SHARD: usize = 2;
+
+/// Virtual nodes per shard on the ring: enough that tenants spread evenly
+/// over a few dozen shards.
+const RING_VNODES: usize = 64;
+
 /// Picks (and creates where needed) `partitions` distinct shards for a new
-/// tenant. Small tenants share existing shards of the same policy, chosen by
-/// rendezvous hashing on the tenant id so the choice is stable and spread.
+/// tenant. Small tenants share existing shards of the same policy: a
+/// consistent hash ring over the policy's shards that are not full picks
+/// them, so the choice is stable and spread, and adding a shard moves no
+/// existing tenant.
 pub fn assign_partitions(
     map: &mut ClusterMap,
     tenant: &str,
@@ -21,31 +33,99 @@ pub fn assign_partitions(
     partitions: u32,
 ) -> Result<Vec<ShardId>, String> {
     let want = partitions as usize;
-    let mut eligible: Vec<ShardId> = map
-        .shards
+    while policy_shards(map, policy).len() < map.settings.min_shards as usize {
+        create_shard(map, policy)?;
+    }
+    let mut open = open_shards(map, policy);
+    while open.len() < want {
+        open.push(create_shard(map, policy)?);
+    }
+    Ok(ring_order(&open, tenant).into_iter().take(want).collect())
+}
+
+/// Shards for the partitions `old.len()..total` of a growing tenant,
+/// spread by the ring over shards that hold fewer of its partitions.
+pub fn assign_growth(
+    map: &mut ClusterMap,
+    tenant: &str,
+    policy: &Policy,
+    old: &[ShardId],
+    total: usize,
+) -> Result<Vec<ShardId>, String> {
+    let mut held: BTreeMap<ShardId, usize> = BTreeMap::new();
+    for s in old {
+        *held.entry(*s).or_default() += 1;
+    }
+    let mut out = old.to_vec();
+    while out.len() < total {
+        let mut candidates = open_shards(map, policy);
+        let extra: Vec<ShardId> = held
+            .keys()
+            .filter(|s| !candidates.contains(s))
+            .copied()
+            .collect();
+        candidates.extend(extra);
+        let order = ring_order(&candidates, tenant);
+        let count = |s: &ShardId| held.get(s).copied().unwrap_or(0);
+        let pick = match order.iter().find(|s| count(s) == 0) {
+            Some(s) => *s,
+            None => match order
+                .iter()
+                .filter(|s| count(s) < MAX_TENANT_PARTITIONS_PER_SHARD)
+                .min_by_key(|s| count(s))
+            {
+                Some(s) => *s,
+                None => create_shard(map, policy)?,
+            },
+        };
+        *held.entry(pick).or_default() += 1;
+        out.push(pick);
+    }
+    Ok(out)
+}
+
+/// Shards of `policy`, in id order.
+fn policy_shards(map: &ClusterMap, policy: &Policy) -> Vec<ShardId> {
+    map.shards
         .values()
         .filter(|s| &s.policy == policy)
         .map(|s| s.id)
-        .collect();
-    while eligible.len() < want {
-        let id = create_shard(map, policy)?;
-        eligible.push(id);
+        .collect()
+}
+
+/// Shards of `policy` that take new tenants: those holding partitions of
+/// fewer than `max_tenants_per_shard` tenants.
+fn open_shards(map: &ClusterMap, policy: &Policy) -> Vec<ShardId> {
+    let tenants = tenants_per_shard(map);
+    let cap = map.settings.max_tenants_per_shard.max(1) as usize;
+    policy_shards(map, policy)
+        .into_iter()
+        .filter(|s| tenants.get(s).copied().unwrap_or(0) < cap)
+        .collect()
+}
+
+/// How many tenants have a partition (current or being moved in) on each shard.
+pub fn tenants_per_shard(map: &ClusterMap) -> BTreeMap<ShardId, usize> {
+    let mut out: BTreeMap<ShardId, usize> = BTreeMap::new();
+    for t in map.tenants.values() {
+        let mut shards: BTreeSet<ShardId> = t.partitions.iter().copied().collect();
+        if let Some(r) = &t.resize {
+            shards.extend(r.to.iter().copied());
+        }
+        for s in shards {
+            *out.entry(s).or_default() += 1;
+        }
     }
-    eligible.sort_by_key(|s| std::cmp::Reverse(rendezvous(tenant, *s)));
-    Ok(eligible.into_iter().take(want).collect())
+    out
 }
 
-fn rendezvous(tenant: &str, shard: ShardId) -> u64 {
-    let mut key = tenant.as_bytes().to_vec();
-    key.extend_from_slice(&shard.to_be_bytes());
-    xxhash(&key)
-}
-
-fn xxhash(bytes: &[u8]) -> u64 {
-    // FNV-1a is enough for a stable spread; it has no dependency and never changes.
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// `shards` in the order the consistent hash ring offers them to `tenant`.
+fn ring_order(shards: &[ShardId], tenant: &str) -> Vec<ShardId> {
+    let nodes = shards
+        .iter()
+        .map(|s| consistent_hash::Node::new(*s).quantity(RING_VNODES));
+    let ring = consistent_hash::StaticHashRing::new(consistent_hash::DefaultHash, nodes);
+    ring.calc_candidates(&tenant).map(|n| n.key).collect()
 }
 
 /// Creates a shard with replicas placed for `policy`.

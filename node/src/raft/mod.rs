@@ -9,6 +9,8 @@
 // large, but boxing it would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod export;
+pub mod guard;
 pub mod log_store;
 pub mod network;
 pub mod registry;
@@ -47,6 +49,9 @@ pub enum Request {
     /// Feature store events or definitions of one tenant (shard groups only).
     /// Appended last so the encoding of the other variants is unchanged.
     Features(crate::features::FeatureCommand),
+    /// Commands checked against the tenant's resize fence on this shard
+    /// (see [`guard`]). Appended last, like `Features`.
+    Guarded(guard::GuardedCommand),
 }
 
 /// One write batch of one tenant. Documents travel as their validated JSON
@@ -81,6 +86,9 @@ pub enum Response {
         changed: bool,
         events: u32,
     },
+    /// The command was made with a cluster map older than the tenant's
+    /// fence on this shard; nothing changed. The sender refreshes its map.
+    Stale { fence: u64 },
 }
 
 /// Converts any error into openraft's storage error for the given subject.

@@ -29,6 +29,8 @@ use crate::storage::{
     CF_SNAPSHOTS, STATE_CFS,
 };
 
+mod guarded;
+
 /// A stored document or tombstone. Tombstones keep the delete's version so
 /// that a late retry of an older upsert stays a no-op.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,7 +89,12 @@ impl MetaState {
     /// Loads the persisted map (or an empty one).
     pub fn load(storage: &Storage) -> Result<Self, StorageError> {
         let map = match storage.get(CF_SM_META, &keys::meta_key(0, keys::suffix::CLUSTER_MAP))? {
-            Some(bytes) => decode(CF_SM_META, &bytes)?,
+            Some(bytes) => {
+                ClusterMap::decode_stored(&bytes).map_err(|reason| StorageError::Corrupt {
+                    cf: CF_SM_META,
+                    reason,
+                })?
+            }
             None => ClusterMap::default(),
         };
         let (tx, _) = watch::channel(Arc::new(map));
@@ -113,6 +120,11 @@ pub struct ShardData {
 }
 
 impl ShardData {
+    /// `tenant`'s resize guard on this shard (see [`crate::raft::guard`]).
+    pub fn guard(&self, tenant: &str) -> Result<crate::raft::guard::TenantGuard, StorageError> {
+        crate::raft::guard::TenantGuard::load(&self.storage, self.group, tenant)
+    }
+
     /// The stored row of a document (live or tombstone).
     pub fn doc(&self, tenant: &str, id: &str) -> Result<Option<StoredDoc>, StorageError> {
         self.storage
@@ -435,6 +447,10 @@ struct ShardApplier<'a> {
     /// Restriction and descendant-index rows written in this batch
     /// (`None` = deleted), so later commands of the batch read them.
     pending_meta: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Resize guards written in this batch.
+    pending_guards: HashMap<String, crate::raft::guard::TenantGuard>,
+    /// Membership rows written in this batch.
+    pending_members: std::collections::HashSet<Vec<u8>>,
     index_ops: Vec<IndexOp>,
 }
 
@@ -464,6 +480,8 @@ impl<'a> ShardApplier<'a> {
             pending_docs: HashMap::new(),
             pending_stats: HashMap::new(),
             pending_meta: BTreeMap::new(),
+            pending_guards: HashMap::new(),
+            pending_members: std::collections::HashSet::new(),
             index_ops: Vec::new(),
         }
     }
@@ -558,7 +576,8 @@ impl<'a> ShardApplier<'a> {
         for (user, groups) in &cmd.memberships {
             let key = keys::entity_key(self.data.group, &cmd.tenant, user);
             self.batch
-                .put_cf(self.data.storage.cf(CF_MEMBERS)?, key, encode(groups)?);
+                .put_cf(self.data.storage.cf(CF_MEMBERS)?, &key, encode(groups)?);
+            self.pending_members.insert(key);
             applied += 1;
         }
         for (page, version, principals) in &cmd.restrictions {
@@ -860,6 +879,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Some(a) => a.apply(entry.log_id.index, cmd).map_err(Self::sm_err)?,
                     None => Response::Empty,
                 },
+                EntryPayload::Normal(Request::Guarded(cmd)) => match applier.as_mut() {
+                    Some(a) => a
+                        .apply_guarded(entry.log_id.index, cmd)
+                        .map_err(Self::sm_err)?,
+                    None => Response::Empty,
+                },
                 EntryPayload::Normal(Request::Features(cmd)) => match features.as_mut() {
                     Some(f) => {
                         let out = f.apply(entry.log_id.index, cmd).map_err(Self::sm_err)?;
@@ -898,7 +923,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.put_meta(&mut batch, keys::suffix::APPLIED, &self.last_applied)?;
         self.put_meta(&mut batch, keys::suffix::MEMBERSHIP, &self.membership)?;
         if let Some(map) = &meta_map {
-            self.put_meta(&mut batch, keys::suffix::CLUSTER_MAP, map)?;
+            let bytes = map.encode_stored().map_err(Self::sm_err)?;
+            batch.put_cf(
+                self.storage.cf(CF_SM_META).map_err(Self::sm_err)?,
+                keys::meta_key(self.group, keys::suffix::CLUSTER_MAP),
+                bytes,
+            );
         }
         self.storage.write(batch).map_err(Self::sm_err)?;
         if let Some(touched) = touched {

@@ -8,6 +8,7 @@
 
 pub mod features;
 mod rank;
+pub mod resize;
 pub mod validate;
 
 use std::collections::{BTreeSet, HashMap};
@@ -136,7 +137,10 @@ impl NodeService {
     async fn check_tenant_shard(&self, tenant: &str, shard: ShardId) -> Result<(), Status> {
         let mut rx = self.node.meta.subscribe();
         let holds = |m: &crate::meta::ClusterMap| {
-            m.tenants.get(tenant).map(|t| t.partitions.contains(&shard))
+            m.tenants.get(tenant).map(|t| {
+                t.partitions.contains(&shard)
+                    || t.resize.as_ref().is_some_and(|r| r.to.contains(&shard))
+            })
         };
         let wait = tokio::time::timeout(MAP_CATCH_UP, rx.wait_for(|m| holds(m).is_some())).await;
         match holds(&self.node.meta.map()) {
@@ -297,7 +301,12 @@ impl Node for NodeService {
         self.check_tenant_shard(&req.tenant, req.shard).await?;
         let (handle, _) = self.shard(req.shard)?;
         let timeout = timeout_of(req.timeout_ms);
-        let proposal = propose_indexed(&handle.raft, RaftRequest::Shard(cmd));
+        let guarded = crate::raft::guard::GuardedCommand::Write {
+            map_epoch: req.map_epoch,
+            keep_memberships: req.keep_newer_memberships,
+            cmd,
+        };
+        let proposal = propose_indexed(&handle.raft, RaftRequest::Guarded(guarded));
         let (index, response) = tokio::time::timeout(timeout, proposal)
             .await
             .map_err(|_| {
@@ -311,6 +320,9 @@ impl Node for NodeService {
                 applied_ops,
                 noop_ops,
             } => (applied_ops, noop_ops),
+            RaftResponse::Stale { fence } => {
+                return Err(resize::stale_map(&req.tenant, req.map_epoch, fence))
+            }
             _ => (0, 0),
         };
         metrics::counter!("tessera_write_ops_total").increment(u64::from(applied_ops + noop_ops));
@@ -333,6 +345,7 @@ impl Node for NodeService {
         let limit = validate::search(&req)?;
         self.check_tenant_shard(&req.tenant, req.shard).await?;
         let (_, data) = self.shard(req.shard)?;
+        Self::check_fence(&data, &req.tenant, req.map_epoch)?;
         Self::wait_index(&data, req.min_applied, timeout_of(req.timeout_ms)).await?;
         let filters = req.filters.clone().unwrap_or_default();
         let principals = Self::principals(&data, &req.tenant, &req.user)?;
@@ -482,6 +495,7 @@ impl Node for NodeService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.check_tenant_shard(&req.tenant, req.shard).await?;
         let (_, data) = self.shard(req.shard)?;
+        Self::check_fence(&data, &req.tenant, req.map_epoch)?;
         Self::wait_index(&data, req.min_applied, DEFAULT_TIMEOUT).await?;
         let title_only = req.filters.map(|f| f.title_only).unwrap_or(false);
         let stats = Self::local_stats(&data, &req.tenant, &req.query, title_only)?;
@@ -497,6 +511,7 @@ impl Node for NodeService {
         validate::user(&req.user)?;
         self.check_tenant_shard(&req.tenant, req.shard).await?;
         let (handle, data) = self.shard(req.shard)?;
+        Self::check_fence(&data, &req.tenant, req.map_epoch)?;
         if req.min_applied > 0 {
             handle
                 .raft
@@ -597,6 +612,34 @@ impl Node for NodeService {
             }
             Err(e) => Err(self.propose_error(e)),
         }
+    }
+
+    async fn resize_tenant(
+        &self,
+        request: Request<pb::ResizeTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        self.resize_tenant_inner(request.into_inner()).await
+    }
+
+    async fn fence(
+        &self,
+        request: Request<pb::FenceRequest>,
+    ) -> Result<Response<pb::FenceResponse>, Status> {
+        self.fence_inner(request.into_inner()).await
+    }
+
+    async fn export(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<pb::ExportResponse>, Status> {
+        self.export_inner(request.into_inner()).await
+    }
+
+    async fn drop(
+        &self,
+        request: Request<pb::DropRequest>,
+    ) -> Result<Response<pb::DropResponse>, Status> {
+        self.drop_inner(request.into_inner()).await
     }
 
     async fn add_learner(

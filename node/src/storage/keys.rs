@@ -31,6 +31,8 @@ pub mod suffix {
     /// The descendant index (sm_meta), followed by
     /// `tenant ++ SEP ++ ancestor id ++ SEP ++ doc id`.
     pub const DESCENDANT: u8 = b'd';
+    /// A tenant's resize guard on a shard (sm_meta), followed by the tenant.
+    pub const GUARD: u8 = b'g';
     /// The cluster map of the meta group (sm_meta).
     pub const CLUSTER_MAP: u8 = b'M';
     /// The newest snapshot (snapshots).

@@ -158,7 +158,26 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a tenant's placement and document count.
+    /// Grow a tenant to more partitions, online: documents move while
+    /// searches and writes go on. The new count must be a multiple of the
+    /// current one (shrinking is not supported).
+    Resize {
+        /// Tenant id.
+        id: String,
+        /// The new partition count.
+        #[arg(long)]
+        partitions: u32,
+        /// Return once the resize has begun instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (the resize goes on).
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+        /// Print the tenant as `tenant show --json` does.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a tenant's partitions, shards, replicas, document count and any resize in progress.
     Show {
         /// Tenant id.
         id: String,

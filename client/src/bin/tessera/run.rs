@@ -186,7 +186,67 @@ fn print_tenant(t: &TenantView) {
         .map(|p| format!("{}→shard {}", p.index, p.shard))
         .collect();
     println!("  partitions: {}", parts.join(", "));
+    for s in &t.shards {
+        println!(
+            "  shard {}: voters {:?}, learners {:?}",
+            s.id, s.voters, s.learners
+        );
+    }
     println!("  docs: {}", t.docs);
+    if let Some(r) = &t.resize {
+        println!(
+            "  resizing to {} partitions ({}; copied {:?}, dropped {:?})",
+            r.to.len(),
+            r.phase,
+            r.copied,
+            r.dropped
+        );
+    }
+}
+
+/// Starts a resize and, unless told not to, follows it to the end with a
+/// spinner showing the phase.
+async fn resize(
+    client: &TesseraClient,
+    id: &str,
+    partitions: u32,
+    wait: Option<std::time::Duration>,
+) -> Result<TenantView, Failure> {
+    let started = client.resize_tenant(id, partitions).await?;
+    let Some(limit) = wait else {
+        return Ok(started);
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let begun = std::time::Instant::now();
+    loop {
+        let t = client.tenant(id).await?;
+        match &t.resize {
+            None if t.partitions.len() == partitions as usize => {
+                bar.finish_and_clear();
+                return Ok(t);
+            }
+            None => bar.set_message("starting".to_string()),
+            Some(r) => bar.set_message(format!(
+                "resizing {id} to {partitions} partitions: {} (copied {}, dropped {})",
+                r.phase,
+                r.copied.len(),
+                r.dropped.len()
+            )),
+        }
+        if begun.elapsed() > limit {
+            bar.finish_and_clear();
+            return Err(Failure {
+                code: tessera_client::exit::UNAVAILABLE,
+                message: format!(
+                    "resize of {id} still running after {}s; it goes on in the background \
+                     (`tessera tenant show {id}` follows it)",
+                    limit.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 async fn tenant(client: &TesseraClient, command: TenantCommand) -> Result<(), Failure> {
@@ -210,6 +270,22 @@ async fn tenant(client: &TesseraClient, command: TenantCommand) -> Result<(), Fa
                 spec = spec.partitions(p);
             }
             let t = client.create_tenant(&spec).await?;
+            if json {
+                print_json(&t)
+            } else {
+                print_tenant(&t);
+                Ok(())
+            }
+        }
+        TenantCommand::Resize {
+            id,
+            partitions,
+            no_wait,
+            wait_secs,
+            json,
+        } => {
+            let wait = (!no_wait).then(|| std::time::Duration::from_secs(wait_secs));
+            let t = resize(client, &id, partitions, wait).await?;
             if json {
                 print_json(&t)
             } else {

@@ -1,0 +1,307 @@
+//! The mover: drives every tenant resize in the map to its end, on the
+//! meta leader (see [`super::resize`] for the protocol).
+//!
+//! It keeps no state of its own. Each finished step is recorded in the
+//! replicated map before the next begins, and every step is idempotent
+//! (fences only rise, copies never replace newer versions, drops delete
+//! what is already gone), so a mover that crashes anywhere is replaced by
+//! the next meta leader, which redoes at most the step that was running.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_proto::pb::node_client::NodeClient;
+use tessera_proto::{pb, Document, ShardId, META_GROUP};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::resize::{Resize, ResizePhase, ResizeStep};
+use super::{ClusterMap, MetaCommand, MetaOutcome, TenantEntry};
+use crate::node::NodeInner;
+use crate::raft::guard::owner;
+use crate::raft::Response as RaftResponse;
+
+/// How often the mover looks for work.
+const TICK: Duration = Duration::from_millis(300);
+/// Rows per export page; small enough that one write batch carries a page.
+const PAGE: u32 = 400;
+/// Bound on one call to a node.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rounds over a shard's voters before a step gives up (and is retried on
+/// the next tick).
+const ROUNDS: u32 = 10;
+/// Pause between rounds over a shard's voters (an election may be running).
+const ROUND_PAUSE: Duration = Duration::from_millis(200);
+
+/// Runs until `shutdown` flips.
+pub async fn run(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        if leads_meta(&node) {
+            let map = node.meta.map();
+            for tenant in map.tenants.values().filter(|t| t.resize.is_some()) {
+                if let Err(e) = drive(&node, &map, tenant).await {
+                    tracing::warn!(tenant = %tenant.id, "resize step failed, will retry: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+    }
+}
+
+fn leads_meta(node: &NodeInner) -> bool {
+    node.registry
+        .raft(META_GROUP)
+        .is_some_and(|r| r.metrics().borrow().current_leader == Some(node.id))
+}
+
+/// Runs the next unfinished steps of one tenant's resize.
+async fn drive(node: &NodeInner, map: &ClusterMap, tenant: &TenantEntry) -> Result<(), String> {
+    let Some(resize) = &tenant.resize else {
+        return Ok(());
+    };
+    let old = &tenant.partitions;
+    match resize.phase(old) {
+        ResizePhase::Copying => {
+            for source in Resize::sources(old) {
+                if resize.copied.contains(&source) {
+                    continue;
+                }
+                let copied = copy_shard(map, tenant, resize, source).await?;
+                tracing::info!(tenant = %tenant.id, source, copied, "copied a shard's moving rows");
+                record(node, tenant, resize, ResizeStep::Copied(source)).await?;
+            }
+        }
+        ResizePhase::Dropping => {
+            for shard in resize.all_shards(old) {
+                if resize.dropped.contains(&shard) {
+                    continue;
+                }
+                let req = pb::DropRequest {
+                    tenant: tenant.id.clone(),
+                    shard,
+                    fence: resize.fence,
+                    to: resize.to.clone(),
+                };
+                let out = on_leader(map, shard, |mut c| {
+                    let req = req.clone();
+                    async move { c.drop(req).await }
+                })
+                .await?;
+                tracing::info!(tenant = %tenant.id, shard, dropped = out.dropped, "dropped rows the new placement moves away");
+                record(node, tenant, resize, ResizeStep::Dropped(shard)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn record(
+    node: &NodeInner,
+    tenant: &TenantEntry,
+    resize: &Resize,
+    step: ResizeStep,
+) -> Result<(), String> {
+    let cmd = MetaCommand::ResizeStep {
+        tenant: tenant.id.clone(),
+        fence: resize.fence,
+        step,
+    };
+    match node.propose_meta(cmd).await {
+        Ok(RaftResponse::Meta(MetaOutcome::Rejected(e))) => Err(e),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Fences `source`, then copies every row the new placement moves off it.
+/// Returns the number of documents (and tombstones) copied.
+async fn copy_shard(
+    map: &ClusterMap,
+    tenant: &TenantEntry,
+    resize: &Resize,
+    source: ShardId,
+) -> Result<usize, String> {
+    let fence_req = pb::FenceRequest {
+        tenant: tenant.id.clone(),
+        shard: source,
+        fence: resize.fence,
+    };
+    let fenced = on_leader(map, source, |mut c| {
+        let req = fence_req.clone();
+        async move { c.fence(req).await }
+    })
+    .await?;
+    let new_shards: Vec<ShardId> = resize
+        .all_shards(&[])
+        .into_iter()
+        .filter(|s| !tenant.partitions.contains(s))
+        .collect();
+    let mut after = String::new();
+    let mut copied = 0usize;
+    loop {
+        let req = pb::ExportRequest {
+            tenant: tenant.id.clone(),
+            shard: source,
+            min_applied: fenced.applied,
+            after: after.clone(),
+            limit: PAGE,
+            to: resize.to.clone(),
+        };
+        let page = on_leader(map, source, |mut c| {
+            let req = req.clone();
+            async move { c.export(req).await }
+        })
+        .await?;
+        copied += page.docs_json.len() + page.tombstones.len();
+        let writes = route_page(tenant, resize, &new_shards, &page)?;
+        for (shard, write) in writes {
+            on_leader(map, shard, |mut c| {
+                let req = write.clone();
+                async move { c.write(req).await }
+            })
+            .await?;
+        }
+        if page.next.is_empty() {
+            return Ok(copied);
+        }
+        after = page.next;
+    }
+}
+
+/// Groups one export page into writes per destination shard, each within
+/// [`MAX_WRITE_OPS`] operations and [`MAX_WRITE_BYTES`] of documents.
+/// Restriction sets and memberships (first page only) go to every shard
+/// that is new to the tenant; the old shards already hold them.
+fn route_page(
+    tenant: &TenantEntry,
+    resize: &Resize,
+    new_shards: &[ShardId],
+    page: &pb::ExportResponse,
+) -> Result<Vec<(ShardId, pb::WriteRequest)>, String> {
+    let destination = |id: &str| {
+        owner(&resize.to, id).ok_or_else(|| format!("no owner for {id:?} in {:?}", resize.to))
+    };
+    let mut plan: BTreeMap<ShardId, Vec<Item>> = BTreeMap::new();
+    for json in &page.docs_json {
+        let doc = Document::from_json_bytes(json)
+            .map_err(|e| format!("exported document does not parse: {e}"))?;
+        plan.entry(destination(&doc.id)?)
+            .or_default()
+            .push(Item::Doc(json.clone()));
+    }
+    for t in &page.tombstones {
+        plan.entry(destination(&t.id)?)
+            .or_default()
+            .push(Item::Delete(t.clone()));
+    }
+    for shard in new_shards {
+        let items = plan.entry(*shard).or_default();
+        items.extend(page.restrictions.iter().cloned().map(Item::Restriction));
+        items.extend(page.memberships.iter().cloned().map(Item::Membership));
+    }
+    let mut out = Vec::new();
+    for (shard, items) in plan {
+        let fresh = || pb::WriteRequest {
+            tenant: tenant.id.clone(),
+            shard,
+            map_epoch: resize.fence,
+            keep_newer_memberships: true,
+            ..Default::default()
+        };
+        let mut req = fresh();
+        let (mut ops, mut bytes) = (0usize, 0usize);
+        for item in items {
+            let size = item.size();
+            if ops > 0 && (ops + 1 > MAX_WRITE_OPS || bytes + size > MAX_WRITE_BYTES) {
+                out.push((shard, std::mem::replace(&mut req, fresh())));
+                (ops, bytes) = (0, 0);
+            }
+            ops += 1;
+            bytes += size;
+            match item {
+                Item::Doc(json) => req.docs_json.push(json),
+                Item::Delete(d) => req.deletes.push(d),
+                Item::Restriction(r) => req.restrictions.push(r),
+                Item::Membership(m) => req.memberships.push(m),
+            }
+        }
+        if ops > 0 {
+            out.push((shard, req));
+        }
+    }
+    Ok(out)
+}
+
+/// Most operations in one copy write.
+const MAX_WRITE_OPS: usize = 1_000;
+/// Most document bytes in one copy write (gRPC's default message limit is 4 MiB).
+const MAX_WRITE_BYTES: usize = 2 * 1024 * 1024;
+
+enum Item {
+    Doc(Vec<u8>),
+    Delete(pb::DeleteOp),
+    Restriction(pb::Restriction),
+    Membership(pb::Membership),
+}
+
+impl Item {
+    /// Roughly its encoded size.
+    fn size(&self) -> usize {
+        match self {
+            Item::Doc(json) => json.len(),
+            Item::Delete(d) => d.id.len() + 8,
+            Item::Restriction(r) => {
+                r.page.len() + r.principals.iter().map(String::len).sum::<usize>()
+            }
+            Item::Membership(m) => m.user.len() + m.groups.iter().map(String::len).sum::<usize>(),
+        }
+    }
+}
+
+/// Calls `call` on the leader of `shard`: tries its voters in turn (a
+/// follower answers "not leader" at once), for a bounded number of rounds.
+async fn on_leader<T, F, Fut>(map: &ClusterMap, shard: ShardId, mut call: F) -> Result<T, String>
+where
+    F: FnMut(NodeClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let voters = map
+        .shards
+        .get(&shard)
+        .map(|s| s.voters.clone())
+        .ok_or_else(|| format!("shard {shard} is not in the map"))?;
+    let mut last = format!("shard {shard} has no voters");
+    for _ in 0..ROUNDS {
+        for v in &voters {
+            let Some(addr) = map.nodes.get(v).map(|n| n.grpc_addr.clone()) else {
+                continue;
+            };
+            let client = match NodeClient::connect(format!("http://{addr}")).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("node {v} at {addr}: {e}");
+                    continue;
+                }
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, call(client)).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(s)) if s.code() == Code::InvalidArgument => {
+                    return Err(format!("shard {shard} on node {v}: {}", s.message()))
+                }
+                Ok(Err(s)) => last = format!("shard {shard} on node {v}: {}", s.message()),
+                Err(_) => {
+                    last = format!("shard {shard} on node {v}: no answer in {CALL_TIMEOUT:?}")
+                }
+            }
+        }
+        tokio::time::sleep(ROUND_PAUSE).await;
+    }
+    Err(last)
+}
