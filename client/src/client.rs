@@ -110,6 +110,15 @@ impl TesseraClient {
         Ok(TenantView::from_info(info, resp.docs).with_shards(resp.shards))
     }
 
+    /// Starts (or continues) draining a node: every replica on it moves to
+    /// another eligible node. Returns the shards that still have a replica
+    /// there (empty once drained). Safe to call again to follow progress.
+    pub async fn drain_node(&self, node: u64) -> Result<Vec<u64>, ClientError> {
+        let req = self.request(pb::DrainNodeRequest { node });
+        let resp = self.inner.clone().drain_node(req).await?.into_inner();
+        Ok(resp.shards)
+    }
+
     /// Starts growing a tenant to `partitions` partitions (a multiple of
     /// the current count). Returns once the resize has begun; the cluster
     /// moves the documents in the background (`tenant` shows progress).

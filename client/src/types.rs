@@ -615,6 +615,7 @@ mod tests {
                     copied: vec![4],
                     dropped: vec![],
                 }),
+                read_floors: Vec::new(),
             },
             12,
         );

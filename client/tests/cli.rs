@@ -22,6 +22,7 @@ fn tenant_info(id: &str) -> TenantInfo {
         survival: "zone".into(),
         partitions: vec![3, 4],
         resize: None,
+        read_floors: Vec::new(),
     }
 }
 
@@ -73,6 +74,16 @@ impl Router for FakeRouter {
             tenant: Some(tenant_info(&r.id)),
             docs: 42,
             epoch: 2,
+            shards: Vec::new(),
+        }))
+    }
+
+    async fn drain_node(
+        &self,
+        _r: Request<tessera_proto::pb::DrainNodeRequest>,
+    ) -> Result<Response<tessera_proto::pb::DrainNodeResponse>, Status> {
+        Ok(Response::new(tessera_proto::pb::DrainNodeResponse {
+            epoch: 4,
             shards: Vec::new(),
         }))
     }

@@ -64,6 +64,10 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeSpec>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteSpec>,
+    /// `[placement]`: how shards are shared between tenants. The meta
+    /// leader writes it into the replicated map (absent: the defaults).
+    #[serde(default)]
+    pub placement: Option<crate::meta::PlacementSettings>,
 }
 
 impl ClusterConfig {
@@ -85,6 +89,13 @@ impl ClusterConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.nodes.is_empty() {
             return Err(ConfigError::Invalid("no [[node]] entries".into()));
+        }
+        if let Some(p) = &self.placement {
+            if p.min_shards == 0 || p.max_tenants_per_shard == 0 {
+                return Err(ConfigError::Invalid(
+                    "[placement] min_shards and max_tenants_per_shard must be at least 1".into(),
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for n in &self.nodes {

@@ -6,7 +6,7 @@
 //! this node leads a group, adds the learners the map asks for.
 
 use openraft::BasicNode;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -161,6 +161,10 @@ impl TesseraNode {
             tokio::spawn(meta_driver(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(reconciler(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::meta::mover::run(inner.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::meta::detector::run(
+                inner.clone(),
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(maintenance(inner.clone(), shutdown_rx)),
         ];
         tracing::info!(node = inner.id, grpc = %grpc_addr, raft = %spec.raft, "node started");
@@ -427,6 +431,13 @@ async fn drive_meta_once(
             .await
             .map_err(|e| e.to_string())?;
     }
+    if let Some(settings) = &node.cluster.placement {
+        if &map.settings != settings {
+            raft.client_write(Request::Meta(MetaCommand::Configure(settings.clone())))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let membership = metrics.membership_config.membership().clone();
     let known: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
     for n in &node.cluster.nodes {
@@ -459,7 +470,8 @@ async fn reconciler(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
 
 async fn reconcile_once(node: &NodeInner, map: &ClusterMap) -> Result<(), String> {
     for shard in map.shards.values() {
-        if !shard.replicas().any(|r| r == node.id) {
+        let joining = shard.incoming.iter().any(|w| w.joining == node.id);
+        if !shard.replicas().any(|r| r == node.id) && !joining {
             continue;
         }
         node.open_shard(shard.id).await.map_err(|e| e.to_string())?;
@@ -481,20 +493,134 @@ async fn reconcile_once(node: &NodeInner, map: &ClusterMap) -> Result<(), String
         if metrics.current_leader != Some(node.id) {
             continue;
         }
-        let membership = metrics.membership_config.membership().clone();
-        for learner in &shard.learners {
-            if membership.get_node(learner).is_none() {
-                let addr = node.basic_nodes(map, &[*learner]);
-                if let Some((id, basic)) = addr.into_iter().next() {
-                    tracing::info!(shard = shard.id, learner = id, "adding learner");
-                    raft.add_learner(id, basic, false)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
+        follow_map(node, map, shard, raft, &metrics).await?;
+    }
+    close_unlisted(node, map).await;
+    Ok(())
+}
+
+/// A learner this close to the leader's last log index counts as caught up.
+const CATCH_UP_LAG: u64 = 16;
+
+/// On a shard's leader: makes the Raft membership follow the map. Replicas
+/// the map lists (and joining nodes) are added as learners; a joining node
+/// that has caught up is reported so the map completes its swap; then the
+/// voters are set to the map's, once every new voter has caught up; and
+/// learners the map no longer lists are removed.
+async fn follow_map(
+    node: &NodeInner,
+    map: &ClusterMap,
+    shard: &crate::meta::ShardEntry,
+    raft: &Raft,
+    metrics: &openraft::RaftMetrics<NodeId, BasicNode>,
+) -> Result<(), String> {
+    let membership = metrics.membership_config.membership().clone();
+    let joining: Vec<NodeId> = shard.incoming.iter().map(|w| w.joining).collect();
+    let wanted: Vec<NodeId> = shard.replicas().chain(joining.iter().copied()).collect();
+    for id in &wanted {
+        if membership.get_node(id).is_none() {
+            if let Some((id, basic)) = node.basic_nodes(map, &[*id]).into_iter().next() {
+                tracing::info!(shard = shard.id, learner = id, "adding learner");
+                raft.add_learner(id, basic, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
         }
     }
+    let last = metrics.last_log_index.unwrap_or(0);
+    let caught_up = |id: &NodeId| {
+        *id == node.id
+            || metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten())
+                .is_some_and(|log| log.index + CATCH_UP_LAG >= last)
+    };
+    for swap in &shard.incoming {
+        if membership.get_node(&swap.joining).is_some() && caught_up(&swap.joining) {
+            complete_swap(node, shard.id, *swap).await?;
+        }
+    }
+    let want: BTreeSet<NodeId> = shard.voters.iter().copied().collect();
+    let have: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if want != have && !want.is_empty() && want.iter().all(caught_up) {
+        tracing::info!(shard = shard.id, voters = ?want, "changing voters to follow the map");
+        raft.change_membership(want, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let stray: BTreeSet<NodeId> = membership
+        .learner_ids()
+        .filter(|id| !wanted.contains(id))
+        .collect();
+    if !stray.is_empty() && membership.get_joint_config().len() == 1 {
+        tracing::info!(shard = shard.id, learners = ?stray, "removing learners the map dropped");
+        raft.change_membership(openraft::ChangeMembers::RemoveNodes(stray), false)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
+}
+
+/// Reports a caught-up joining node to the meta group (through its leader).
+async fn complete_swap(
+    node: &NodeInner,
+    shard: ShardId,
+    swap: crate::meta::Swap,
+) -> Result<(), String> {
+    let cmd = MetaCommand::CompleteSwap { shard, swap };
+    match node.propose_meta(cmd).await {
+        Ok(_) => Ok(()),
+        Err(ProposeError::NotLeader { leader: Some(l) }) => {
+            let addr = node
+                .meta
+                .map()
+                .nodes
+                .get(&l)
+                .map(|n| n.grpc_addr.clone())
+                .ok_or_else(|| format!("meta leader {l} has no known address"))?;
+            let mut client =
+                tessera_proto::pb::node_client::NodeClient::connect(format!("http://{addr}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            client
+                .swap_replica(tessera_proto::pb::SwapReplicaRequest {
+                    shard,
+                    leaving: swap.leaving,
+                    joining: swap.joining,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Closes local shard groups the map no longer places here (their replica
+/// was moved away). A shard missing from the map entirely is left alone:
+/// that only happens with a lagging map.
+async fn close_unlisted(node: &NodeInner, map: &ClusterMap) {
+    for (group, handle) in node.registry.all() {
+        if group == META_GROUP {
+            continue;
+        }
+        let Some(shard) = map.shards.get(&group) else {
+            continue;
+        };
+        let listed = shard.replicas().any(|r| r == node.id)
+            || shard.incoming.iter().any(|w| w.joining == node.id);
+        if listed {
+            continue;
+        }
+        if node.registry.remove(group).is_some() {
+            tracing::info!(shard = group, "closing a replica the map moved away");
+            if let Err(e) = handle.raft.shutdown().await {
+                tracing::warn!(shard = group, "shutting the group down: {e}");
+            }
+        }
+    }
 }
 
 /// Garbage-collects covered change rows, advances purge limits, and

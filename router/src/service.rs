@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use tessera_proto::limits::{MAX_BATCH_OPS, MAX_PAGE_SIZE};
 use tessera_proto::pb::router_server::Router as RouterApi;
 use tessera_proto::pb::{
-    CreateTenantRequest, CreateTenantResponse, DeleteOp, GetRequest, GetTenantRequest,
-    GetTenantResponse, GlobalStats, Hit, ItemKind, ItemRejection, Membership, PutDocumentsRequest,
-    PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse, ReplicaSelection,
-    ResizeTenantRequest, Restriction, RouterGetRequest, RouterGetResponse, RouterNodeStatus,
-    RouterSearchRequest, RouterSearchResponse, RouterShardStatus, RouterStatusRequest,
-    RouterStatusResponse, SearchFilters, SearchRequest, ServedBy, StatsRequest, StatusRequest,
-    TenantInfo, TermStat, WriteRequest,
+    CreateTenantRequest, CreateTenantResponse, DeleteOp, DrainNodeRequest, DrainNodeResponse,
+    GetRequest, GetTenantRequest, GetTenantResponse, GlobalStats, Hit, ItemKind, ItemRejection,
+    Membership, PutDocumentsRequest, PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse,
+    ReplicaSelection, ResizeTenantRequest, Restriction, RouterGetRequest, RouterGetResponse,
+    RouterNodeStatus, RouterSearchRequest, RouterSearchResponse, RouterShardStatus,
+    RouterStatusRequest, RouterStatusResponse, SearchFilters, SearchRequest, ServedBy,
+    StatsRequest, StatusRequest, TenantInfo, TermStat, WriteRequest,
 };
 use tessera_proto::{NodeId, ShardId};
 use tonic::metadata::MetadataValue;
@@ -339,7 +339,7 @@ impl RouterService {
     ) -> Result<(RouterSearchResponse, Vec<Hit>), RouterError> {
         let started = Instant::now();
         let tenant = scope.tenant;
-        let shards = Topology::tenant_shards(tenant);
+        let shards = Topology::read_shards(tenant);
         if shards.is_empty() {
             return Err(RouterError::Unavailable(format!(
                 "tenant {} has no partitions assigned yet",
@@ -353,7 +353,9 @@ impl RouterService {
                     shard,
                     &req.query,
                     req.filters.clone(),
-                    token.min_applied(shard),
+                    token
+                        .min_applied(shard)
+                        .max(Topology::read_floor(tenant, shard)),
                 )
             }))
             .await?;
@@ -364,7 +366,9 @@ impl RouterService {
         // One extra hit per shard tells whether a next page exists.
         let ask = (limit + 1).min(MAX_PAGE_SIZE);
         let results = futures::future::try_join_all(shards.iter().map(|&shard| {
-            let min_applied = token.min_applied(shard);
+            let min_applied = token
+                .min_applied(shard)
+                .max(Topology::read_floor(tenant, shard));
             let node_req = SearchRequest {
                 tenant: tenant.id.clone(),
                 shard,
@@ -564,7 +568,9 @@ impl RouterService {
         req: &RouterGetRequest,
         token: &SessionToken,
     ) -> Result<RouterGetResponse, RouterError> {
-        let min_applied = token.min_applied(shard);
+        let min_applied = token
+            .min_applied(shard)
+            .max(Topology::read_floor(scope.tenant, shard));
         let node_req = GetRequest {
             tenant: scope.tenant.id.clone(),
             shard,
@@ -613,21 +619,15 @@ impl RouterService {
             policy: self.backend.cfg.selection,
             deadline,
         };
+        // While a resize runs both placements hold the moving documents:
+        // count the current placement's shards only.
         let parts = futures::future::try_join_all(
-            Topology::tenant_shards(&tenant)
+            Topology::current_shards(&tenant)
                 .into_iter()
                 .map(|shard| self.shard_stats(&scope, shard, "", None, 0)),
         )
         .await?;
-        // While a resize runs both placements hold the moving documents:
-        // count the current placement's shards only.
-        let current = &tenant.partitions;
-        let docs = Topology::tenant_shards(&tenant)
-            .iter()
-            .zip(&parts)
-            .filter(|(s, _)| tenant.resize.is_none() || current.contains(s))
-            .map(|(_, p)| p.num_docs)
-            .sum();
+        let docs = parts.iter().map(|p| p.num_docs).sum();
         let shards = Topology::tenant_shards(&tenant)
             .into_iter()
             .filter_map(|s| topo.shard(s).cloned())
@@ -732,6 +732,47 @@ impl RouterService {
         Err(RouterError::Unavailable(format!(
             "create tenant {}: no node could reach the meta leader ({last})",
             req.id
+        )))
+    }
+
+    /// Starts (or follows) a drain on the meta group, through any node.
+    async fn drain_node_inner(
+        &self,
+        req: DrainNodeRequest,
+        deadline: Deadline,
+    ) -> Result<DrainNodeResponse, RouterError> {
+        let topo = self.backend.map.ready(deadline).await?;
+        if topo.node(req.node).is_none() {
+            return Err(RouterError::NotFound(format!(
+                "node {} is not in the cluster map",
+                req.node
+            )));
+        }
+        let mut last = String::from("no node to send it to");
+        for node in topo.nodes() {
+            if deadline.expired() {
+                break;
+            }
+            let mut client = self.backend.pool.client(&node.grpc_addr)?;
+            let budget = deadline.downstream(None);
+            let mut r = Request::new(req);
+            r.set_timeout(budget);
+            match tokio::time::timeout(budget, client.drain_node(r)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    self.await_epoch(resp.epoch, deadline).await;
+                    return Ok(resp);
+                }
+                Ok(Err(s)) if s.code() == Code::InvalidArgument => {
+                    return Err(RouterError::from_node_status("drain node", &s))
+                }
+                Ok(Err(s)) => last = format!("{}: {}", node.grpc_addr, s.message()),
+                Err(_) => last = format!("{}: no answer in time", node.grpc_addr),
+            }
+        }
+        Err(RouterError::Unavailable(format!(
+            "drain node {}: no node could reach the meta leader ({last}); retrying is safe",
+            req.node
         )))
     }
 
@@ -1165,6 +1206,16 @@ impl RouterApi for RouterService {
             self.create_tenant_inner(req, deadline),
         )
         .await
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, Status> {
+        let deadline = self.write_deadline(&request, 0);
+        let req = request.into_inner();
+        self.run("drain_node", None, self.drain_node_inner(req, deadline))
+            .await
     }
 
     async fn resize_tenant(

@@ -92,6 +92,39 @@ impl Topology {
         out
     }
 
+    /// The shards a search reads. While a resize copies, the old placement
+    /// alone is complete (writes go to both placements and the shards are
+    /// fenced), and the new shards may still be opening, so reads stay on
+    /// it; once shards start dropping what they no longer own, reads cover
+    /// both placements.
+    pub fn read_shards(tenant: &TenantInfo) -> Vec<ShardId> {
+        match &tenant.resize {
+            Some(r) if r.phase == "copying" => Self::current_shards(tenant),
+            _ => Self::tenant_shards(tenant),
+        }
+    }
+
+    /// The shards of the current placement, each once.
+    pub fn current_shards(tenant: &TenantInfo) -> Vec<ShardId> {
+        let mut out: Vec<ShardId> = Vec::with_capacity(tenant.partitions.len());
+        for s in &tenant.partitions {
+            if !out.contains(s) {
+                out.push(*s);
+            }
+        }
+        out
+    }
+
+    /// The log index a replica of `shard` must have applied to serve the
+    /// tenant (0 = none): a resize's copies are not in any client's token.
+    pub fn read_floor(tenant: &TenantInfo, shard: ShardId) -> u64 {
+        tenant
+            .read_floors
+            .iter()
+            .find(|f| f.shard == shard)
+            .map_or(0, |f| f.applied)
+    }
+
     /// The shard of document `id` under the tenant's current placement.
     pub fn shard_for_doc(tenant: &TenantInfo, id: &str) -> Option<ShardId> {
         placed(&tenant.partitions, id)
@@ -172,6 +205,7 @@ pub(crate) mod tests {
                     zone: "a".into(),
                     raft_addr: format!("127.0.0.{}:7101", i + 11),
                     grpc_addr: format!("127.0.0.{}:7201", i + 11),
+                    state: String::new(),
                 })
                 .collect(),
             shards: vec![
@@ -196,6 +230,7 @@ pub(crate) mod tests {
                     survival: "zone".into(),
                     partitions: vec![1, 2, 1],
                     resize: None,
+                    read_floors: Vec::new(),
                 },
                 TenantInfo {
                     id: "solo".into(),
@@ -204,8 +239,10 @@ pub(crate) mod tests {
                     survival: "zone".into(),
                     partitions: vec![2],
                     resize: None,
+                    read_floors: Vec::new(),
                 },
             ],
+            placement: None,
         }
     }
 
@@ -215,9 +252,19 @@ pub(crate) mod tests {
         assert_eq!(Topology::tenant_shards(&t), vec![2]);
         t.resize = Some(tessera_proto::pb::ResizeInfo {
             to: vec![2, 5],
+            phase: "copying".into(),
             ..Default::default()
         });
         assert_eq!(Topology::tenant_shards(&t), vec![2, 5]);
+        assert_eq!(
+            Topology::read_shards(&t),
+            vec![2],
+            "copying: the old placement"
+        );
+        if let Some(r) = t.resize.as_mut() {
+            r.phase = "dropping".into();
+        }
+        assert_eq!(Topology::read_shards(&t), vec![2, 5]);
         let mut moving = 0;
         for i in 0..100 {
             let id = format!("p-{i}");

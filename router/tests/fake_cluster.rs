@@ -327,6 +327,7 @@ impl Node for FakeNode {
                     .map(|i| shards[i % shards.len()])
                     .collect(),
                 resize: None,
+                read_floors: Vec::new(),
             };
             m.tenants.push(t.clone());
             m.epoch += 1;
@@ -397,6 +398,20 @@ impl Node for FakeNode {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn swap_replica(
+        &self,
+        _r: Request<tessera_proto::pb::SwapReplicaRequest>,
+    ) -> Result<Response<tessera_proto::pb::AddLearnerResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn drain_node(
+        &self,
+        _r: Request<tessera_proto::pb::DrainNodeRequest>,
+    ) -> Result<Response<tessera_proto::pb::DrainNodeResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn fence(
         &self,
         _r: Request<tessera_proto::pb::FenceRequest>,
@@ -455,6 +470,7 @@ async fn start(tweak: impl FnOnce(&mut RouterConfig)) -> Harness {
                 zone: "a".into(),
                 raft_addr: String::new(),
                 grpc_addr: addr.to_string(),
+                state: String::new(),
             })
             .collect(),
         shards: [1u64, 2]
@@ -474,6 +490,7 @@ async fn start(tweak: impl FnOnce(&mut RouterConfig)) -> Harness {
                 survival: "zone".into(),
                 partitions: vec![1, 2],
                 resize: None,
+                read_floors: Vec::new(),
             },
             TenantInfo {
                 id: "solo".into(),
@@ -482,8 +499,10 @@ async fn start(tweak: impl FnOnce(&mut RouterConfig)) -> Harness {
                 survival: "zone".into(),
                 partitions: vec![1],
                 resize: None,
+                read_floors: Vec::new(),
             },
         ],
+        placement: None,
     };
     let (tx, _) = watch::channel(map);
     let cluster = Arc::new(Cluster {

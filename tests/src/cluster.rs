@@ -113,6 +113,7 @@ impl TestCluster {
         let config = ClusterConfig {
             nodes,
             routes: Vec::<RouteSpec>::new(),
+            placement: None,
         };
         let certs = dir.path().join("certs");
         let ids: Vec<(u64, Vec<IpAddr>)> = config
@@ -138,6 +139,12 @@ impl TestCluster {
             index: IndexConfig::default(),
             extra_args: BTreeMap::new(),
         }
+    }
+
+    /// Sets the `[placement]` knobs for nodes started after this call.
+    pub fn set_placement(&mut self, placement: tessera_node::meta::PlacementSettings) {
+        self.config.placement = Some(placement);
+        std::fs::write(&self.config_path, cluster_toml(&self.config)).expect("write cluster.toml");
     }
 
     /// Starts every node of `layout`.
@@ -529,6 +536,12 @@ fn cluster_toml(c: &ClusterConfig) -> String {
         s.push_str(&format!(
             "[[route]]\nfrom = {}\nto = {}\nraft = \"{}\"\n\n",
             r.from, r.to, r.raft
+        ));
+    }
+    if let Some(p) = &c.placement {
+        s.push_str(&format!(
+            "[placement]\nmin_shards = {}\nmax_tenants_per_shard = {}\ndead_after_secs = {}\n",
+            p.min_shards, p.max_tenants_per_shard, p.dead_after_secs
         ));
     }
     s

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod docs;
 pub mod eval;
+pub mod load;
 pub mod routers;
 pub mod wait;
 

@@ -2,7 +2,7 @@
 //! then (no placement settings, no resize state). Kept so that a node's
 //! existing data directory still opens after an upgrade.
 
-use super::{ClusterMap, NodeEntry, PlacementSettings, ShardEntry, Survival, TenantEntry};
+use super::{ClusterMap, NodeEntry, PlacementSettings, Policy, ShardEntry, Survival, TenantEntry};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use tessera_proto::{NodeId, ShardId};
@@ -17,10 +17,18 @@ struct LegacyTenant {
 }
 
 #[derive(Deserialize)]
+struct LegacyShard {
+    id: ShardId,
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
+    policy: Policy,
+}
+
+#[derive(Deserialize)]
 struct LegacyMap {
     epoch: u64,
     nodes: BTreeMap<NodeId, NodeEntry>,
-    shards: BTreeMap<ShardId, ShardEntry>,
+    shards: BTreeMap<ShardId, LegacyShard>,
     tenants: BTreeMap<String, LegacyTenant>,
 }
 
@@ -31,7 +39,20 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterMap, String> {
     Ok(ClusterMap {
         epoch: old.epoch,
         nodes: old.nodes,
-        shards: old.shards,
+        shards: old
+            .shards
+            .into_iter()
+            .map(|(id, s)| {
+                let entry = ShardEntry {
+                    id: s.id,
+                    voters: s.voters,
+                    learners: s.learners,
+                    policy: s.policy,
+                    incoming: Vec::new(),
+                };
+                (id, entry)
+            })
+            .collect(),
         tenants: old
             .tenants
             .into_iter()
@@ -43,11 +64,13 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterMap, String> {
                     survival: t.survival,
                     partitions: t.partitions,
                     resize: None,
+                    read_floors: BTreeMap::new(),
                 };
                 (id, entry)
             })
             .collect(),
         settings: PlacementSettings::default(),
+        node_states: BTreeMap::new(),
     })
 }
 
@@ -66,10 +89,18 @@ mod tests {
     }
 
     #[derive(Serialize)]
+    struct OldShard {
+        id: ShardId,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        policy: Policy,
+    }
+
+    #[derive(Serialize)]
     struct OldMap<'a> {
         epoch: u64,
         nodes: BTreeMap<NodeId, NodeEntry>,
-        shards: BTreeMap<ShardId, ShardEntry>,
+        shards: BTreeMap<ShardId, OldShard>,
         tenants: BTreeMap<&'a str, OldTenant<'a>>,
     }
 
@@ -78,7 +109,21 @@ mod tests {
         let old = OldMap {
             epoch: 9,
             nodes: BTreeMap::new(),
-            shards: BTreeMap::new(),
+            shards: [(
+                3,
+                OldShard {
+                    id: 3,
+                    voters: vec![1, 2],
+                    learners: vec![],
+                    policy: Policy {
+                        regions: vec!["us".into()],
+                        home: "us".into(),
+                        survival: Survival::Zone,
+                    },
+                },
+            )]
+            .into_iter()
+            .collect(),
             tenants: [(
                 "acme",
                 OldTenant {
@@ -96,6 +141,7 @@ mod tests {
         let map = ClusterMap::decode_stored(&bytes).expect("legacy decode");
         assert_eq!(map.epoch, 9);
         assert_eq!(map.tenants["acme"].partitions, vec![3, 4]);
+        assert_eq!(map.shards[&3].voters, vec![1, 2]);
         let again = ClusterMap::decode_stored(&map.encode_stored().expect("json")).expect("json");
         assert_eq!(again, map);
         assert!(ClusterMap::decode_stored(b"garbage").is_err());

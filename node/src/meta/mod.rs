@@ -6,11 +6,14 @@
 //! command, and two concurrent tenant creations can never pick the same new
 //! shard id.
 
+pub mod detector;
 pub mod legacy;
 pub mod mover;
 pub mod placement;
+pub mod repair;
 pub mod resize;
 
+pub use repair::NodeState;
 pub use resize::{Resize, ResizeStep};
 
 use serde::{Deserialize, Serialize};
@@ -85,6 +88,18 @@ pub struct ShardEntry {
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
     pub policy: Policy,
+    /// Replicas being replaced (drain, repair): the joining node catches up
+    /// as a Raft learner and only then takes the leaving node's place here,
+    /// so routers never read from a replica that is still catching up.
+    #[serde(default)]
+    pub incoming: Vec<Swap>,
+}
+
+/// One replica being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Swap {
+    pub leaving: NodeId,
+    pub joining: NodeId,
 }
 
 impl ShardEntry {
@@ -107,6 +122,10 @@ pub struct TenantEntry {
     /// both placements and writes go to both (see [`resize`]).
     #[serde(default)]
     pub resize: Option<Resize>,
+    /// Per shard, the log index a replica must have applied before it may
+    /// serve this tenant: set by resizes (see [`ResizeStep`]).
+    #[serde(default)]
+    pub read_floors: BTreeMap<ShardId, u64>,
 }
 
 /// Placement knobs. They live in the replicated map, not in each node's
@@ -120,6 +139,9 @@ pub struct PlacementSettings {
     /// A shard holding partitions of this many tenants is full: new
     /// tenants go to other shards of the ring, or to a new shard.
     pub max_tenants_per_shard: u32,
+    /// A node the meta leader cannot reach for this long is declared dead
+    /// and its replicas are rebuilt elsewhere.
+    pub dead_after_secs: u64,
 }
 
 impl Default for PlacementSettings {
@@ -127,6 +149,7 @@ impl Default for PlacementSettings {
         PlacementSettings {
             min_shards: 1,
             max_tenants_per_shard: 512,
+            dead_after_secs: 120,
         }
     }
 }
@@ -141,6 +164,10 @@ pub struct ClusterMap {
     /// Placement knobs (see [`PlacementSettings`]).
     #[serde(default)]
     pub settings: PlacementSettings,
+    /// Nodes that take no new replicas: drained by an operator or declared
+    /// dead (see [`repair`]).
+    #[serde(default)]
+    pub node_states: BTreeMap<NodeId, NodeState>,
 }
 
 /// A request to create a tenant, as validated by `apply`.
@@ -174,6 +201,13 @@ pub enum MetaCommand {
         fence: u64,
         step: ResizeStep,
     },
+    /// Moves every replica off a node (an operator's drain).
+    DrainNode(NodeId),
+    /// Declares a node dead and rebuilds its replicas elsewhere.
+    MarkDead(NodeId),
+    /// The joining node of a swap has caught up: it takes the leaving
+    /// node's place among the shard's replicas.
+    CompleteSwap { shard: ShardId, swap: Swap },
 }
 
 /// The result of a meta command.
@@ -182,7 +216,10 @@ pub enum MetaOutcome {
     /// The map changed (or already had the requested state) at this epoch.
     Ok { epoch: u64 },
     /// The tenant as created (or as it already existed, for a retry).
-    Tenant { tenant: TenantEntry, epoch: u64 },
+    Tenant {
+        tenant: Box<TenantEntry>,
+        epoch: u64,
+    },
     /// The command was rejected; the map is unchanged.
     Rejected(String),
 }
@@ -203,6 +240,9 @@ impl ClusterMap {
                 fence,
                 step,
             } => self.resize_step(tenant, *fence, step),
+            MetaCommand::DrainNode(node) => self.retire_node(*node, NodeState::Draining),
+            MetaCommand::MarkDead(node) => self.retire_node(*node, NodeState::Dead),
+            MetaCommand::CompleteSwap { shard, swap } => self.complete_swap(*shard, *swap),
         };
         result.unwrap_or_else(MetaOutcome::Rejected)
     }
@@ -259,7 +299,7 @@ impl ClusterMap {
                 && existing.partitions.len() == partitions as usize;
             return if same {
                 Ok(MetaOutcome::Tenant {
-                    tenant: existing.clone(),
+                    tenant: Box::new(existing.clone()),
                     epoch: self.epoch,
                 })
             } else {
@@ -277,10 +317,14 @@ impl ClusterMap {
             survival: policy.survival,
             partitions: shards,
             resize: None,
+            read_floors: BTreeMap::new(),
         };
         self.tenants.insert(tenant.id.clone(), tenant.clone());
         let epoch = self.bump();
-        Ok(MetaOutcome::Tenant { tenant, epoch })
+        Ok(MetaOutcome::Tenant {
+            tenant: Box::new(tenant),
+            epoch,
+        })
     }
 
     fn validate_spec(&self, spec: &TenantSpec) -> Result<Policy, String> {
@@ -355,7 +399,8 @@ impl ClusterMap {
                     out.push(format!("tenant {} maps to missing shard {shard}", t.id));
                     continue;
                 };
-                for r in s.replicas() {
+                let joining = s.incoming.iter().map(|w| w.joining);
+                for r in s.replicas().chain(joining) {
                     let region = self.nodes.get(&r).map(|n| n.region.as_str()).unwrap_or("?");
                     if !t.regions.iter().any(|a| a == region) {
                         out.push(format!(
@@ -382,6 +427,11 @@ impl ClusterMap {
                     zone: n.zone.clone(),
                     raft_addr: n.raft_addr.clone(),
                     grpc_addr: n.grpc_addr.clone(),
+                    state: self
+                        .node_states
+                        .get(&n.id)
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             shards: self
@@ -397,11 +447,24 @@ impl ClusterMap {
                 })
                 .collect(),
             tenants: self.tenants.values().map(TenantEntry::to_proto).collect(),
+            placement: Some(pb::PlacementInfo {
+                min_shards: self.settings.min_shards,
+                max_tenants_per_shard: self.settings.max_tenants_per_shard,
+            }),
         }
     }
 }
 
 impl TenantEntry {
+    /// Every read floor in force: the tenant's, raised by a running resize's.
+    pub fn floors(&self) -> BTreeMap<ShardId, u64> {
+        let mut out = self.read_floors.clone();
+        if let Some(r) = &self.resize {
+            resize::raise_floors(&mut out, r.floors.clone());
+        }
+        out
+    }
+
     /// The wire form.
     pub fn to_proto(&self) -> pb::TenantInfo {
         pb::TenantInfo {
@@ -417,6 +480,11 @@ impl TenantEntry {
                 copied: r.copied.clone(),
                 dropped: r.dropped.clone(),
             }),
+            read_floors: self
+                .floors()
+                .into_iter()
+                .map(|(shard, applied)| pb::ShardFloor { shard, applied })
+                .collect(),
         }
     }
 }

@@ -55,7 +55,7 @@ pub async fn run(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-fn leads_meta(node: &NodeInner) -> bool {
+pub(super) fn leads_meta(node: &NodeInner) -> bool {
     node.registry
         .raft(META_GROUP)
         .is_some_and(|r| r.metrics().borrow().current_leader == Some(node.id))
@@ -73,9 +73,10 @@ async fn drive(node: &NodeInner, map: &ClusterMap, tenant: &TenantEntry) -> Resu
                 if resize.copied.contains(&source) {
                     continue;
                 }
-                let copied = copy_shard(map, tenant, resize, source).await?;
+                let (copied, floors) = copy_shard(map, tenant, resize, source).await?;
                 tracing::info!(tenant = %tenant.id, source, copied, "copied a shard's moving rows");
-                record(node, tenant, resize, ResizeStep::Copied(source)).await?;
+                let floors = floors.into_iter().collect();
+                record(node, tenant, resize, ResizeStep::Copied { source, floors }).await?;
             }
         }
         ResizePhase::Dropping => {
@@ -95,7 +96,11 @@ async fn drive(node: &NodeInner, map: &ClusterMap, tenant: &TenantEntry) -> Resu
                 })
                 .await?;
                 tracing::info!(tenant = %tenant.id, shard, dropped = out.dropped, "dropped rows the new placement moves away");
-                record(node, tenant, resize, ResizeStep::Dropped(shard)).await?;
+                let step = ResizeStep::Dropped {
+                    shard,
+                    applied: out.applied,
+                };
+                record(node, tenant, resize, step).await?;
             }
         }
     }
@@ -121,13 +126,14 @@ async fn record(
 }
 
 /// Fences `source`, then copies every row the new placement moves off it.
-/// Returns the number of documents (and tombstones) copied.
+/// Returns the number of documents (and tombstones) copied and, per
+/// destination shard, the log index of the last copy written there.
 async fn copy_shard(
     map: &ClusterMap,
     tenant: &TenantEntry,
     resize: &Resize,
     source: ShardId,
-) -> Result<usize, String> {
+) -> Result<(usize, BTreeMap<ShardId, u64>), String> {
     let fence_req = pb::FenceRequest {
         tenant: tenant.id.clone(),
         shard: source,
@@ -145,6 +151,7 @@ async fn copy_shard(
         .collect();
     let mut after = String::new();
     let mut copied = 0usize;
+    let mut floors: BTreeMap<ShardId, u64> = BTreeMap::new();
     loop {
         let req = pb::ExportRequest {
             tenant: tenant.id.clone(),
@@ -162,14 +169,17 @@ async fn copy_shard(
         copied += page.docs_json.len() + page.tombstones.len();
         let writes = route_page(tenant, resize, &new_shards, &page)?;
         for (shard, write) in writes {
-            on_leader(map, shard, |mut c| {
+            let out = on_leader(map, shard, |mut c| {
                 let req = write.clone();
                 async move { c.write(req).await }
             })
             .await?;
+            let applied = out.token.map_or(0, |t| t.applied);
+            let floor = floors.entry(shard).or_default();
+            *floor = (*floor).max(applied);
         }
         if page.next.is_empty() {
-            return Ok(copied);
+            return Ok((copied, floors));
         }
         after = page.next;
     }

@@ -139,16 +139,17 @@ fn create_shard(map: &mut ClusterMap, policy: &Policy) -> Result<ShardId, String
             voters,
             learners,
             policy: policy.clone(),
+            incoming: Vec::new(),
         },
     );
     Ok(id)
 }
 
 /// Replica counts per node, to place new shards on the least-loaded nodes.
-fn loads(map: &ClusterMap) -> BTreeMap<NodeId, usize> {
+pub(super) fn loads(map: &ClusterMap) -> BTreeMap<NodeId, usize> {
     let mut load: BTreeMap<NodeId, usize> = map.nodes.keys().map(|n| (*n, 0)).collect();
     for s in map.shards.values() {
-        for r in s.replicas() {
+        for r in s.replicas().chain(s.incoming.iter().map(|w| w.joining)) {
             *load.entry(r).or_default() += 1;
         }
     }
@@ -157,13 +158,17 @@ fn loads(map: &ClusterMap) -> BTreeMap<NodeId, usize> {
 
 /// Nodes of `region`, least loaded first, alternating zones so consecutive
 /// picks land in different zones.
-fn region_candidates<'a>(
+pub(super) fn region_candidates<'a>(
     map: &'a ClusterMap,
     region: &str,
     load: &BTreeMap<NodeId, usize>,
 ) -> Vec<&'a NodeEntry> {
     let mut by_zone: BTreeMap<&str, Vec<&NodeEntry>> = BTreeMap::new();
-    for n in map.nodes.values().filter(|n| n.region == region) {
+    let usable = map
+        .nodes
+        .values()
+        .filter(|n| n.region == region && !map.node_states.contains_key(&n.id));
+    for n in usable {
         by_zone.entry(n.zone.as_str()).or_default().push(n);
     }
     for nodes in by_zone.values_mut() {

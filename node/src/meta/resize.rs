@@ -24,6 +24,7 @@
 
 use super::{placement, ClusterMap, MetaOutcome, Policy, MAX_PARTITIONS};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tessera_proto::ShardId;
 
 /// A resize in progress.
@@ -38,6 +39,10 @@ pub struct Resize {
     pub copied: Vec<ShardId>,
     /// Shards (old or new) that have dropped the rows they no longer own.
     pub dropped: Vec<ShardId>,
+    /// Per shard, the log index a replica must have applied to hold every
+    /// row the resize put there or took away (see [`ResizeStep`]).
+    #[serde(default)]
+    pub floors: BTreeMap<ShardId, u64>,
 }
 
 /// Where a resize stands.
@@ -59,13 +64,23 @@ impl ResizePhase {
     }
 }
 
-/// A finished step of a resize.
+/// A finished step of a resize, with the log indexes it reached.
+///
+/// A client's session token covers only its own writes: a replica of a
+/// new shard can have applied them and still lack the mover's copies,
+/// which may sit later in the shard's log. Routers therefore read each
+/// shard of a resized tenant only from replicas that applied its floor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResizeStep {
-    /// Every document of this old shard is on its new shard.
-    Copied(ShardId),
-    /// This shard holds only rows it owns under the new placement.
-    Dropped(ShardId),
+    /// Every document of old shard `source` is on its new shard; `floors`
+    /// holds, per destination shard, the index of the last copy written.
+    Copied {
+        source: ShardId,
+        floors: Vec<(ShardId, u64)>,
+    },
+    /// `shard` holds only rows it owns under the new placement, as of log
+    /// index `applied`.
+    Dropped { shard: ShardId, applied: u64 },
 }
 
 impl Resize {
@@ -116,7 +131,7 @@ impl ClusterMap {
         if let Some(r) = &entry.resize {
             return if r.to.len() == target {
                 Ok(MetaOutcome::Tenant {
-                    tenant: entry.clone(),
+                    tenant: Box::new(entry.clone()),
                     epoch: self.epoch,
                 })
             } else {
@@ -134,7 +149,7 @@ impl ClusterMap {
         }
         if target == current {
             return Ok(MetaOutcome::Tenant {
-                tenant: entry.clone(),
+                tenant: Box::new(entry.clone()),
                 epoch: self.epoch,
             });
         }
@@ -171,9 +186,10 @@ impl ClusterMap {
             fence,
             copied: Vec::new(),
             dropped: Vec::new(),
+            floors: BTreeMap::new(),
         });
         Ok(MetaOutcome::Tenant {
-            tenant: entry.clone(),
+            tenant: Box::new(entry.clone()),
             epoch: fence,
         })
     }
@@ -195,13 +211,14 @@ impl ClusterMap {
             return Ok(MetaOutcome::Ok { epoch: self.epoch });
         };
         let changed = match step {
-            ResizeStep::Copied(shard) => {
-                if !Resize::sources(&old).contains(shard) {
-                    return Err(format!("shard {shard} is not an old shard of {tenant:?}"));
+            ResizeStep::Copied { source, floors } => {
+                if !Resize::sources(&old).contains(source) {
+                    return Err(format!("shard {source} is not an old shard of {tenant:?}"));
                 }
-                push_once(&mut resize.copied, *shard)
+                raise_floors(&mut resize.floors, floors.iter().copied());
+                push_once(&mut resize.copied, *source)
             }
-            ResizeStep::Dropped(shard) => {
+            ResizeStep::Dropped { shard, applied } => {
                 if resize.phase(&old) != ResizePhase::Dropping {
                     return Err(format!(
                         "tenant {tenant:?}: shard {shard} dropped rows before the copy finished"
@@ -212,6 +229,7 @@ impl ClusterMap {
                         "shard {shard} takes no part in {tenant:?}'s resize"
                     ));
                 }
+                raise_floors(&mut resize.floors, [(*shard, *applied)]);
                 push_once(&mut resize.dropped, *shard)
             }
         };
@@ -221,10 +239,25 @@ impl ClusterMap {
         let all = resize.all_shards(&old);
         if all.iter().all(|s| resize.dropped.contains(s)) {
             entry.partitions = std::mem::take(&mut resize.to);
+            let floors = std::mem::take(&mut resize.floors);
+            raise_floors(&mut entry.read_floors, floors);
+            let kept = entry.partitions.clone();
+            entry.read_floors.retain(|s, _| kept.contains(s));
             entry.resize = None;
         }
         let epoch = self.bump();
         Ok(MetaOutcome::Ok { epoch })
+    }
+}
+
+/// Raises each shard's floor to the given index (floors never fall).
+pub fn raise_floors(
+    floors: &mut BTreeMap<ShardId, u64>,
+    new: impl IntoIterator<Item = (ShardId, u64)>,
+) {
+    for (shard, index) in new {
+        let f = floors.entry(shard).or_default();
+        *f = (*f).max(index);
     }
 }
 
@@ -289,22 +322,41 @@ mod tests {
         assert!(distinct.len() >= 4, "8 partitions over {distinct:?}");
         assert!(m.residency_violations().is_empty());
         // Dropping before the copy is refused; copying is idempotent.
+        let early = ResizeStep::Dropped {
+            shard: old[0],
+            applied: 5,
+        };
         assert!(matches!(
-            step(&mut m, r.fence, ResizeStep::Dropped(old[0])),
+            step(&mut m, r.fence, early),
             MetaOutcome::Rejected(_)
         ));
-        step(&mut m, r.fence, ResizeStep::Copied(old[0]));
-        step(&mut m, r.fence, ResizeStep::Copied(old[0]));
+        let dest = *r.to.iter().find(|s| **s != old[0]).expect("a new shard");
+        let copied = |floor| ResizeStep::Copied {
+            source: old[0],
+            floors: vec![(dest, floor)],
+        };
+        step(&mut m, r.fence, copied(40));
+        step(&mut m, r.fence, copied(30));
         for s in &distinct {
             assert!(m.tenants["acme"].resize.is_some());
-            step(&mut m, r.fence, ResizeStep::Dropped(*s));
+            let dropped = ResizeStep::Dropped {
+                shard: *s,
+                applied: 10,
+            };
+            step(&mut m, r.fence, dropped);
         }
         let t = &m.tenants["acme"];
         assert!(t.resize.is_none());
         assert_eq!(t.partitions, r.to);
+        assert_eq!(t.read_floors[&dest], 40, "floors only rise");
+        assert_eq!(t.read_floors[&old[0]], 10);
         // A retried step after the cut-over changes nothing.
         let before = m.clone();
-        step(&mut m, r.fence, ResizeStep::Dropped(old[0]));
+        let late = ResizeStep::Dropped {
+            shard: old[0],
+            applied: 99,
+        };
+        step(&mut m, r.fence, late);
         assert_eq!(m, before);
     }
 
@@ -316,11 +368,12 @@ mod tests {
             partitions: 2,
         });
         let r = m.tenants["acme"].resize.clone().expect("resize");
-        for s in Resize::sources(&m.tenants["acme"].partitions) {
-            step(&mut m, r.fence, ResizeStep::Copied(s));
+        for source in Resize::sources(&m.tenants["acme"].partitions) {
+            let floors = Vec::new();
+            step(&mut m, r.fence, ResizeStep::Copied { source, floors });
         }
-        for s in r.all_shards(&m.tenants["acme"].partitions.clone()) {
-            step(&mut m, r.fence, ResizeStep::Dropped(s));
+        for shard in r.all_shards(&m.tenants["acme"].partitions.clone()) {
+            step(&mut m, r.fence, ResizeStep::Dropped { shard, applied: 1 });
         }
         let before = m.clone();
         for p in [3, 1, MAX_PARTITIONS * 2] {

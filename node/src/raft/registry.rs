@@ -45,6 +45,12 @@ impl Registry {
         self.groups.read().contains_key(&group)
     }
 
+    /// Forgets a group (its replica left this node); returns its handle so
+    /// the caller can shut the Raft instance down.
+    pub fn remove(&self, group: ShardId) -> Option<Arc<GroupHandle>> {
+        self.groups.write().remove(&group)
+    }
+
     /// Adds a group (replacing none: the caller checks `contains` first).
     pub fn insert(&self, group: ShardId, handle: Arc<GroupHandle>) {
         self.groups.write().entry(group).or_insert(handle);

@@ -621,6 +621,20 @@ impl Node for NodeService {
         self.resize_tenant_inner(request.into_inner()).await
     }
 
+    async fn swap_replica(
+        &self,
+        request: Request<pb::SwapReplicaRequest>,
+    ) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        self.swap_replica_inner(request.into_inner()).await
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        self.drain_node_inner(request.into_inner()).await
+    }
+
     async fn fence(
         &self,
         request: Request<pb::FenceRequest>,

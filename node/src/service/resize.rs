@@ -68,6 +68,61 @@ impl NodeService {
         }
     }
 
+    pub(super) async fn swap_replica_inner(
+        &self,
+        req: pb::SwapReplicaRequest,
+    ) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        let swap = crate::meta::Swap {
+            leaving: req.leaving,
+            joining: req.joining,
+        };
+        let cmd = MetaCommand::CompleteSwap {
+            shard: req.shard,
+            swap,
+        };
+        match self.node.propose_meta(cmd).await {
+            Ok(RaftResponse::Meta(MetaOutcome::Ok { epoch })) => {
+                Ok(Response::new(pb::AddLearnerResponse { epoch }))
+            }
+            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
+                Err(Status::invalid_argument(msg))
+            }
+            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
+            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
+                let addr = self.leader_addr(l)?;
+                let mut client = connect(&addr).await?;
+                client.swap_replica(req).await
+            }
+            Err(e) => Err(self.propose_error(e)),
+        }
+    }
+
+    pub(super) async fn drain_node_inner(
+        &self,
+        req: pb::DrainNodeRequest,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        match self
+            .node
+            .propose_meta(MetaCommand::DrainNode(req.node))
+            .await
+        {
+            Ok(RaftResponse::Meta(MetaOutcome::Ok { epoch })) => {
+                let shards = self.node.meta.map().shards_on(req.node);
+                Ok(Response::new(pb::DrainNodeResponse { epoch, shards }))
+            }
+            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
+                Err(Status::invalid_argument(msg))
+            }
+            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
+            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
+                let addr = self.leader_addr(l)?;
+                let mut client = connect(&addr).await?;
+                client.drain_node(req).await
+            }
+            Err(e) => Err(self.propose_error(e)),
+        }
+    }
+
     async fn propose_guarded(
         &self,
         shard: u64,

@@ -133,6 +133,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Operate on nodes.
+    Admin {
+        /// Which admin command.
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+/// `admin` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Move every replica off a node, online: each replica's replacement
+    /// catches up first, then takes its place. The node takes no new
+    /// replicas afterwards.
+    Drain {
+        /// Node id.
+        node: u64,
+        /// Return once the drain has begun instead of waiting until the node holds no replica.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (the drain goes on).
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+    },
 }
 
 /// `tenant` subcommands.

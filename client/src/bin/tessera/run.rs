@@ -1,6 +1,8 @@
 //! Runs one parsed command against a router and prints its result.
 
-use crate::cli::{Cli, Command, FeaturesCommand, LoadArgs, SearchArgs, TenantCommand};
+use crate::cli::{
+    AdminCommand, Cli, Command, FeaturesCommand, LoadArgs, SearchArgs, TenantCommand,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -74,6 +76,17 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         .with_timeout(Duration::from_millis(cli.timeout_ms));
     match cli.command {
         Command::Tenant { command } => tenant(&client, command).await,
+        Command::Admin {
+            command:
+                AdminCommand::Drain {
+                    node,
+                    no_wait,
+                    wait_secs,
+                },
+        } => {
+            let wait = (!no_wait).then(|| Duration::from_secs(wait_secs));
+            drain(&client, node, wait).await
+        }
         Command::Put(args) => load(&client, args, LineKind::Documents).await,
         Command::Groups(args) => load(&client, args, LineKind::Groups).await,
         Command::Delete {
@@ -202,6 +215,45 @@ fn print_tenant(t: &TenantView) {
             r.dropped
         );
     }
+}
+
+/// Starts draining `node` and, unless told not to, follows it until the
+/// node holds no replica.
+async fn drain(
+    client: &TesseraClient,
+    node: u64,
+    wait: Option<std::time::Duration>,
+) -> Result<(), Failure> {
+    let mut left = client.drain_node(node).await?;
+    let Some(limit) = wait else {
+        println!("draining node {node}: {} shards to move", left.len());
+        return Ok(());
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let begun = std::time::Instant::now();
+    while !left.is_empty() {
+        bar.set_message(format!(
+            "draining node {node}: {} shards still have a replica there ({:?})",
+            left.len(),
+            left
+        ));
+        if begun.elapsed() > limit {
+            bar.finish_and_clear();
+            return Err(Failure {
+                code: tessera_client::exit::UNAVAILABLE,
+                message: format!(
+                    "node {node} still holds replicas of {left:?} after {}s; the drain goes on",
+                    limit.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        left = client.drain_node(node).await?;
+    }
+    bar.finish_and_clear();
+    println!("node {node} is drained: it holds no replica");
+    Ok(())
 }
 
 /// Starts a resize and, unless told not to, follows it to the end with a
