@@ -139,6 +139,29 @@ impl TesseraClient {
         Ok(TenantView::from_info(info, 0))
     }
 
+    /// Starts moving a tenant's `partitions` (all of them when empty) to
+    /// shard `to_shard`, or to a shard the cluster picks when `None`: off a
+    /// hot shard, or onto a fresh one. The partition count stays; like a
+    /// resize, it runs in the background and `tenant` shows progress.
+    /// Asking again for the move already running is safe.
+    pub async fn move_tenant(
+        &self,
+        id: &str,
+        partitions: &[u32],
+        to_shard: Option<u64>,
+    ) -> Result<TenantView, ClientError> {
+        let req = self.request(pb::MoveTenantRequest {
+            id: id.to_string(),
+            partitions: partitions.to_vec(),
+            to_shard: to_shard.unwrap_or(0),
+        });
+        let resp = self.inner.clone().move_tenant(req).await?.into_inner();
+        let info = resp
+            .tenant
+            .ok_or_else(|| ClientError::Internal("router returned no tenant".into()))?;
+        Ok(TenantView::from_info(info, 0))
+    }
+
     /// Upserts documents (raw JSON, the DESIGN.md schema) and applies deletes.
     ///
     /// `session` is the token of earlier writes ("" for none); the returned

@@ -88,6 +88,18 @@ impl Router for FakeRouter {
         }))
     }
 
+    async fn move_tenant(
+        &self,
+        r: Request<tessera_proto::pb::MoveTenantRequest>,
+    ) -> Result<Response<CreateTenantResponse>, Status> {
+        let r = r.into_inner();
+        scripted(&r.id)?;
+        Ok(Response::new(CreateTenantResponse {
+            tenant: Some(tenant_info(&r.id)),
+            epoch: 3,
+        }))
+    }
+
     async fn resize_tenant(
         &self,
         r: Request<tessera_proto::pb::ResizeTenantRequest>,

@@ -68,6 +68,10 @@ pub struct ClusterConfig {
     /// leader writes it into the replicated map (absent: the defaults).
     #[serde(default)]
     pub placement: Option<crate::meta::PlacementSettings>,
+    /// `[growth]`: when a tenant doubles its partitions by itself
+    /// (`split_docs`, 0 = never). Absent: a million documents a partition.
+    #[serde(default)]
+    pub growth: Option<crate::meta::growth::GrowthSettings>,
 }
 
 impl ClusterConfig {

@@ -161,6 +161,7 @@ impl TesseraNode {
             tokio::spawn(meta_driver(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(reconciler(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::meta::mover::run(inner.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::meta::growth::run(inner.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::meta::detector::run(
                 inner.clone(),
                 shutdown_rx.clone(),
@@ -434,6 +435,13 @@ async fn drive_meta_once(
     if let Some(settings) = &node.cluster.placement {
         if &map.settings != settings {
             raft.client_write(Request::Meta(MetaCommand::Configure(settings.clone())))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(growth) = &node.cluster.growth {
+        if &map.growth != growth {
+            raft.client_write(Request::Meta(MetaCommand::ConfigureGrowth(growth.clone())))
                 .await
                 .map_err(|e| e.to_string())?;
         }

@@ -18,18 +18,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_proto::limits::{MAX_BATCH_OPS, MAX_PAGE_SIZE};
+use tessera_proto::pb::node_client::NodeClient;
 use tessera_proto::pb::router_server::Router as RouterApi;
 use tessera_proto::pb::{
     CreateTenantRequest, CreateTenantResponse, DeleteOp, DrainNodeRequest, DrainNodeResponse,
     GetRequest, GetTenantRequest, GetTenantResponse, GlobalStats, Hit, ItemKind, ItemRejection,
-    Membership, PutDocumentsRequest, PutDocumentsResponse, PutGroupsRequest, PutGroupsResponse,
-    ReplicaSelection, ResizeTenantRequest, Restriction, RouterGetRequest, RouterGetResponse,
-    RouterNodeStatus, RouterSearchRequest, RouterSearchResponse, RouterShardStatus,
-    RouterStatusRequest, RouterStatusResponse, SearchFilters, SearchRequest, ServedBy,
-    StatsRequest, StatusRequest, TenantInfo, TermStat, WriteRequest,
+    Membership, MoveTenantRequest, PutDocumentsRequest, PutDocumentsResponse, PutGroupsRequest,
+    PutGroupsResponse, ReplicaSelection, ResizeTenantRequest, Restriction, RouterGetRequest,
+    RouterGetResponse, RouterNodeStatus, RouterSearchRequest, RouterSearchResponse,
+    RouterShardStatus, RouterStatusRequest, RouterStatusResponse, SearchFilters, SearchRequest,
+    ServedBy, StatsRequest, StatusRequest, TenantInfo, TermStat, WriteRequest,
 };
 use tessera_proto::{NodeId, ShardId};
 use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 /// The service behind the router's gRPC endpoint.
@@ -735,6 +737,53 @@ impl RouterService {
         )))
     }
 
+    /// Sends a meta-group request to the nodes in turn until one answers (a
+    /// follower forwards it to the meta leader). The node's refusals
+    /// (`InvalidArgument`, `NotFound`) are final; anything else tries the
+    /// next node. The commands are idempotent, so a retry after a lost
+    /// answer is safe. `epoch_of` names the map epoch the answer reflects,
+    /// which the cached map is brought up to before returning.
+    async fn via_meta<Req, Resp, F, Fut>(
+        &self,
+        what: &str,
+        req: Req,
+        deadline: Deadline,
+        epoch_of: impl Fn(&Resp) -> u64,
+        call: F,
+    ) -> Result<Resp, RouterError>
+    where
+        Req: Clone,
+        F: Fn(NodeClient<Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let topo = self.backend.map.ready(deadline).await?;
+        let mut last = String::from("no node to send it to");
+        for node in topo.nodes() {
+            if deadline.expired() {
+                break;
+            }
+            let client = self.backend.pool.client(&node.grpc_addr)?;
+            let budget = deadline.downstream(None);
+            let mut r = Request::new(req.clone());
+            r.set_timeout(budget);
+            match tokio::time::timeout(budget, call(client, r)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    self.await_epoch(epoch_of(&resp), deadline).await;
+                    return Ok(resp);
+                }
+                Ok(Err(s)) if s.code() == Code::InvalidArgument || s.code() == Code::NotFound => {
+                    return Err(RouterError::from_node_status(what, &s))
+                }
+                Ok(Err(s)) => last = format!("{}: {}", node.grpc_addr, s.message()),
+                Err(_) => last = format!("{}: no answer in time", node.grpc_addr),
+            }
+        }
+        Err(RouterError::Unavailable(format!(
+            "{what}: no node could reach the meta leader ({last}); retrying is safe"
+        )))
+    }
+
     /// Starts (or follows) a drain on the meta group, through any node.
     async fn drain_node_inner(
         &self,
@@ -748,32 +797,15 @@ impl RouterService {
                 req.node
             )));
         }
-        let mut last = String::from("no node to send it to");
-        for node in topo.nodes() {
-            if deadline.expired() {
-                break;
-            }
-            let mut client = self.backend.pool.client(&node.grpc_addr)?;
-            let budget = deadline.downstream(None);
-            let mut r = Request::new(req);
-            r.set_timeout(budget);
-            match tokio::time::timeout(budget, client.drain_node(r)).await {
-                Ok(Ok(resp)) => {
-                    let resp = resp.into_inner();
-                    self.await_epoch(resp.epoch, deadline).await;
-                    return Ok(resp);
-                }
-                Ok(Err(s)) if s.code() == Code::InvalidArgument => {
-                    return Err(RouterError::from_node_status("drain node", &s))
-                }
-                Ok(Err(s)) => last = format!("{}: {}", node.grpc_addr, s.message()),
-                Err(_) => last = format!("{}: no answer in time", node.grpc_addr),
-            }
-        }
-        Err(RouterError::Unavailable(format!(
-            "drain node {}: no node could reach the meta leader ({last}); retrying is safe",
-            req.node
-        )))
+        let what = format!("drain node {}", req.node);
+        self.via_meta(
+            &what,
+            req,
+            deadline,
+            |r: &DrainNodeResponse| r.epoch,
+            |mut c, r| async move { c.drain_node(r).await },
+        )
+        .await
     }
 
     /// Starts a resize on the meta group (through any node: a follower
@@ -784,33 +816,36 @@ impl RouterService {
         deadline: Deadline,
     ) -> Result<CreateTenantResponse, RouterError> {
         validate::tenant(&req.id)?;
-        let (topo, _) = self.tenant(&req.id, deadline).await?;
-        let mut last = String::from("no node to send it to");
-        for node in topo.nodes() {
-            if deadline.expired() {
-                break;
-            }
-            let mut client = self.backend.pool.client(&node.grpc_addr)?;
-            let budget = deadline.downstream(None);
-            let mut r = Request::new(req.clone());
-            r.set_timeout(budget);
-            match tokio::time::timeout(budget, client.resize_tenant(r)).await {
-                Ok(Ok(resp)) => {
-                    let resp = resp.into_inner();
-                    self.await_epoch(resp.epoch, deadline).await;
-                    return Ok(resp);
-                }
-                Ok(Err(s)) if s.code() == Code::InvalidArgument || s.code() == Code::NotFound => {
-                    return Err(RouterError::from_node_status("resize tenant", &s))
-                }
-                Ok(Err(s)) => last = format!("{}: {}", node.grpc_addr, s.message()),
-                Err(_) => last = format!("{}: no answer in time", node.grpc_addr),
-            }
-        }
-        Err(RouterError::Unavailable(format!(
-            "resize tenant {}: no node could reach the meta leader ({last}); retrying is safe",
-            req.id
-        )))
+        self.tenant(&req.id, deadline).await?;
+        let what = format!("resize tenant {}", req.id);
+        self.via_meta(
+            &what,
+            req,
+            deadline,
+            |r: &CreateTenantResponse| r.epoch,
+            |mut c, r| async move { c.resize_tenant(r).await },
+        )
+        .await
+    }
+
+    /// Starts moving partitions of a tenant to another shard; like a
+    /// resize, the mover on the meta leader finishes it.
+    async fn move_tenant_inner(
+        &self,
+        req: MoveTenantRequest,
+        deadline: Deadline,
+    ) -> Result<CreateTenantResponse, RouterError> {
+        validate::tenant(&req.id)?;
+        self.tenant(&req.id, deadline).await?;
+        let what = format!("move tenant {}", req.id);
+        self.via_meta(
+            &what,
+            req,
+            deadline,
+            |r: &CreateTenantResponse| r.epoch,
+            |mut c, r| async move { c.move_tenant(r).await },
+        )
+        .await
     }
 
     /// Waits until the cached map has at least `epoch` (bounded), so a read
@@ -1216,6 +1251,21 @@ impl RouterApi for RouterService {
         let req = request.into_inner();
         self.run("drain_node", None, self.drain_node_inner(req, deadline))
             .await
+    }
+
+    async fn move_tenant(
+        &self,
+        request: Request<MoveTenantRequest>,
+    ) -> Result<Response<CreateTenantResponse>, Status> {
+        let deadline = self.write_deadline(&request, 0);
+        let req = request.into_inner();
+        let tenant = req.id.clone();
+        self.run(
+            "move_tenant",
+            Some(&tenant),
+            self.move_tenant_inner(req, deadline),
+        )
+        .await
     }
 
     async fn resize_tenant(

@@ -398,6 +398,20 @@ impl Node for FakeNode {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn move_tenant(
+        &self,
+        _r: Request<tessera_proto::pb::MoveTenantRequest>,
+    ) -> Result<Response<CreateTenantResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn tenant_sizes(
+        &self,
+        _r: Request<tessera_proto::pb::TenantSizesRequest>,
+    ) -> Result<Response<tessera_proto::pb::TenantSizesResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn swap_replica(
         &self,
         _r: Request<tessera_proto::pb::SwapReplicaRequest>,

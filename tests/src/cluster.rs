@@ -114,6 +114,7 @@ impl TestCluster {
             nodes,
             routes: Vec::<RouteSpec>::new(),
             placement: None,
+            growth: None,
         };
         let certs = dir.path().join("certs");
         let ids: Vec<(u64, Vec<IpAddr>)> = config
@@ -144,6 +145,12 @@ impl TestCluster {
     /// Sets the `[placement]` knobs for nodes started after this call.
     pub fn set_placement(&mut self, placement: tessera_node::meta::PlacementSettings) {
         self.config.placement = Some(placement);
+        std::fs::write(&self.config_path, cluster_toml(&self.config)).expect("write cluster.toml");
+    }
+
+    /// Sets the `[growth]` rule for nodes started after this call.
+    pub fn set_growth(&mut self, growth: tessera_node::meta::growth::GrowthSettings) {
+        self.config.growth = Some(growth);
         std::fs::write(&self.config_path, cluster_toml(&self.config)).expect("write cluster.toml");
     }
 
@@ -543,6 +550,9 @@ fn cluster_toml(c: &ClusterConfig) -> String {
             "[placement]\nmin_shards = {}\nmax_tenants_per_shard = {}\ndead_after_secs = {}\n",
             p.min_shards, p.max_tenants_per_shard, p.dead_after_secs
         ));
+    }
+    if let Some(g) = &c.growth {
+        s.push_str(&format!("[growth]\nsplit_docs = {}\n", g.split_docs));
     }
     s
 }

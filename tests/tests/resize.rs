@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tessera_client::{SearchQuery, TesseraClient};
+use tessera_node::meta::growth::GrowthSettings;
 use tessera_tests::cluster::{Mode, SETTLE};
 use tessera_tests::load::{
     assert_clean, check_final, load_initial, run_with_load, Acked, COMMON, INITIAL, USER,
@@ -24,7 +25,17 @@ struct Scenario {
 }
 
 async fn scenario(tenant: &str) -> Scenario {
-    let cluster = TestCluster::start(&Layout::one_region_three_zones(), Mode::InProc).await;
+    scenario_with(tenant, GrowthSettings { split_docs: 0 }).await
+}
+
+/// Three nodes with the `[growth]` rule `growth`, a router, and `tenant`
+/// loaded with `INITIAL` documents on one partition.
+async fn scenario_with(tenant: &str, growth: GrowthSettings) -> Scenario {
+    let mut cluster = TestCluster::prepare(&Layout::one_region_three_zones(), Mode::InProc);
+    cluster.set_growth(growth);
+    for id in 1..=3 {
+        cluster.start_node(id).await;
+    }
     let router = start_inproc_router(&cluster, "us-east", |_| {}).await;
     let client = client(&router.local_addr().to_string()).await;
     let acked = load_initial(&client, tenant).await;
@@ -147,4 +158,70 @@ async fn a_resize_survives_a_crash_of_the_movers_node() {
     assert_clean(&write_failures, &reports);
     let acked = s.acked.lock().expect("acked").clone();
     check_final(&s.client, tenant, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_moves_to_another_shard_under_load() {
+    let tenant = "mover";
+    let s = scenario(tenant).await;
+    let from = s.client.tenant(tenant).await.expect("tenant").partitions[0].shard;
+    let (write_failures, reports) = run_with_load(&s.client, &s.acked, tenant, async {
+        let begun = s
+            .client
+            .move_tenant(tenant, &[0], None)
+            .await
+            .expect("move starts");
+        let target = begun.resize.as_ref().expect("the move is under way").to[0];
+        assert_ne!(target, from, "the partition leaves its shard");
+        wait_resized(&s.client, tenant, 1).await;
+    })
+    .await;
+    assert_clean(&write_failures, &reports);
+    let acked = s.acked.lock().expect("acked").clone();
+    check_final(&s.client, tenant, &acked).await;
+    let t = s.client.tenant(tenant).await.expect("tenant");
+    let to = t.partitions[0].shard;
+    assert_ne!(to, from, "the tenant ends on another shard");
+    let page = s
+        .client
+        .search(&SearchQuery::new(tenant, USER, COMMON).limit(10))
+        .await
+        .expect("search");
+    let served: BTreeSet<u64> = page.served_by.iter().map(|sb| sb.shard).collect();
+    assert_eq!(served, BTreeSet::from([to]), "only the new shard serves it");
+    // The old shard deleted its copies: it held this tenant alone.
+    let leader = s.cluster.leader_of(from).await;
+    let digest = s.cluster.digest(leader, from).await.expect("digest");
+    assert_eq!(digest.docs, 0, "shard {from} still holds documents");
+    let map = s.cluster.map(1).await;
+    let info = map.shards.iter().find(|x| x.id == to).expect("new shard");
+    for n in info.voters.iter().chain(&info.learners) {
+        let node = map.nodes.iter().find(|x| x.id == *n).expect("node");
+        assert_eq!(node.region, "us-east", "shard {to} has a replica outside");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_over_the_split_threshold_doubles_by_itself_under_load() {
+    let tenant = "grows";
+    // The INITIAL documents are under the threshold; the writer's new
+    // documents take the one partition over it while the load runs, and
+    // half of them on each of two partitions are far under, so it doubles
+    // exactly once.
+    let split_docs = (INITIAL + 50) as u64;
+    let s = scenario_with(tenant, GrowthSettings { split_docs }).await;
+    let (write_failures, reports) = run_with_load(&s.client, &s.acked, tenant, async {
+        wait_resized(&s.client, tenant, 2).await;
+    })
+    .await;
+    assert_clean(&write_failures, &reports);
+    let acked = s.acked.lock().expect("acked").clone();
+    check_final(&s.client, tenant, &acked).await;
+    let t = s.client.tenant(tenant).await.expect("tenant");
+    assert_eq!(t.partitions.len(), 2, "it doubled once: {:?}", t.partitions);
+    // Placement puts at most two partitions of a tenant on one shard.
+    for p in &t.partitions {
+        let here = t.partitions.iter().filter(|q| q.shard == p.shard).count();
+        assert!(here <= 2, "{here} partitions on shard {}", p.shard);
+    }
 }

@@ -15,11 +15,13 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tessera_proto::{EventKind, ShardId};
 
-use super::definition::Entity;
+use super::definition::{Entity, Registry};
+use crate::rank::{Experiment, RankProfile};
 
 /// Version slots; a power of two. A write invalidates every entry whose entity shares its slot,
 /// so the table is sized for collisions to be rare: with 2^20 slots (8 MiB), a stream of writes
@@ -50,26 +52,43 @@ impl CacheKey<'_> {
         HASHER.hash_one(self)
     }
 
+    /// The key as one allocation: group, version, then the tenant and feature each behind
+    /// its length, then the entity. One contiguous buffer means one memory fetch to confirm a
+    /// hit (three separate strings cost three), which is most of a hit's cost when a rerank
+    /// reads hundreds of entries spread over a large table.
     fn owned(&self) -> OwnedKey {
-        (
-            self.group,
-            self.tenant.to_string(),
-            self.feature.to_string(),
-            self.version,
-            self.entity.to_string(),
-        )
+        let mut v =
+            Vec::with_capacity(24 + self.tenant.len() + self.feature.len() + self.entity.len());
+        v.extend_from_slice(&self.group.to_le_bytes());
+        v.extend_from_slice(&self.version.to_le_bytes());
+        for part in [self.tenant, self.feature] {
+            v.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            v.extend_from_slice(part.as_bytes());
+        }
+        v.extend_from_slice(self.entity.as_bytes());
+        v.into_boxed_slice()
     }
 
-    fn is(&self, owned: &OwnedKey) -> bool {
-        self.group == owned.0
-            && self.tenant == owned.1
-            && self.feature == owned.2
-            && self.version == owned.3
-            && self.entity == owned.4
+    /// Whether `owned` is this key's [`Self::owned`] form.
+    fn is(&self, owned: &[u8]) -> bool {
+        let mut rest = owned;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            rest = tail;
+            Some(head)
+        };
+        let fixed = take(8) == Some(&self.group.to_le_bytes()[..])
+            && take(8) == Some(&self.version.to_le_bytes()[..]);
+        let parts = fixed
+            && [self.tenant, self.feature].iter().all(|part| {
+                take(4) == Some(&(part.len() as u32).to_le_bytes()[..])
+                    && take(part.len()) == Some(part.as_bytes())
+            });
+        parts && rest == self.entity.as_bytes()
     }
 }
 
-type OwnedKey = (ShardId, String, String, u64, String);
+type OwnedKey = Box<[u8]>;
 
 /// The write state a reader saw before evaluating: the global epoch and the entity's slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,11 +106,29 @@ struct Entry {
     value: Option<f64>,
 }
 
+/// A tenant's definitions as a search uses them: the registry with its rank profiles and
+/// experiments already parsed out of `features.toml`. Parsing them costs more than the rest of
+/// a reranked search's feature work, so it is done once per registry change, not per search.
+#[derive(Debug)]
+pub struct Definitions {
+    pub registry: Registry,
+    pub profiles: Vec<RankProfile>,
+    /// The experiments, or why they do not parse (reported when one is asked for).
+    pub experiments: Result<Vec<Experiment>, String>,
+}
+
+/// Parsed definitions with the cache epoch they were read at.
+type DefinitionsEntry = (u64, Arc<Definitions>);
+
 /// The node-wide cache (one per RocksDB instance, shared by all its shards).
 pub struct OnlineCache {
     slots: Box<[AtomicU64]>,
     epoch: AtomicU64,
-    entries: Mutex<HashMap<u64, Entry>>,
+    /// Keyed by [`CacheKey::hashed`], already a good hash: foldhash only mixes it again.
+    entries: Mutex<HashMap<u64, Entry, foldhash::fast::RandomState>>,
+    /// Parsed definitions per (shard, tenant), with the epoch they were read at: valid while
+    /// the epoch is unchanged (a registry write bumps it once the write is visible).
+    definitions: Mutex<HashMap<(ShardId, String), DefinitionsEntry>>,
     capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -117,7 +154,8 @@ impl OnlineCache {
         Self {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
+            definitions: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -242,6 +280,32 @@ impl OnlineCache {
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.lock().clear();
+        self.definitions.lock().clear();
+    }
+
+    /// A tenant's parsed definitions: cached ones while no registry write or snapshot install
+    /// happened since they were read, else `load`'s (then cached). The epoch is read before
+    /// `load` runs, so a write racing with it makes the entry stale, never wrong.
+    pub fn definitions<E>(
+        &self,
+        group: ShardId,
+        tenant: &str,
+        load: impl FnOnce() -> Result<Definitions, E>,
+    ) -> Result<Arc<Definitions>, E> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let key = (group, tenant.to_string());
+        if let Some((at, defs)) = self.definitions.lock().get(&key) {
+            if *at == epoch {
+                return Ok(defs.clone());
+            }
+        }
+        let defs = Arc::new(load()?);
+        let mut map = self.definitions.lock();
+        if map.len() >= self.capacity {
+            map.clear();
+        }
+        map.insert(key, (epoch, defs.clone()));
+        Ok(defs)
     }
 }
 
@@ -256,6 +320,40 @@ mod tests {
             feature: "f",
             version: 1,
             entity,
+        }
+    }
+
+    #[test]
+    fn a_key_matches_its_own_stored_form_only() {
+        let base = CacheKey {
+            group: 7,
+            tenant: "ab",
+            feature: "c",
+            version: 3,
+            entity: "u:x",
+        };
+        assert!(base.is(&base.owned()));
+        let others = [
+            CacheKey { group: 8, ..base },
+            CacheKey { version: 4, ..base },
+            // The same bytes split differently between tenant and feature.
+            CacheKey {
+                tenant: "a",
+                feature: "bc",
+                ..base
+            },
+            CacheKey {
+                entity: "u:xy",
+                ..base
+            },
+            CacheKey {
+                entity: "u:",
+                ..base
+            },
+        ];
+        for other in others {
+            assert!(!other.is(&base.owned()), "{other:?}");
+            assert!(!base.is(&other.owned()), "{other:?}");
         }
     }
 

@@ -14,12 +14,13 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tessera_proto::{EventKind, ShardId, ValidEvent};
 
-use super::cache::CacheKey;
+use super::cache::{CacheKey, Definitions};
 use super::definition::{Entity, FeatureDef, Registry};
 use super::engine::{evaluate, valid_until, FeatureSource};
 use super::historical::historical_value;
 use super::tiles::{tile_of, EventRow, Order, Tile};
 use crate::storage::{decode, encode, keys::SEP, Storage, StorageError, CF_FEATURES};
+use std::sync::Arc;
 
 /// An `i64` as 8 bytes that sort like the number.
 fn enc_i64(v: i64) -> [u8; 8] {
@@ -103,6 +104,10 @@ pub enum FeatureError {
         entity: &'static str,
         missing: &'static str,
     },
+    /// Profiles are checked when definitions are applied, so this is a stored registry
+    /// that no longer parses.
+    #[error("the tenant's rank profiles do not parse: {0}")]
+    Profiles(String),
 }
 
 /// One row of feature values; `None` is null.
@@ -129,6 +134,27 @@ impl FeatureStore {
             .map(|b| decode(CF_FEATURES, &b))
             .transpose()?
             .unwrap_or_default())
+    }
+
+    /// `tenant`'s registry with its profiles and experiments parsed, from the node's cache
+    /// while no definitions changed (see [`Definitions`]).
+    pub fn definitions(&self, tenant: &str) -> Result<Arc<Definitions>, FeatureError> {
+        self.storage.online_cache().definitions(
+            self.group,
+            tenant,
+            || -> Result<_, FeatureError> {
+                let registry = self.registry(tenant)?;
+                let profiles = registry
+                    .profiles()
+                    .map_err(|e| FeatureError::Profiles(e.to_string()))?;
+                let experiments = registry.experiments().map_err(|e| e.to_string());
+                Ok(Definitions {
+                    registry,
+                    profiles,
+                    experiments,
+                })
+            },
+        )
     }
 
     /// Every raw event of one entity, in tie-break order.

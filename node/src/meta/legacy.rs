@@ -71,6 +71,7 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterMap, String> {
             .collect(),
         settings: PlacementSettings::default(),
         node_states: BTreeMap::new(),
+        growth: Default::default(),
     })
 }
 

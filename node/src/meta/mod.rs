@@ -7,8 +7,10 @@
 //! shard id.
 
 pub mod detector;
+pub mod growth;
 pub mod legacy;
 pub mod mover;
+pub mod moves;
 pub mod placement;
 pub mod repair;
 pub mod resize;
@@ -168,6 +170,9 @@ pub struct ClusterMap {
     /// dead (see [`repair`]).
     #[serde(default)]
     pub node_states: BTreeMap<NodeId, NodeState>,
+    /// When tenants double their partitions by themselves (see [`growth`]).
+    #[serde(default)]
+    pub growth: growth::GrowthSettings,
 }
 
 /// A request to create a tenant, as validated by `apply`.
@@ -208,6 +213,16 @@ pub enum MetaCommand {
     /// The joining node of a swap has caught up: it takes the leaving
     /// node's place among the shard's replicas.
     CompleteSwap { shard: ShardId, swap: Swap },
+    /// Starts moving partitions of a tenant (all when empty) to shard `to`,
+    /// or to a shard placement picks (see [`moves`]).
+    BeginMove {
+        tenant: String,
+        partitions: Vec<u32>,
+        to: Option<ShardId>,
+    },
+    /// Replaces the automatic-growth rule (the meta leader proposes its
+    /// config's `[growth]`).
+    ConfigureGrowth(growth::GrowthSettings),
 }
 
 /// The result of a meta command.
@@ -243,6 +258,12 @@ impl ClusterMap {
             MetaCommand::DrainNode(node) => self.retire_node(*node, NodeState::Draining),
             MetaCommand::MarkDead(node) => self.retire_node(*node, NodeState::Dead),
             MetaCommand::CompleteSwap { shard, swap } => self.complete_swap(*shard, *swap),
+            MetaCommand::BeginMove {
+                tenant,
+                partitions,
+                to,
+            } => self.begin_move(tenant, partitions, *to),
+            MetaCommand::ConfigureGrowth(settings) => Ok(self.configure_growth(settings)),
         };
         result.unwrap_or_else(MetaOutcome::Rejected)
     }
@@ -250,6 +271,14 @@ impl ClusterMap {
     fn configure(&mut self, settings: &PlacementSettings) -> MetaOutcome {
         if &self.settings != settings {
             self.settings = settings.clone();
+            self.bump();
+        }
+        MetaOutcome::Ok { epoch: self.epoch }
+    }
+
+    fn configure_growth(&mut self, settings: &growth::GrowthSettings) -> MetaOutcome {
+        if &self.growth != settings {
+            self.growth = settings.clone();
             self.bump();
         }
         MetaOutcome::Ok { epoch: self.epoch }

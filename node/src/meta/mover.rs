@@ -84,10 +84,15 @@ async fn drive(node: &NodeInner, map: &ClusterMap, tenant: &TenantEntry) -> Resu
                 if resize.dropped.contains(&shard) {
                     continue;
                 }
+                // A router whose map still says "copying" reads the old
+                // shards alone, which is only right until they drop: the
+                // drop fences the shard at this map's epoch (in which the
+                // copy is over), so such a router is told its map is stale
+                // and rereads both placements with a fresh one.
                 let req = pb::DropRequest {
                     tenant: tenant.id.clone(),
                     shard,
-                    fence: resize.fence,
+                    fence: map.epoch.max(resize.fence),
                     to: resize.to.clone(),
                 };
                 let out = on_leader(map, shard, |mut c| {

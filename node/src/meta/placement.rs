@@ -84,6 +84,26 @@ pub fn assign_growth(
     Ok(out)
 }
 
+/// The shard a moving partition goes to when the operator names none: of
+/// the policy's open shards that hold none of the tenant's partitions, the
+/// one with the fewest tenants (ties to the lowest id); a new shard when
+/// every open shard already holds some of the tenant.
+pub fn assign_move_target(
+    map: &mut ClusterMap,
+    policy: &Policy,
+    current: &[ShardId],
+) -> Result<ShardId, String> {
+    let tenants = tenants_per_shard(map);
+    let pick = open_shards(map, policy)
+        .into_iter()
+        .filter(|s| !current.contains(s))
+        .min_by_key(|s| (tenants.get(s).copied().unwrap_or(0), *s));
+    match pick {
+        Some(s) => Ok(s),
+        None => create_shard(map, policy),
+    }
+}
+
 /// Shards of `policy`, in id order.
 fn policy_shards(map: &ClusterMap, policy: &Policy) -> Vec<ShardId> {
     map.shards

@@ -129,16 +129,16 @@ impl ClusterMap {
         let current = entry.partitions.len();
         let target = partitions as usize;
         if let Some(r) = &entry.resize {
-            return if r.to.len() == target {
+            return if r.to.len() == target && target != current {
                 Ok(MetaOutcome::Tenant {
                     tenant: Box::new(entry.clone()),
                     epoch: self.epoch,
                 })
             } else {
                 Err(format!(
-                    "tenant {tenant:?} is already being resized to {} partitions; \
+                    "tenant {tenant:?} is already being resized or moved (to {:?}); \
                      wait for it to finish",
-                    r.to.len()
+                    r.to
                 ))
             };
         }

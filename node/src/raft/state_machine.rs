@@ -224,6 +224,27 @@ impl ShardData {
             .unwrap_or_default())
     }
 
+    /// Every tenant's statistics in this shard, by tenant id: what the meta
+    /// leader's growth check reads.
+    pub fn all_tenant_stats(&self) -> Result<Vec<(String, TenantStats)>, StorageError> {
+        let start = keys::meta_key(self.group, keys::suffix::TENANT_STATS);
+        let end = keys::meta_key(self.group, keys::suffix::TENANT_STATS + 1);
+        let mut rows = Vec::new();
+        self.storage.for_each(CF_SM_META, &start, &end, |k, v| {
+            rows.push((k[start.len()..].to_vec(), v.to_vec()));
+            true
+        })?;
+        rows.into_iter()
+            .map(|(tenant, value)| {
+                let tenant = String::from_utf8(tenant).map_err(|e| StorageError::Corrupt {
+                    cf: CF_SM_META,
+                    reason: format!("tenant stats key is not UTF-8: {e}"),
+                })?;
+                Ok((tenant, decode(CF_SM_META, &value)?))
+            })
+            .collect()
+    }
+
     /// The last applied log id as persisted.
     pub fn applied(&self) -> Result<Option<LogId<NodeId>>, StorageError> {
         read_applied(&self.storage, self.group)

@@ -407,7 +407,7 @@ impl Node for NodeService {
         let applied = data.index.watermark();
         let second = ranking.map(|plan| SecondPhase {
             data: data.clone(),
-            registry: plan.registry,
+            definitions: plan.definitions,
             profile: plan.served,
             shadow: plan.shadow,
             tenant: req.tenant.clone(),
@@ -590,28 +590,11 @@ impl Node for NodeService {
             survival: req.survival.clone(),
             partitions: req.partitions,
         };
-        match self
-            .node
-            .propose_meta(MetaCommand::CreateTenant(spec))
-            .await
-        {
-            Ok(RaftResponse::Meta(MetaOutcome::Tenant { tenant, epoch })) => {
-                Ok(Response::new(pb::CreateTenantResponse {
-                    tenant: Some(tenant.to_proto()),
-                    epoch,
-                }))
-            }
-            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
-                Err(Status::invalid_argument(msg))
-            }
-            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
-            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
-                let addr = self.leader_addr(l)?;
-                let mut client = connect(&addr).await?;
-                client.create_tenant(req).await
-            }
-            Err(e) => Err(self.propose_error(e)),
-        }
+        let cmd = MetaCommand::CreateTenant(spec);
+        self.on_meta_leader(cmd, req, resize::tenant_response, |mut c, r| async move {
+            c.create_tenant(r).await
+        })
+        .await
     }
 
     async fn resize_tenant(
@@ -619,6 +602,20 @@ impl Node for NodeService {
         request: Request<pb::ResizeTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         self.resize_tenant_inner(request.into_inner()).await
+    }
+
+    async fn move_tenant(
+        &self,
+        request: Request<pb::MoveTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        self.move_tenant_inner(request.into_inner()).await
+    }
+
+    async fn tenant_sizes(
+        &self,
+        request: Request<pb::TenantSizesRequest>,
+    ) -> Result<Response<pb::TenantSizesResponse>, Status> {
+        self.tenant_sizes_inner(request.into_inner())
     }
 
     async fn swap_replica(

@@ -6,13 +6,16 @@ use tessera_proto::pb;
 use tonic::Status;
 
 use super::{internal, NodeService};
-use crate::features::{FeatureError, FeatureStore, Registry};
+use std::sync::Arc;
+
+use crate::features::cache::Definitions;
+use crate::features::{FeatureError, FeatureStore};
 use crate::raft::state_machine::ShardData;
 use crate::rank::{self, experiment, Candidate, RankProfile};
 
 /// What ranks one search.
 pub(super) struct RankPlan {
-    pub(super) registry: Registry,
+    pub(super) definitions: Arc<Definitions>,
     /// The profile whose ranking is served.
     pub(super) served: RankProfile,
     /// Shadow mode: the variant's profile, ranked and returned apart, never served.
@@ -55,30 +58,34 @@ impl NodeService {
                 "profile and experiment are exclusive: an experiment picks the profile",
             ));
         }
-        let registry = FeatureStore::new(data.storage.clone(), data.group)
-            .registry(tenant)
-            .map_err(internal)?;
-        let profiles = registry.profiles().map_err(internal)?;
+        let defs = FeatureStore::new(data.storage.clone(), data.group)
+            .definitions(tenant)
+            .map_err(|e| match e {
+                FeatureError::Storage(e) => internal(e),
+                other => internal(other.to_string()),
+            })?;
+        let profiles = &defs.profiles;
         let resolve = |spec: &str| -> Result<Option<RankProfile>, Status> {
             if spec == experiment::BM25 {
                 return Ok(None);
             }
-            rank::select(&profiles, spec)
+            rank::select(profiles, spec)
                 .map(|p| Some(p.clone()))
                 .map_err(|e| Status::invalid_argument(e.to_string()))
         };
         if experiment_name.is_empty() {
             return Ok(resolve(profile)?.map(|served| RankPlan {
-                registry,
+                definitions: defs.clone(),
                 served,
                 shadow: None,
                 variant: String::new(),
             }));
         }
-        let experiments = registry
-            .experiments()
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let assignment = experiment::find(&experiments, experiment_name)
+        let experiments = defs
+            .experiments
+            .as_ref()
+            .map_err(|e| Status::failed_precondition(e.clone()))?;
+        let assignment = experiment::find(experiments, experiment_name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .assign(user);
         let served = resolve(&assignment.served)?;
@@ -92,7 +99,7 @@ impl NodeService {
             (None, None) => {
                 // Plain BM25 for this user; the variant is still reported.
                 return Ok(Some(RankPlan {
-                    registry,
+                    definitions: defs.clone(),
                     served: bm25_profile(0),
                     shadow: None,
                     variant: assignment.variant,
@@ -100,7 +107,7 @@ impl NodeService {
             }
         };
         Ok(Some(RankPlan {
-            registry,
+            definitions: defs.clone(),
             served,
             shadow,
             variant: assignment.variant,
@@ -126,7 +133,7 @@ impl RankPlan {
 /// Everything the second phase needs, moved onto a blocking thread (it reads RocksDB).
 pub(super) struct SecondPhase {
     pub(super) data: std::sync::Arc<ShardData>,
-    pub(super) registry: Registry,
+    pub(super) definitions: Arc<Definitions>,
     pub(super) profile: RankProfile,
     /// Shadow mode: ranked over the same candidates and returned apart.
     pub(super) shadow: Option<RankProfile>,
@@ -182,7 +189,7 @@ impl SecondPhase {
         let store = FeatureStore::new(self.data.storage.clone(), self.data.group);
         let reranked = rank::rerank(
             profile,
-            &self.registry,
+            &self.definitions.registry,
             &store,
             &self.tenant,
             &self.user,

@@ -2,7 +2,11 @@
 //! the mover's fence, export and drop calls on a shard's leader (see
 //! `crate::meta::resize`).
 
+use std::future::Future;
+
 use tessera_proto::pb;
+use tessera_proto::pb::node_client::NodeClient;
+use tonic::transport::Channel;
 use tonic::{Response, Status};
 
 use super::{connect, internal, validate, NodeService, DEFAULT_TIMEOUT};
@@ -24,6 +28,17 @@ pub fn stale_map(tenant: &str, map_epoch: u64, fence: u64) -> Status {
     ))
 }
 
+/// The answer to a command that creates or changes a tenant.
+pub(super) fn tenant_response(outcome: MetaOutcome) -> Result<pb::CreateTenantResponse, Status> {
+    match outcome {
+        MetaOutcome::Tenant { tenant, epoch } => Ok(pb::CreateTenantResponse {
+            tenant: Some(tenant.to_proto()),
+            epoch,
+        }),
+        other => Err(internal(format!("unexpected meta response {other:?}"))),
+    }
+}
+
 impl NodeService {
     /// Refuses a read made with a map older than the tenant's fence.
     pub(super) fn check_fence(
@@ -39,6 +54,35 @@ impl NodeService {
         }
     }
 
+    /// Proposes `cmd` on the meta group, or, when another node leads it,
+    /// hands the request to that node with `forward`. A rejection is the
+    /// caller's mistake (`InvalidArgument`, nothing changed); any other
+    /// outcome goes to `answer`.
+    pub(super) async fn on_meta_leader<Req, Resp, Fwd, Fut>(
+        &self,
+        cmd: MetaCommand,
+        req: Req,
+        answer: impl FnOnce(MetaOutcome) -> Result<Resp, Status>,
+        forward: Fwd,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Fwd: FnOnce(NodeClient<Channel>, Req) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        match self.node.propose_meta(cmd).await {
+            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
+                Err(Status::invalid_argument(msg))
+            }
+            Ok(RaftResponse::Meta(outcome)) => answer(outcome).map(Response::new),
+            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
+            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
+                let client = connect(&self.leader_addr(l)?).await?;
+                forward(client, req).await
+            }
+            Err(e) => Err(self.propose_error(e)),
+        }
+    }
+
     pub(super) async fn resize_tenant_inner(
         &self,
         req: pb::ResizeTenantRequest,
@@ -48,24 +92,46 @@ impl NodeService {
             tenant: req.id.clone(),
             partitions: req.partitions,
         };
-        match self.node.propose_meta(cmd).await {
-            Ok(RaftResponse::Meta(MetaOutcome::Tenant { tenant, epoch })) => {
-                Ok(Response::new(pb::CreateTenantResponse {
-                    tenant: Some(tenant.to_proto()),
-                    epoch,
-                }))
-            }
-            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
-                Err(Status::invalid_argument(msg))
-            }
-            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
-            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
-                let addr = self.leader_addr(l)?;
-                let mut client = connect(&addr).await?;
-                client.resize_tenant(req).await
-            }
-            Err(e) => Err(self.propose_error(e)),
-        }
+        self.on_meta_leader(cmd, req, tenant_response, |mut c, r| async move {
+            c.resize_tenant(r).await
+        })
+        .await
+    }
+
+    pub(super) async fn move_tenant_inner(
+        &self,
+        req: pb::MoveTenantRequest,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        validate::tenant(&req.id)?;
+        let cmd = MetaCommand::BeginMove {
+            tenant: req.id.clone(),
+            partitions: req.partitions.clone(),
+            to: (req.to_shard != 0).then_some(req.to_shard),
+        };
+        self.on_meta_leader(cmd, req, tenant_response, |mut c, r| async move {
+            c.move_tenant(r).await
+        })
+        .await
+    }
+
+    pub(super) fn tenant_sizes_inner(
+        &self,
+        req: pb::TenantSizesRequest,
+    ) -> Result<Response<pb::TenantSizesResponse>, Status> {
+        let (_, data) = self.shard(req.shard)?;
+        let tenants = data
+            .all_tenant_stats()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(tenant, stats)| pb::TenantSize {
+                tenant,
+                docs: stats.docs,
+            })
+            .collect();
+        Ok(Response::new(pb::TenantSizesResponse {
+            shard: req.shard,
+            tenants,
+        }))
     }
 
     pub(super) async fn swap_replica_inner(
@@ -80,47 +146,35 @@ impl NodeService {
             shard: req.shard,
             swap,
         };
-        match self.node.propose_meta(cmd).await {
-            Ok(RaftResponse::Meta(MetaOutcome::Ok { epoch })) => {
-                Ok(Response::new(pb::AddLearnerResponse { epoch }))
-            }
-            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
-                Err(Status::invalid_argument(msg))
-            }
-            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
-            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
-                let addr = self.leader_addr(l)?;
-                let mut client = connect(&addr).await?;
-                client.swap_replica(req).await
-            }
-            Err(e) => Err(self.propose_error(e)),
-        }
+        let answer = |outcome| match outcome {
+            MetaOutcome::Ok { epoch } => Ok(pb::AddLearnerResponse { epoch }),
+            other => Err(internal(format!("unexpected meta response {other:?}"))),
+        };
+        self.on_meta_leader(cmd, req, answer, |mut c, r| async move {
+            c.swap_replica(r).await
+        })
+        .await
     }
 
     pub(super) async fn drain_node_inner(
         &self,
         req: pb::DrainNodeRequest,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
-        match self
-            .node
-            .propose_meta(MetaCommand::DrainNode(req.node))
-            .await
-        {
-            Ok(RaftResponse::Meta(MetaOutcome::Ok { epoch })) => {
-                let shards = self.node.meta.map().shards_on(req.node);
-                Ok(Response::new(pb::DrainNodeResponse { epoch, shards }))
+        let node = req.node;
+        let answer = move |outcome| match outcome {
+            MetaOutcome::Ok { epoch } => {
+                let shards = self.node.meta.map().shards_on(node);
+                Ok(pb::DrainNodeResponse { epoch, shards })
             }
-            Ok(RaftResponse::Meta(MetaOutcome::Rejected(msg))) => {
-                Err(Status::invalid_argument(msg))
-            }
-            Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
-            Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
-                let addr = self.leader_addr(l)?;
-                let mut client = connect(&addr).await?;
-                client.drain_node(req).await
-            }
-            Err(e) => Err(self.propose_error(e)),
-        }
+            other => Err(internal(format!("unexpected meta response {other:?}"))),
+        };
+        self.on_meta_leader(
+            MetaCommand::DrainNode(req.node),
+            req,
+            answer,
+            |mut c, r| async move { c.drain_node(r).await },
+        )
+        .await
     }
 
     async fn propose_guarded(

@@ -201,7 +201,31 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a tenant's partitions, shards, replicas, document count and any resize in progress.
+    /// Move a tenant's partitions to another shard, online (off a hot shard,
+    /// or onto a fresh one): the same copy, double-write and cut-over as a
+    /// resize, with the partition count unchanged.
+    Move {
+        /// Tenant id.
+        id: String,
+        /// Partition index to move (repeat or comma-separate; default: all).
+        #[arg(long = "partition", value_delimiter = ',')]
+        partitions: Vec<u32>,
+        /// Target shard; it must serve the tenant's regions with the same
+        /// home and survival goal (default: the open shard of that policy
+        /// holding fewest tenants and none of this one, or a new shard).
+        #[arg(long)]
+        to_shard: Option<u64>,
+        /// Return once the move has begun instead of waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (the move goes on).
+        #[arg(long, default_value_t = 600)]
+        wait_secs: u64,
+        /// Print the tenant as `tenant show --json` does.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a tenant's partitions, shards, replicas, document count and any resize or move in progress.
     Show {
         /// Tenant id.
         id: String,

@@ -207,12 +207,14 @@ fn print_tenant(t: &TenantView) {
     }
     println!("  docs: {}", t.docs);
     if let Some(r) = &t.resize {
+        let change = if r.to.len() == t.partitions.len() {
+            format!("moving to shards {:?}", r.to)
+        } else {
+            format!("resizing to {} partitions", r.to.len())
+        };
         println!(
-            "  resizing to {} partitions ({}; copied {:?}, dropped {:?})",
-            r.to.len(),
-            r.phase,
-            r.copied,
-            r.dropped
+            "  {change} ({}; copied {:?}, dropped {:?})",
+            r.phase, r.copied, r.dropped
         );
     }
 }
@@ -265,6 +267,39 @@ async fn resize(
     wait: Option<std::time::Duration>,
 ) -> Result<TenantView, Failure> {
     let started = client.resize_tenant(id, partitions).await?;
+    let what = format!("resizing {id} to {partitions} partitions");
+    let done = |t: &TenantView| t.resize.is_none() && t.partitions.len() == partitions as usize;
+    follow(client, id, started, &what, done, wait).await
+}
+
+/// Starts a move and, unless told not to, follows it to the end.
+async fn move_partitions(
+    client: &TesseraClient,
+    id: &str,
+    partitions: &[u32],
+    to_shard: Option<u64>,
+    wait: Option<std::time::Duration>,
+) -> Result<TenantView, Failure> {
+    let started = client.move_tenant(id, partitions, to_shard).await?;
+    let target = started
+        .resize
+        .as_ref()
+        .map(|r| format!("{:?}", r.to))
+        .unwrap_or_else(|| "where it already is".into());
+    let what = format!("moving {id} to {target}");
+    follow(client, id, started, &what, |t| t.resize.is_none(), wait).await
+}
+
+/// Follows a resize or move of `id` until `done`, with a spinner showing
+/// its phase; `wait: None` returns at once with `started`.
+async fn follow(
+    client: &TesseraClient,
+    id: &str,
+    started: TenantView,
+    what: &str,
+    done: impl Fn(&TenantView) -> bool,
+    wait: Option<std::time::Duration>,
+) -> Result<TenantView, Failure> {
     let Some(limit) = wait else {
         return Ok(started);
     };
@@ -273,14 +308,14 @@ async fn resize(
     let begun = std::time::Instant::now();
     loop {
         let t = client.tenant(id).await?;
+        if done(&t) {
+            bar.finish_and_clear();
+            return Ok(t);
+        }
         match &t.resize {
-            None if t.partitions.len() == partitions as usize => {
-                bar.finish_and_clear();
-                return Ok(t);
-            }
-            None => bar.set_message("starting".to_string()),
+            None => bar.set_message(format!("{what}: starting")),
             Some(r) => bar.set_message(format!(
-                "resizing {id} to {partitions} partitions: {} (copied {}, dropped {})",
+                "{what}: {} (copied {}, dropped {})",
                 r.phase,
                 r.copied.len(),
                 r.dropped.len()
@@ -291,7 +326,7 @@ async fn resize(
             return Err(Failure {
                 code: tessera_client::exit::UNAVAILABLE,
                 message: format!(
-                    "resize of {id} still running after {}s; it goes on in the background \
+                    "{what}: still running after {}s; it goes on in the background \
                      (`tessera tenant show {id}` follows it)",
                     limit.as_secs()
                 ),
@@ -338,6 +373,23 @@ async fn tenant(client: &TesseraClient, command: TenantCommand) -> Result<(), Fa
         } => {
             let wait = (!no_wait).then(|| std::time::Duration::from_secs(wait_secs));
             let t = resize(client, &id, partitions, wait).await?;
+            if json {
+                print_json(&t)
+            } else {
+                print_tenant(&t);
+                Ok(())
+            }
+        }
+        TenantCommand::Move {
+            id,
+            partitions,
+            to_shard,
+            no_wait,
+            wait_secs,
+            json,
+        } => {
+            let wait = (!no_wait).then(|| std::time::Duration::from_secs(wait_secs));
+            let t = move_partitions(client, &id, &partitions, to_shard, wait).await?;
             if json {
                 print_json(&t)
             } else {
