@@ -129,6 +129,7 @@ impl TesseraClient {
             events_json,
             timeout_ms: self.timeout_ms(),
             session: session.to_string(),
+            ..Default::default()
         });
         let r = self.features.clone().put_events(req).await?.into_inner();
         Ok((r.acked, r.token_str))

@@ -30,6 +30,9 @@ use crate::validate;
 use crate::write::not_leader_hint;
 use tessera_proto::limits::MAX_BATCH_OPS;
 
+/// Rounds of "your map is stale" answers a write of events retries, refreshing the map each time.
+const STALE_MAP_RETRIES: u32 = 3;
+
 /// The feature store front door.
 pub struct FeatureRouterService {
     backend: Arc<Backend>,
@@ -75,18 +78,7 @@ impl FeatureRouterService {
     }
 
     async fn tenant(&self, id: &str, deadline: Deadline) -> Result<TenantInfo, RouterError> {
-        validate::tenant(id)?;
-        let topo = self.backend.map.ready(deadline).await?;
-        if let Some(t) = topo.tenant(id) {
-            return Ok(t.clone());
-        }
-        let topo = self.backend.map.refresh(deadline).await;
-        topo.tenant(id).cloned().ok_or_else(|| {
-            RouterError::NotFound(format!(
-                "tenant {id:?} does not exist (cluster map epoch {})",
-                topo.epoch()
-            ))
-        })
+        self.tenant_at(id, deadline).await.map(|(_, t)| t)
     }
 
     fn client(&self, topo: &Topology, node: NodeId) -> Option<FeaturesClient<Channel>> {
@@ -191,6 +183,111 @@ impl FeatureRouterService {
         Ok(tenant.partitions[partition_of(by, p) as usize])
     }
 
+    /// Sends one batch of events to every shard of the tenant, each with the map epoch and
+    /// per event whether the shard holds its document. When a shard answers NotFound (the
+    /// router's map is stale: a resize began or ended since), the batch is sent again from a
+    /// fresh map to the shards it names that have not acknowledged it yet: the new
+    /// placement's, say. Shards that acknowledged it are never sent it twice, since events
+    /// are counted, not versioned.
+    async fn put_event_chunk(
+        &self,
+        tenant_id: &str,
+        lines: &[Vec<u8>],
+        docs: &[String],
+        deadline: Deadline,
+        token: &mut SessionToken,
+    ) -> Result<(), RouterError> {
+        let mut acked: Vec<ShardId> = Vec::new();
+        for attempt in 0..=STALE_MAP_RETRIES {
+            if attempt > 0 {
+                self.backend.map.refresh(deadline).await;
+            }
+            let (epoch, tenant) = self.tenant_at(tenant_id, deadline).await?;
+            let targets: Vec<ShardId> = Topology::tenant_shards(&tenant)
+                .into_iter()
+                .filter(|s| !acked.contains(s))
+                .collect();
+            let calls = targets.into_iter().map(|shard| {
+                let req = pb::PutEventsRequest {
+                    tenant: tenant.id.clone(),
+                    shard,
+                    events_json: lines.to_vec(),
+                    timeout_ms: 0,
+                    session: String::new(),
+                    map_epoch: epoch,
+                    home: docs
+                        .iter()
+                        .map(|d| Topology::write_shards_for_doc(&tenant, d).contains(&shard))
+                        .collect(),
+                };
+                async move {
+                    let out = self
+                        .call(shard, deadline, move |mut c, budget| {
+                            let req = pb::PutEventsRequest {
+                                timeout_ms: ms(budget),
+                                ..req.clone()
+                            };
+                            async move {
+                                match c.put_events(req).await {
+                                    Ok(r) => Ok(Some(r.into_inner())),
+                                    // A stale map (a resize began), or a shard that no
+                                    // longer holds the tenant (one ended): resend from a
+                                    // fresh map.
+                                    Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+                                    Err(s) => Err(s),
+                                }
+                            }
+                        })
+                        .await;
+                    (shard, out)
+                }
+            });
+            let mut stale = false;
+            let mut failure = None;
+            for (shard, out) in futures::future::join_all(calls).await {
+                match out {
+                    Ok(Some(r)) => {
+                        acked.push(shard);
+                        token.observe(shard, r.token.map_or(0, |t| t.applied));
+                    }
+                    Ok(None) => stale = true,
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if !stale {
+                return Ok(());
+            }
+        }
+        Err(RouterError::Unavailable(format!(
+            "tenant {tenant_id:?}: shards kept answering that this router's map is stale; \
+             retry (events already acknowledged by some shards may then count twice there)"
+        )))
+    }
+
+    /// The tenant's entry and the epoch of the map it was read from.
+    async fn tenant_at(
+        &self,
+        id: &str,
+        deadline: Deadline,
+    ) -> Result<(u64, TenantInfo), RouterError> {
+        validate::tenant(id)?;
+        let topo = self.backend.map.ready(deadline).await?;
+        if let Some(t) = topo.tenant(id) {
+            return Ok((topo.epoch(), t.clone()));
+        }
+        let topo = self.backend.map.refresh(deadline).await;
+        match topo.tenant(id) {
+            Some(t) => Ok((topo.epoch(), t.clone())),
+            None => Err(RouterError::NotFound(format!(
+                "tenant {id:?} does not exist (cluster map epoch {})",
+                topo.epoch()
+            ))),
+        }
+    }
+
     async fn all_shards<T, F, Fut>(
         &self,
         tenant: &TenantInfo,
@@ -291,19 +388,17 @@ impl FeatureRouter for FeatureRouterService {
         let req = request.into_inner();
         let mut token = SessionToken::decode(&req.session).map_err(to_status)?;
         // Validate everything first: one bad line and nothing is written.
-        let rejected: Vec<pb::ItemRejectionF> = req
-            .events_json
-            .iter()
-            .enumerate()
-            .filter_map(|(i, line)| {
-                Event::from_json_bytes(line)
-                    .err()
-                    .map(|e| pb::ItemRejectionF {
-                        index: i as u32,
-                        error: e.to_string(),
-                    })
-            })
-            .collect();
+        let mut rejected: Vec<pb::ItemRejectionF> = Vec::new();
+        let mut docs: Vec<String> = Vec::with_capacity(req.events_json.len());
+        for (i, line) in req.events_json.iter().enumerate() {
+            match Event::from_json_bytes(line) {
+                Ok(ev) => docs.push(ev.doc),
+                Err(e) => rejected.push(pb::ItemRejectionF {
+                    index: i as u32,
+                    error: e.to_string(),
+                }),
+            }
+        }
         if let Some(first) = rejected.first() {
             return Err(Status::invalid_argument(format!(
                 "event {}: {} ({} bad events; nothing written)",
@@ -312,28 +407,14 @@ impl FeatureRouter for FeatureRouterService {
                 rejected.len()
             )));
         }
-        let tenant = self
-            .tenant(&req.tenant, deadline)
-            .await
-            .map_err(to_status)?;
-        for chunk in req.events_json.chunks(MAX_BATCH_OPS) {
-            let chunk = chunk.to_vec();
-            let out = self
-                .all_shards(&tenant, deadline, |shard, mut c, budget| {
-                    let req = pb::PutEventsRequest {
-                        tenant: tenant.id.clone(),
-                        shard,
-                        events_json: chunk.clone(),
-                        timeout_ms: ms(budget),
-                        session: String::new(),
-                    };
-                    async move { c.put_events(req).await.map(|r| r.into_inner()) }
-                })
+        for (chunk, docs) in req
+            .events_json
+            .chunks(MAX_BATCH_OPS)
+            .zip(docs.chunks(MAX_BATCH_OPS))
+        {
+            self.put_event_chunk(&req.tenant, chunk, docs, deadline, &mut token)
                 .await
                 .map_err(to_status)?;
-            for (shard, r) in out {
-                token.observe(shard, r.token.map_or(0, |t| t.applied));
-            }
         }
         self.log_clicks(&req.tenant, &req.events_json);
         Ok(Response::new(pb::PutEventsResponse {

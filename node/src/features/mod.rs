@@ -43,20 +43,53 @@ pub enum FeatureOp {
     Events(Vec<(ValidEvent, bool)>),
     /// A new version of the definitions, validated before proposing.
     Registry { toml: String, defs: Vec<FeatureDef> },
+    /// Events copied from another shard of the tenant by a resize's mover.
+    /// Appended last so the encoding of the other variants is unchanged.
+    Import(ImportBatch),
+}
+
+/// Which of an event's stored rows a copy carries: those kept on the
+/// document's partition only (doc-keyed), or those every partition keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RowSet {
+    Shared,
+    Doc,
+}
+
+/// One page of a mover's copy of feature state onto a shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportBatch {
+    /// The source's definitions, installed where none are yet.
+    pub registry: Option<ImportedRegistry>,
+    pub rows: RowSet,
+    /// Events in the source's order, each with the map epoch it was written with.
+    pub events: Vec<(tiles::EventRow, u64)>,
+}
+
+/// A tenant's definitions as a mover copies them: the text, parsed, and the version it has
+/// on the source (kept, so every shard reports the same version).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportedRegistry {
+    pub toml: String,
+    pub defs: Vec<FeatureDef>,
+    pub version: u64,
 }
 
 impl FeatureApplier {
-    /// Applies one replicated feature command at log `index`.
+    /// Applies one replicated feature command at log `index`, sent with
+    /// the cluster map at `map_epoch` (0 = unknown).
     pub fn apply(
         &mut self,
         index: u64,
         cmd: &FeatureCommand,
+        map_epoch: u64,
     ) -> Result<FeatureOutcome, crate::storage::StorageError> {
         match &cmd.op {
             FeatureOp::Events(events) => {
-                self.apply_events(index, cmd.ingest_ts_ms, &cmd.tenant, events)
+                self.apply_events(index, cmd.ingest_ts_ms, &cmd.tenant, events, map_epoch)
             }
-            FeatureOp::Registry { toml, defs } => self.apply_registry(&cmd.tenant, defs, toml),
+            FeatureOp::Registry { toml, defs } => self.apply_registry(&cmd.tenant, defs, toml, 0),
+            FeatureOp::Import(batch) => self.import(&cmd.tenant, batch),
         }
     }
 }

@@ -19,6 +19,7 @@ use super::definition::{Entity, FeatureDef, Registry};
 use super::engine::{evaluate, valid_until, FeatureSource};
 use super::historical::historical_value;
 use super::tiles::{tile_of, EventRow, Order, Tile};
+use super::{ImportBatch, RowSet};
 use crate::storage::{decode, encode, keys::SEP, Storage, StorageError, CF_FEATURES};
 use std::sync::Arc;
 
@@ -49,14 +50,42 @@ pub fn event_prefix(group: ShardId, tenant: &str, kind: Entity, entity: &str) ->
     k
 }
 
-/// The key of one raw event.
-pub fn event_key(prefix: &[u8], o: &Order) -> Vec<u8> {
+/// Bytes of an [`Order`] inside an event key.
+const ORDER_BYTES: usize = 28;
+
+/// The key of one raw event: its order, then (when known) the cluster map
+/// epoch it was written with. The epoch sits after the order, so it never
+/// changes how events sort; it lets a resize's mover skip the events a
+/// router already sent to the new placement itself (see
+/// [`FeatureStore::export_events`]). Rows written before epochs were kept,
+/// and writes made without one, have no suffix and read as epoch 0.
+pub fn event_key(prefix: &[u8], o: &Order, map_epoch: u64) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&enc_i64(o.event_ts));
     k.extend_from_slice(&enc_i64(o.ingest_ts));
     k.extend_from_slice(&o.index.to_be_bytes());
     k.extend_from_slice(&o.seq.to_be_bytes());
+    if map_epoch > 0 {
+        k.extend_from_slice(&map_epoch.to_be_bytes());
+    }
     k
+}
+
+/// The map epoch stored in an event key (0 when it has none), given the
+/// length of the key's prefix up to its entity kind tag. Entity values never
+/// contain `SEP`, so the first one after the tag ends the entity.
+fn event_key_epoch(key: &[u8], tagged_prefix: usize) -> u64 {
+    let Some(rest) = key.get(tagged_prefix..) else {
+        return 0;
+    };
+    let Some(sep) = rest.iter().position(|b| *b == SEP) else {
+        return 0;
+    };
+    let tail = &rest[sep + 1..];
+    match tail.get(ORDER_BYTES..) {
+        Some(epoch) => epoch.try_into().map(u64::from_be_bytes).unwrap_or(0),
+        None => 0,
+    }
 }
 
 /// The prefix of every tile of one feature (all entities).
@@ -184,6 +213,61 @@ impl FeatureStore {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+
+    /// A page of `tenant`'s stored events for a resize's mover: the rows of `rows` (each
+    /// event once), in key order after the opaque position `after` (empty = from the start),
+    /// scanning at most `limit` rows, each listed with the map epoch it was written with. With `before_epoch > 0`
+    /// only events written with an older map are listed: a router with a newer map sent the
+    /// event to the new placement too, so copying it would count it twice.
+    pub fn export_events(
+        &self,
+        tenant: &str,
+        rows: RowSet,
+        after: &[u8],
+        limit: usize,
+        before_epoch: u64,
+    ) -> Result<ExportedEvents, StorageError> {
+        let tag = match rows {
+            RowSet::Doc => Entity::Doc.tag(),
+            RowSet::Shared => Entity::User.tag(),
+        };
+        let mut prefix = tenant_prefix(self.group, tenant, b'E');
+        prefix.push(tag);
+        let start = if after.starts_with(&prefix) {
+            after.to_vec()
+        } else {
+            prefix.clone()
+        };
+        let mut page = ExportedEvents::default();
+        let (mut scanned, mut last, mut full) = (0usize, Vec::new(), false);
+        let mut failure = None;
+        self.storage
+            .for_each(CF_FEATURES, &start, &prefix_end(&prefix), |k, v| {
+                if k == after {
+                    return true;
+                }
+                if scanned >= limit {
+                    full = true;
+                    return false;
+                }
+                scanned += 1;
+                last = k.to_vec();
+                let epoch = event_key_epoch(k, prefix.len());
+                if before_epoch > 0 && epoch >= before_epoch {
+                    return true;
+                }
+                match decode(CF_FEATURES, v) {
+                    Ok(row) => page.events.push((row, epoch)),
+                    Err(e) => failure = Some(e),
+                }
+                failure.is_none()
+            })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        page.next = full.then_some(last);
+        Ok(page)
     }
 
     /// The online value of `def` (of registry `version`) at `t`: persisted tiles plus edge
@@ -520,6 +604,14 @@ fn decode_tile_index(prefix: &[u8], key: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
 }
 
+/// A page of [`FeatureStore::export_events`].
+#[derive(Debug, Default)]
+pub struct ExportedEvents {
+    pub events: Vec<(EventRow, u64)>,
+    /// Where the next page starts; `None` when the scan is complete.
+    pub next: Option<Vec<u8>>,
+}
+
 /// What applying a feature command did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FeatureOutcome {
@@ -619,16 +711,17 @@ impl FeatureApplier {
     /// Stores a batch of events (one log entry) and folds them into the
     /// tiles of every registered feature they feed. `home[i]` says whether
     /// this shard holds event i's document partition: only then are
-    /// doc-keyed rows kept here.
+    /// doc-keyed rows kept here. `map_epoch` is the sender's cluster map
+    /// epoch (0 = unknown), kept in each row's key.
     pub fn apply_events(
         &mut self,
         index: u64,
         ingest_ts: i64,
         tenant: &str,
         events: &[(ValidEvent, bool)],
+        map_epoch: u64,
     ) -> Result<FeatureOutcome, StorageError> {
         let registry = self.registry(tenant)?;
-        let group = self.store.group;
         for (seq, (ev, home)) in events.iter().enumerate() {
             let row = EventRow {
                 order: Order {
@@ -647,23 +740,7 @@ impl FeatureApplier {
                 if kind.doc_keyed() && !home {
                     continue;
                 }
-                let Ok(entity) = kind.key(&ev.user, &ev.space, &ev.doc) else {
-                    continue;
-                };
-                let key = event_key(&event_prefix(group, tenant, kind, &entity), &row.order);
-                self.events.insert(key, row.clone());
-                self.touched
-                    .entities
-                    .insert((tenant.to_string(), kind, ev.kind, entity));
-            }
-            for def in &registry.features {
-                if def.source != ev.kind || (def.entity.doc_keyed() && !home) {
-                    continue;
-                }
-                let Ok(entity) = def.entity.key(&ev.user, &ev.space, &ev.doc) else {
-                    continue;
-                };
-                self.add_to_tile(tenant, def, &entity, &row)?;
+                self.add_row(tenant, &registry, kind, &row, map_epoch, false)?;
             }
         }
         Ok(FeatureOutcome {
@@ -673,13 +750,89 @@ impl FeatureApplier {
         })
     }
 
+    /// Stores `row` under entity kind `kind` (if the event names that kind's parts) and folds
+    /// it into the tiles of the registered features of that kind and source. Returns whether
+    /// a row was added. With `dedupe`, a row already stored at the same key is left alone,
+    /// which makes imports idempotent; live events skip the check, since their keys hold this
+    /// log's own index and never collide.
+    fn add_row(
+        &mut self,
+        tenant: &str,
+        registry: &Registry,
+        kind: Entity,
+        row: &EventRow,
+        map_epoch: u64,
+        dedupe: bool,
+    ) -> Result<bool, StorageError> {
+        let Ok(entity) = kind.key(&row.user, &row.space, &row.doc) else {
+            return Ok(false);
+        };
+        let group = self.store.group;
+        let key = event_key(
+            &event_prefix(group, tenant, kind, &entity),
+            &row.order,
+            map_epoch,
+        );
+        if dedupe
+            && (self.events.contains_key(&key)
+                || self.store.storage.get(CF_FEATURES, &key)?.is_some())
+        {
+            return Ok(false);
+        }
+        self.events.insert(key, row.clone());
+        for def in &registry.features {
+            if def.entity == kind && def.source == row.kind {
+                self.add_to_tile(tenant, def, &entity, row)?;
+            }
+        }
+        self.touched
+            .entities
+            .insert((tenant.to_string(), kind, row.kind, entity));
+        Ok(true)
+    }
+
+    /// Stores events copied from another shard of the tenant by a resize's mover, keeping
+    /// their original order and epoch, and first installs the source's definitions if this
+    /// shard has none (definitions applied here directly are never older: they reached every
+    /// shard of both placements). Only the rows of `rows` are stored. Rows already present
+    /// are skipped, so a mover that redoes a copy after a crash changes nothing.
+    pub fn import(
+        &mut self,
+        tenant: &str,
+        batch: &ImportBatch,
+    ) -> Result<FeatureOutcome, StorageError> {
+        if let Some(reg) = &batch.registry {
+            if self.registry(tenant)?.version == 0 {
+                self.apply_registry(tenant, &reg.defs, &reg.toml, reg.version)?;
+            }
+        }
+        let registry = self.registry(tenant)?;
+        let mut stored = 0u32;
+        for (row, epoch) in &batch.events {
+            for kind in Entity::ALL {
+                if kind.doc_keyed() == (batch.rows == RowSet::Doc)
+                    && self.add_row(tenant, &registry, kind, row, *epoch, true)?
+                {
+                    stored += 1;
+                }
+            }
+        }
+        Ok(FeatureOutcome {
+            version: registry.version,
+            changed: false,
+            events: stored,
+        })
+    }
+
     /// Registers a new version of the definitions, rebuilding the tiles of
     /// every new or changed feature from the raw events already stored.
+    /// The new version is `at_least` when that is higher (an import keeps the source's).
     pub fn apply_registry(
         &mut self,
         tenant: &str,
         defs: &[FeatureDef],
         toml: &str,
+        at_least: u64,
     ) -> Result<FeatureOutcome, StorageError> {
         let current = self.registry(tenant)?;
         if current.version > 0 && current.toml == toml {
@@ -719,7 +872,7 @@ impl FeatureApplier {
         }
         self.touched.registry_changed = true;
         let next = Registry {
-            version: current.version + 1,
+            version: (current.version + 1).max(at_least),
             toml: toml.to_string(),
             features: defs.to_vec(),
         };

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_proto::pb::features_client::FeaturesClient;
 use tessera_proto::pb::node_client::NodeClient;
 use tessera_proto::{pb, Document, ShardId, META_GROUP};
 use tokio::sync::watch;
@@ -95,9 +96,9 @@ async fn drive(node: &NodeInner, map: &ClusterMap, tenant: &TenantEntry) -> Resu
                     fence: map.epoch.max(resize.fence),
                     to: resize.to.clone(),
                 };
-                let out = on_leader(map, shard, |mut c| {
+                let out = on_leader(map, shard, |c| {
                     let req = req.clone();
-                    async move { c.drop(req).await }
+                    async move { NodeClient::new(c).drop(req).await }
                 })
                 .await?;
                 tracing::info!(tenant = %tenant.id, shard, dropped = out.dropped, "dropped rows the new placement moves away");
@@ -144,9 +145,9 @@ async fn copy_shard(
         shard: source,
         fence: resize.fence,
     };
-    let fenced = on_leader(map, source, |mut c| {
+    let fenced = on_leader(map, source, |c| {
         let req = fence_req.clone();
-        async move { c.fence(req).await }
+        async move { NodeClient::new(c).fence(req).await }
     })
     .await?;
     let new_shards: Vec<ShardId> = resize
@@ -166,17 +167,17 @@ async fn copy_shard(
             limit: PAGE,
             to: resize.to.clone(),
         };
-        let page = on_leader(map, source, |mut c| {
+        let page = on_leader(map, source, |c| {
             let req = req.clone();
-            async move { c.export(req).await }
+            async move { NodeClient::new(c).export(req).await }
         })
         .await?;
         copied += page.docs_json.len() + page.tombstones.len();
         let writes = route_page(tenant, resize, &new_shards, &page)?;
         for (shard, write) in writes {
-            let out = on_leader(map, shard, |mut c| {
+            let out = on_leader(map, shard, |c| {
                 let req = write.clone();
-                async move { c.write(req).await }
+                async move { NodeClient::new(c).write(req).await }
             })
             .await?;
             let applied = out.token.map_or(0, |t| t.applied);
@@ -184,9 +185,110 @@ async fn copy_shard(
             *floor = (*floor).max(applied);
         }
         if page.next.is_empty() {
-            return Ok((copied, floors));
+            break;
         }
         after = page.next;
+    }
+    let first_source = Resize::sources(&tenant.partitions).first() == Some(&source);
+    let features = FeatureCopy {
+        map,
+        tenant,
+        resize,
+        source,
+        min_applied: fenced.applied,
+    };
+    for doc_rows in [true, false] {
+        if doc_rows || first_source {
+            copied += features.copy(doc_rows, &new_shards, &mut floors).await?;
+        }
+    }
+    Ok((copied, floors))
+}
+
+/// Copying one old shard's feature state (definitions, stored events; tiles are rebuilt from
+/// the events, exactly) to the shards that need it under the new placement:
+/// - the rows kept on a document's partition go to the document's new shard;
+/// - the rows every partition keeps go to each shard new to the tenant, from the first old
+///   shard only (every old shard holds the same events, each under its own log order, so
+///   copying them from two would count them twice).
+///
+/// Only events written with a map older than the resize are copied: routers that know of the
+/// resize send every event to both placements themselves. Imports skip rows already present,
+/// so a copy redone after a crash changes nothing.
+struct FeatureCopy<'a> {
+    map: &'a ClusterMap,
+    tenant: &'a TenantEntry,
+    resize: &'a Resize,
+    source: ShardId,
+    min_applied: u64,
+}
+
+impl FeatureCopy<'_> {
+    /// Copies one kind of rows; returns the number of events sent.
+    async fn copy(
+        &self,
+        doc_rows: bool,
+        new_shards: &[ShardId],
+        floors: &mut BTreeMap<ShardId, u64>,
+    ) -> Result<usize, String> {
+        let mut after = Vec::new();
+        let mut sent = 0usize;
+        loop {
+            let req = pb::ExportEventsRequest {
+                tenant: self.tenant.id.clone(),
+                shard: self.source,
+                min_applied: self.min_applied,
+                after: after.clone(),
+                limit: PAGE,
+                doc_rows,
+                before_epoch: self.resize.fence,
+            };
+            let page = on_leader(self.map, self.source, |c| {
+                let req = req.clone();
+                async move { FeaturesClient::new(c).export_events(req).await }
+            })
+            .await?;
+            let plan: BTreeMap<ShardId, Vec<pb::StoredEvent>> = if doc_rows {
+                let mut by_owner: BTreeMap<ShardId, Vec<pb::StoredEvent>> = BTreeMap::new();
+                for ev in page.events {
+                    match owner(&self.resize.to, &ev.doc) {
+                        Some(dest) if dest != self.source => {
+                            by_owner.entry(dest).or_default().push(ev)
+                        }
+                        _ => {}
+                    }
+                }
+                by_owner
+            } else {
+                new_shards
+                    .iter()
+                    .map(|s| (*s, page.events.clone()))
+                    .collect()
+            };
+            for (shard, events) in plan {
+                sent += events.len();
+                let req = pb::ImportEventsRequest {
+                    tenant: self.tenant.id.clone(),
+                    shard,
+                    events,
+                    doc_rows,
+                    registry_toml: page.registry_toml.clone(),
+                    registry_version: page.registry_version,
+                    timeout_ms: CALL_TIMEOUT.as_millis() as u32,
+                };
+                let out = on_leader(self.map, shard, |c| {
+                    let req = req.clone();
+                    async move { FeaturesClient::new(c).import_events(req).await }
+                })
+                .await?;
+                let floor = floors.entry(shard).or_default();
+                *floor = (*floor).max(out.token.map_or(0, |t| t.applied));
+            }
+            if page.next.is_empty() {
+                return Ok(sent);
+            }
+            after = page.next;
+        }
     }
 }
 
@@ -284,7 +386,7 @@ impl Item {
 /// follower answers "not leader" at once), for a bounded number of rounds.
 async fn on_leader<T, F, Fut>(map: &ClusterMap, shard: ShardId, mut call: F) -> Result<T, String>
 where
-    F: FnMut(NodeClient<Channel>) -> Fut,
+    F: FnMut(Channel) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
 {
     let voters = map
@@ -298,7 +400,14 @@ where
             let Some(addr) = map.nodes.get(v).map(|n| n.grpc_addr.clone()) else {
                 continue;
             };
-            let client = match NodeClient::connect(format!("http://{addr}")).await {
+            let endpoint = match Channel::from_shared(format!("http://{addr}")) {
+                Ok(e) => e,
+                Err(e) => {
+                    last = format!("node {v} at {addr}: {e}");
+                    continue;
+                }
+            };
+            let client = match endpoint.connect().await {
                 Ok(c) => c,
                 Err(e) => {
                     last = format!("node {v} at {addr}: {e}");

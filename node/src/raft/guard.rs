@@ -33,6 +33,15 @@ pub enum GuardedCommand {
         fence: u64,
         to: Vec<ShardId>,
     },
+    /// Feature events sent with the map at `map_epoch`, refused like a
+    /// write when that map is older than the fence: a router that does not
+    /// know of a resize sends events to the old placement only, and after
+    /// the fence the mover no longer copies what arrives there. Appended
+    /// last so the encoding of the other variants is unchanged.
+    Events {
+        map_epoch: u64,
+        cmd: crate::features::FeatureCommand,
+    },
 }
 
 /// One tenant's guard on one shard. The default admits everything.

@@ -91,6 +91,17 @@ pub enum Response {
     Stale { fence: u64 },
 }
 
+impl Response {
+    /// The response to an applied feature command.
+    pub fn of_features(out: crate::features::FeatureOutcome) -> Self {
+        Self::Features {
+            version: out.version,
+            changed: out.changed,
+            events: out.events,
+        }
+    }
+}
+
 /// Converts any error into openraft's storage error for the given subject.
 pub(crate) fn io_err(
     make: fn(openraft::AnyError) -> openraft::StorageIOError<NodeId>,

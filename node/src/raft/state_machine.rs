@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tessera_proto::{Document, NodeId, ShardId};
 use tokio::sync::watch;
 
+use super::guard::GuardedCommand;
 use super::{io_err, RaftStorageError, Request, Response, ShardCommand, TypeConfig};
 use crate::acl;
 use crate::acl::cache::AllowedCache;
@@ -900,6 +901,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Some(a) => a.apply(entry.log_id.index, cmd).map_err(Self::sm_err)?,
                     None => Response::Empty,
                 },
+                EntryPayload::Normal(Request::Guarded(GuardedCommand::Events {
+                    map_epoch,
+                    cmd,
+                })) => match (applier.as_ref(), features.as_mut()) {
+                    (Some(a), Some(f)) => match a.refusal(&cmd.tenant, *map_epoch) {
+                        Ok(Some(fence)) => Response::Stale { fence },
+                        Ok(None) => f
+                            .apply(entry.log_id.index, cmd, *map_epoch)
+                            .map(Response::of_features)
+                            .map_err(Self::sm_err)?,
+                        Err(e) => return Err(Self::sm_err(e)),
+                    },
+                    _ => Response::Empty,
+                },
                 EntryPayload::Normal(Request::Guarded(cmd)) => match applier.as_mut() {
                     Some(a) => a
                         .apply_guarded(entry.log_id.index, cmd)
@@ -907,14 +922,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None => Response::Empty,
                 },
                 EntryPayload::Normal(Request::Features(cmd)) => match features.as_mut() {
-                    Some(f) => {
-                        let out = f.apply(entry.log_id.index, cmd).map_err(Self::sm_err)?;
-                        Response::Features {
-                            version: out.version,
-                            changed: out.changed,
-                            events: out.events,
-                        }
-                    }
+                    Some(f) => f
+                        .apply(entry.log_id.index, cmd, 0)
+                        .map(Response::of_features)
+                        .map_err(Self::sm_err)?,
                     None => Response::Empty,
                 },
                 EntryPayload::Normal(Request::Meta(cmd)) => match &self.data {

@@ -7,14 +7,18 @@ use std::time::Duration;
 
 use tessera_proto::pb;
 use tessera_proto::pb::features_server::Features;
-use tessera_proto::{partition_of, Event};
+use tessera_proto::{Event, EventKind, ValidEvent};
 use tonic::{Request, Response, Status};
 
+use super::resize::{stale_map, MAX_EXPORT_PAGE};
 use super::{internal, timeout_of, NodeService};
+use crate::features::tiles::{EventRow, Order};
 use crate::features::{
     now_ms, parse_features_toml, FeatureCommand, FeatureDef, FeatureError, FeatureOp, FeatureStore,
+    ImportBatch, ImportedRegistry, RowSet,
 };
 use crate::node::propose_indexed;
+use crate::raft::guard::{owner, GuardedCommand};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
 use tessera_proto::document::validate_tenant;
 use tessera_proto::limits::{MAX_BATCH_OPS, MAX_HISTORICAL_ROWS};
@@ -41,6 +45,42 @@ pub fn def_to_pb(d: &FeatureDef) -> pb::FeatureDef {
     }
 }
 
+/// A stored event as the mover carries it.
+fn stored_event(row: EventRow, map_epoch: u64) -> pb::StoredEvent {
+    pb::StoredEvent {
+        kind: row.kind.as_str().to_string(),
+        user: row.user,
+        doc: row.doc,
+        space: row.space,
+        value: row.value,
+        event_ts_ms: row.order.event_ts,
+        ingest_ts_ms: row.order.ingest_ts,
+        index: row.order.index,
+        seq: row.order.seq,
+        map_epoch,
+    }
+}
+
+/// [`stored_event`] read back, with the epoch it carries.
+fn event_row(e: &pb::StoredEvent) -> Result<(EventRow, u64), Status> {
+    let kind = EventKind::parse(&e.kind)
+        .ok_or_else(|| Status::invalid_argument(format!("unknown event kind {:?}", e.kind)))?;
+    let row = EventRow {
+        order: Order {
+            event_ts: e.event_ts_ms,
+            ingest_ts: e.ingest_ts_ms,
+            index: e.index,
+            seq: e.seq,
+        },
+        kind,
+        user: e.user.clone(),
+        doc: e.doc.clone(),
+        space: e.space.clone(),
+        value: e.value,
+    };
+    Ok((row, e.map_epoch))
+}
+
 fn values(v: Vec<Option<f64>>) -> Vec<pb::FeatureValue> {
     v.into_iter()
         .map(|value| pb::FeatureValue { value })
@@ -55,8 +95,19 @@ impl NodeService {
         cmd: FeatureCommand,
         timeout: Duration,
     ) -> Result<(u64, RaftResponse), Status> {
+        self.propose_feature_request(shard, RaftRequest::Features(cmd), timeout)
+            .await
+    }
+
+    /// Proposes `request` (a feature command, fenced or not) on `shard` and waits for its commit.
+    async fn propose_feature_request(
+        &self,
+        shard: u64,
+        request: RaftRequest,
+        timeout: Duration,
+    ) -> Result<(u64, RaftResponse), Status> {
         let (handle, _) = self.shard(shard)?;
-        let proposal = propose_indexed(&handle.raft, RaftRequest::Features(cmd));
+        let proposal = propose_indexed(&handle.raft, request);
         tokio::time::timeout(timeout, proposal)
             .await
             .map_err(|_| {
@@ -65,6 +116,22 @@ impl NodeService {
                 ))
             })?
             .map_err(|e| self.propose_error(e))
+    }
+
+    /// Whether `shard` holds each event's document, by this node's map: under the tenant's
+    /// placement, or under the one a resize is moving it to (both keep their rows current).
+    fn home_flags(&self, tenant: &str, shard: u64, events: &[ValidEvent]) -> Vec<bool> {
+        let map = self.node.meta.map();
+        let Some(t) = map.tenants.get(tenant) else {
+            return vec![false; events.len()];
+        };
+        let placements: Vec<&[u64]> = std::iter::once(t.partitions.as_slice())
+            .chain(t.resize.as_ref().map(|r| r.to.as_slice()))
+            .collect();
+        events
+            .iter()
+            .map(|ev| placements.iter().any(|p| owner(p, &ev.doc) == Some(shard)))
+            .collect()
     }
 
     /// The feature rows of a local shard of `tenant`, after `min_applied`.
@@ -157,30 +224,40 @@ impl Features for NodeService {
                 .map_err(|e| Status::invalid_argument(format!("event {i}: {e}")))?;
             events.push(ev);
         }
+        if !req.home.is_empty() && req.home.len() != events.len() {
+            return Err(Status::invalid_argument(format!(
+                "{} home flags for {} events",
+                req.home.len(),
+                events.len()
+            )));
+        }
         self.check_tenant_shard(&req.tenant, req.shard).await?;
-        let map = self.node.meta.map();
-        let partitions = map
-            .tenants
-            .get(&req.tenant)
-            .map(|t| t.partitions.clone())
-            .unwrap_or_default();
-        let p = partitions.len() as u32;
-        let events = events
-            .into_iter()
-            .map(|ev| {
-                let home = partitions.get(partition_of(&ev.doc, p) as usize) == Some(&req.shard);
-                (ev, home)
-            })
-            .collect::<Vec<_>>();
+        let home = if req.home.is_empty() {
+            self.home_flags(&req.tenant, req.shard, &events)
+        } else {
+            req.home.clone()
+        };
+        let events = events.into_iter().zip(home).collect::<Vec<_>>();
         let n = events.len() as u32;
         let cmd = FeatureCommand {
             tenant: req.tenant.clone(),
             ingest_ts_ms: now_ms(),
             op: FeatureOp::Events(events),
         };
-        let (index, _) = self
-            .propose_features(req.shard, cmd, timeout_of(req.timeout_ms))
+        let request = if req.map_epoch > 0 {
+            RaftRequest::Guarded(GuardedCommand::Events {
+                map_epoch: req.map_epoch,
+                cmd,
+            })
+        } else {
+            RaftRequest::Features(cmd)
+        };
+        let (index, resp) = self
+            .propose_feature_request(req.shard, request, timeout_of(req.timeout_ms))
             .await?;
+        if let RaftResponse::Stale { fence } = resp {
+            return Err(stale_map(&req.tenant, req.map_epoch, fence));
+        }
         metrics::counter!("tessera_feature_events_total").increment(u64::from(n));
         Ok(Response::new(pb::PutEventsResponse {
             acked: n,
@@ -263,6 +340,99 @@ impl Features for NodeService {
                 .map(|v| pb::HistoricalValues { values: values(v) })
                 .collect(),
             registry_version: version,
+        }))
+    }
+
+    async fn export_events(
+        &self,
+        request: Request<pb::ExportEventsRequest>,
+    ) -> Result<Response<pb::ExportEventsResponse>, Status> {
+        let req = request.into_inner();
+        validate_tenant(&req.tenant).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let data = self.applied_at_least(req.shard, req.min_applied).await?;
+        let store = FeatureStore::new(data.storage.clone(), req.shard);
+        let limit = req.limit.clamp(1, MAX_EXPORT_PAGE) as usize;
+        let rows = if req.doc_rows {
+            RowSet::Doc
+        } else {
+            RowSet::Shared
+        };
+        let (page, registry) = tokio::task::spawn_blocking(move || {
+            let page =
+                store.export_events(&req.tenant, rows, &req.after, limit, req.before_epoch)?;
+            let registry = store.registry(&req.tenant)?;
+            Ok::<_, crate::storage::StorageError>((page, registry))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        Ok(Response::new(pb::ExportEventsResponse {
+            events: page
+                .events
+                .into_iter()
+                .map(|(row, epoch)| stored_event(row, epoch))
+                .collect(),
+            next: page.next.unwrap_or_default(),
+            registry_toml: registry.toml,
+            registry_version: registry.version,
+        }))
+    }
+
+    async fn import_events(
+        &self,
+        request: Request<pb::ImportEventsRequest>,
+    ) -> Result<Response<pb::ImportEventsResponse>, Status> {
+        let req = request.into_inner();
+        validate_tenant(&req.tenant).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.events.len() > MAX_BATCH_OPS {
+            return Err(Status::invalid_argument(format!(
+                "import has {} events, over the limit of {MAX_BATCH_OPS} (MAX_BATCH_OPS)",
+                req.events.len()
+            )));
+        }
+        let registry = if req.registry_toml.is_empty() {
+            None
+        } else {
+            let defs = parse_features_toml(&req.registry_toml)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Some(ImportedRegistry {
+                toml: req.registry_toml.clone(),
+                defs,
+                version: req.registry_version,
+            })
+        };
+        let events = req
+            .events
+            .iter()
+            .map(event_row)
+            .collect::<Result<Vec<_>, Status>>()?;
+        self.check_tenant_shard(&req.tenant, req.shard).await?;
+        let cmd = FeatureCommand {
+            tenant: req.tenant.clone(),
+            ingest_ts_ms: now_ms(),
+            op: FeatureOp::Import(ImportBatch {
+                registry,
+                rows: if req.doc_rows {
+                    RowSet::Doc
+                } else {
+                    RowSet::Shared
+                },
+                events,
+            }),
+        };
+        let (index, resp) = self
+            .propose_features(req.shard, cmd, timeout_of(req.timeout_ms))
+            .await?;
+        let imported = match resp {
+            RaftResponse::Features { events, .. } => events,
+            _ => 0,
+        };
+        Ok(Response::new(pb::ImportEventsResponse {
+            imported,
+            token: Some(pb::SessionToken {
+                shard: req.shard,
+                applied: index,
+            }),
         }))
     }
 }

@@ -417,6 +417,7 @@ impl Node for NodeService {
             explain: req.explain,
         });
         let tenant = req.tenant.clone();
+        let fenced = data.clone();
         // One blocking task for the index search, the stored-row re-check and the second
         // phase: each hand-off between the runtime and the blocking pool costs wake-ups.
         let (hits, shadow_hits, total_matches) = tokio::task::spawn_blocking(move || {
@@ -472,6 +473,8 @@ impl Node for NodeService {
         })
         .await
         .map_err(internal)??;
+        // A drop may have applied while the search waited or ran.
+        Self::check_fence(&fenced, &req.tenant, req.map_epoch)?;
         metrics::histogram!("tessera_node_search_seconds").record(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::SearchResponse {
             hits,
@@ -499,6 +502,7 @@ impl Node for NodeService {
         Self::wait_index(&data, req.min_applied, DEFAULT_TIMEOUT).await?;
         let title_only = req.filters.map(|f| f.title_only).unwrap_or(false);
         let stats = Self::local_stats(&data, &req.tenant, &req.query, title_only)?;
+        Self::check_fence(&data, &req.tenant, req.map_epoch)?;
         Ok(Response::new(pb::StatsResponse { stats: Some(stats) }))
     }
 
@@ -539,6 +543,7 @@ impl Node for NodeService {
         let visible = data
             .visible_doc(&req.tenant, &req.id, &principals)
             .map_err(internal)?;
+        Self::check_fence(&data, &req.tenant, req.map_epoch)?;
         Ok(Response::new(pb::GetResponse {
             found: visible.is_some(),
             doc_json: visible.map(|d| d.json).unwrap_or_default(),

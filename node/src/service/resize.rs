@@ -41,6 +41,13 @@ pub(super) fn tenant_response(outcome: MetaOutcome) -> Result<pb::CreateTenantRe
 
 impl NodeService {
     /// Refuses a read made with a map older than the tenant's fence.
+    ///
+    /// Reads check it twice: before they start (to fail fast) and after
+    /// they have their answer, because a drop can apply while a read waits
+    /// for its session token or runs. The drop raises the fence in the
+    /// same write batch that deletes the rows, and the index trails that
+    /// batch, so an answer that misses dropped rows always meets the raised
+    /// fence on the second check.
     pub(super) fn check_fence(
         data: &ShardData,
         tenant: &str,
@@ -213,15 +220,7 @@ impl NodeService {
                 "export needs the new placement (to)",
             ));
         }
-        let (handle, data) = self.shard(req.shard)?;
-        if req.min_applied > 0 {
-            handle
-                .raft
-                .wait(Some(DEFAULT_TIMEOUT))
-                .applied_index_at_least(Some(req.min_applied), "export after the fence")
-                .await
-                .map_err(|_| Status::unavailable("replica behind the fence; retry"))?;
-        }
+        let data = self.applied_at_least(req.shard, req.min_applied).await?;
         let limit = req.limit.clamp(1, MAX_EXPORT_PAGE) as usize;
         let page = tokio::task::spawn_blocking(move || {
             data.export(&req.tenant, &req.after, limit, &req.to)
@@ -252,6 +251,25 @@ impl NodeService {
                 .collect(),
             next: page.next.unwrap_or_default(),
         }))
+    }
+
+    /// The local replica of `shard` once it has applied `min_applied` (a fence): an export
+    /// from it then sees every write the fence admitted.
+    pub(super) async fn applied_at_least(
+        &self,
+        shard: u64,
+        min_applied: u64,
+    ) -> Result<std::sync::Arc<ShardData>, Status> {
+        let (handle, data) = self.shard(shard)?;
+        if min_applied > 0 {
+            handle
+                .raft
+                .wait(Some(DEFAULT_TIMEOUT))
+                .applied_index_at_least(Some(min_applied), "export after the fence")
+                .await
+                .map_err(|_| Status::unavailable("replica behind the fence; retry"))?;
+        }
+        Ok(data)
     }
 
     pub(super) async fn drop_inner(

@@ -9,7 +9,7 @@ use super::{stored_ancestors, ShardApplier, StoredDoc};
 use crate::index::IndexOp;
 use crate::raft::guard::{GuardedCommand, TenantGuard};
 use crate::raft::{Response, ShardCommand};
-use crate::storage::{keys, StorageError, CF_DOCS, CF_MEMBERS, CF_SM_META};
+use crate::storage::{keys, StorageError, CF_DOCS, CF_FEATURES, CF_MEMBERS, CF_SM_META};
 
 impl ShardApplier<'_> {
     /// Applies one guarded command at log `index`.
@@ -38,7 +38,20 @@ impl ShardApplier<'_> {
             GuardedCommand::Drop { tenant, fence, to } => {
                 self.drop_unowned(index, tenant, *fence, to)
             }
+            // Feature events need the feature applier: the state machine applies them after
+            // asking [`Self::refusal`].
+            GuardedCommand::Events { .. } => Ok(Response::Empty),
         }
+    }
+
+    /// The fence that refuses a request of `tenant` made with the map at `map_epoch`, if any.
+    pub(crate) fn refusal(
+        &self,
+        tenant: &str,
+        map_epoch: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        let guard = self.guard(tenant)?;
+        Ok((!guard.admits(map_epoch)).then_some(guard.fence))
     }
 
     fn guard(&self, tenant: &str) -> Result<TenantGuard, StorageError> {
@@ -195,12 +208,19 @@ impl ShardApplier<'_> {
         })
     }
 
-    /// Deletes `tenant`'s memberships and restriction sets on this shard.
+    /// Deletes `tenant`'s memberships, restriction sets and feature rows
+    /// (definitions, events, tiles) on this shard.
     fn drop_tenant_rows(&mut self, tenant: &str) -> Result<(), StorageError> {
         let group = self.data.group;
         let members = keys::tenant_prefix(group, tenant);
         self.batch.delete_range_cf(
             self.data.storage.cf(CF_MEMBERS)?,
+            &members,
+            &keys::prefix_end(&members),
+        );
+        // Feature keys share the `group ++ tenant ++ SEP` prefix.
+        self.batch.delete_range_cf(
+            self.data.storage.cf(CF_FEATURES)?,
             &members,
             &keys::prefix_end(&members),
         );
