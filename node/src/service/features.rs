@@ -45,6 +45,18 @@ pub fn def_to_pb(d: &FeatureDef) -> pb::FeatureDef {
     }
 }
 
+/// Refuses a batch of events for a malformed tenant name or over the batch limit, before
+/// anything is proposed.
+fn check_event_batch(tenant: &str, events: usize) -> Result<(), Status> {
+    validate_tenant(tenant).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if events > MAX_BATCH_OPS {
+        return Err(Status::invalid_argument(format!(
+            "batch has {events} events, over the limit of {MAX_BATCH_OPS} (MAX_BATCH_OPS)"
+        )));
+    }
+    Ok(())
+}
+
 /// A stored event as the mover carries it.
 fn stored_event(row: EventRow, map_epoch: u64) -> pb::StoredEvent {
     pb::StoredEvent {
@@ -210,13 +222,7 @@ impl Features for NodeService {
         request: Request<pb::PutEventsRequest>,
     ) -> Result<Response<pb::PutEventsResponse>, Status> {
         let req = request.into_inner();
-        validate_tenant(&req.tenant).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if req.events_json.len() > MAX_BATCH_OPS {
-            return Err(Status::invalid_argument(format!(
-                "batch has {} events, over the limit of {MAX_BATCH_OPS} (MAX_BATCH_OPS)",
-                req.events_json.len()
-            )));
-        }
+        check_event_batch(&req.tenant, req.events_json.len())?;
         // Every line must be valid, or nothing is written.
         let mut events = Vec::with_capacity(req.events_json.len());
         for (i, line) in req.events_json.iter().enumerate() {
@@ -383,13 +389,7 @@ impl Features for NodeService {
         request: Request<pb::ImportEventsRequest>,
     ) -> Result<Response<pb::ImportEventsResponse>, Status> {
         let req = request.into_inner();
-        validate_tenant(&req.tenant).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if req.events.len() > MAX_BATCH_OPS {
-            return Err(Status::invalid_argument(format!(
-                "import has {} events, over the limit of {MAX_BATCH_OPS} (MAX_BATCH_OPS)",
-                req.events.len()
-            )));
-        }
+        check_event_batch(&req.tenant, req.events.len())?;
         let registry = if req.registry_toml.is_empty() {
             None
         } else {
