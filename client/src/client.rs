@@ -114,7 +114,22 @@ impl TesseraClient {
     /// another eligible node. Returns the shards that still have a replica
     /// there (empty once drained). Safe to call again to follow progress.
     pub async fn drain_node(&self, node: u64) -> Result<Vec<u64>, ClientError> {
-        let req = self.request(pb::DrainNodeRequest { node });
+        let req = self.request(pb::DrainNodeRequest {
+            node,
+            undrain: false,
+        });
+        let resp = self.inner.clone().drain_node(req).await?.into_inner();
+        Ok(resp.shards)
+    }
+
+    /// Returns a drained (or dead) node to service: it takes new replicas
+    /// again, the cluster rebalances replicas onto it, and the moves of a
+    /// drain still under way are called off. Returns the shards it holds now.
+    pub async fn undrain_node(&self, node: u64) -> Result<Vec<u64>, ClientError> {
+        let req = self.request(pb::DrainNodeRequest {
+            node,
+            undrain: true,
+        });
         let resp = self.inner.clone().drain_node(req).await?.into_inner();
         Ok(resp.shards)
     }

@@ -97,6 +97,9 @@ pub struct ShardView {
     pub voters: Vec<u64>,
     /// Non-voting replicas in the tenant's other regions.
     pub learners: Vec<u64>,
+    /// Nodes catching up to take a replica's place (a drain, a repair or rebalancing).
+    #[serde(default)]
+    pub joining: Vec<u64>,
 }
 
 /// A resize in progress, as `tenant show` reports it.
@@ -123,6 +126,7 @@ impl TenantView {
                 id: s.id,
                 voters: s.voters,
                 learners: s.learners,
+                joining: s.joining,
             })
             .collect();
         self

@@ -72,6 +72,25 @@ pub struct ClusterConfig {
     /// (`split_docs`, 0 = never). Absent: a million documents a partition.
     #[serde(default)]
     pub growth: Option<crate::meta::growth::GrowthSettings>,
+    /// `[rebalance]`: how the meta leader spreads replicas onto nodes that joined (or came
+    /// back into service). Read from the meta leader's file only.
+    #[serde(default)]
+    pub rebalance: RebalanceSettings,
+}
+
+/// `[rebalance]` in the cluster file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RebalanceSettings {
+    /// Replica moves in one wave (each copies a whole shard to its new node); the next wave
+    /// starts when every move of this one has finished. 0 turns rebalancing off.
+    pub moves_at_once: u32,
+}
+
+impl Default for RebalanceSettings {
+    fn default() -> Self {
+        Self { moves_at_once: 2 }
+    }
 }
 
 impl ClusterConfig {

@@ -38,6 +38,11 @@ enum Command {
         /// Directory with ca.pem and node-<id>.pem/.key (see `certs`).
         #[arg(long)]
         certs: PathBuf,
+        /// Join a running cluster: register this node through the peers in --config (the
+        /// meta leader then spreads replicas onto it) instead of bootstrapping. The file
+        /// lists this node and at least one running peer.
+        #[arg(long)]
+        join: bool,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -96,8 +101,9 @@ async fn main() -> anyhow::Result<()> {
             id,
             data,
             certs,
+            join,
             tuning,
-        } => run(config, id, data, certs, tuning).await,
+        } => run(config, id, data, certs, join, tuning).await,
     }
 }
 
@@ -106,6 +112,7 @@ async fn run(
     id: u64,
     data: PathBuf,
     certs: PathBuf,
+    join: bool,
     tuning: Tuning,
 ) -> anyhow::Result<()> {
     let cluster = ClusterConfig::load(&config)?;
@@ -139,6 +146,7 @@ async fn run(
             commit_ops: tuning.index_commit_ops,
             ..IndexConfig::default()
         },
+        join,
     })
     .await?;
     println!("tessera-node {id} serving gRPC on {}", node.grpc_addr());

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ClusterConfig, NodeSpec, RaftTuning};
 use crate::index::{IndexConfig, ShardIndex};
-use crate::meta::{ClusterMap, MetaCommand};
+use crate::meta::{ClusterMap, MetaCommand, NodeEntry};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::adapter::{NetworkFactory, RaftRpcServer, Routes};
 use crate::raft::network::{NodeTls, QuicTransport};
@@ -34,6 +34,8 @@ const CONTROL_TICK: Duration = Duration::from_millis(300);
 /// A voter other than the first initialises a group nobody initialised
 /// after this long (the first voter may be down).
 const INIT_GRACE: Duration = Duration::from_secs(5);
+/// How long a joining node waits for one peer to register it before asking the next.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,9 @@ pub struct NodeConfig {
     pub tls: NodeTls,
     pub raft: RaftTuning,
     pub index: IndexConfig,
+    /// The node joins a running cluster: it never bootstraps the meta group, and asks its
+    /// peers to add it to the map (after which it receives replicas by rebalancing).
+    pub join: bool,
 }
 
 /// The state shared by the gRPC service and the control loops.
@@ -83,6 +88,8 @@ pub struct NodeInner {
     index_config: IndexConfig,
     data_dir: PathBuf,
     routes: Routes,
+    /// Joining a running cluster (see [`NodeConfig::join`]).
+    join: bool,
 }
 
 /// A running node. Dropping it does not stop it; call `shutdown`.
@@ -129,6 +136,7 @@ impl TesseraNode {
             away_raft_config,
             index_config: config.index,
             data_dir: config.data_dir,
+            join: config.join,
         });
         inner.open_meta_group().await?;
         let map = inner.meta.map();
@@ -391,11 +399,20 @@ fn home_initializer(map: &ClusterMap, voters: &[NodeId], home: &str) -> Option<N
 }
 
 /// Bootstraps the meta group and, on its leader, keeps the map's node list
-/// and the meta group's learners in line with the cluster config.
+/// and the meta group's learners in line with the cluster config, and starts
+/// rebalancing waves. A joining node asks its peers to register it instead of
+/// ever bootstrapping.
 async fn meta_driver(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
-    let voters = node.cluster.meta_voters();
+    let voters = if node.join {
+        Vec::new()
+    } else {
+        node.cluster.meta_voters()
+    };
     let mut tick = tokio::time::interval(CONTROL_TICK);
     loop {
+        if node.join {
+            join_if_unlisted(&node).await;
+        }
         if let Some(group) = node.registry.get(META_GROUP) {
             if let Err(e) = drive_meta_once(&node, &group, &voters).await {
                 tracing::debug!("meta driver: {e}");
@@ -404,6 +421,50 @@ async fn meta_driver(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) 
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
+        }
+    }
+}
+
+/// On a joining node the map does not list yet (or lists with other addresses): asks the
+/// configured peers, one at a time, to register it. The meta leader then adds it to the meta
+/// group as a learner, so its map soon lists it and the asking stops.
+async fn join_if_unlisted(node: &NodeInner) {
+    let me = NodeEntry {
+        id: node.id,
+        region: node.spec.region.clone(),
+        zone: node.spec.zone.clone(),
+        raft_addr: node.spec.raft.to_string(),
+        grpc_addr: node.spec.grpc.to_string(),
+    };
+    if node.meta.map().nodes.get(&node.id) == Some(&me) {
+        return;
+    }
+    let request = tessera_proto::pb::JoinClusterRequest {
+        id: me.id,
+        region: me.region.clone(),
+        zone: me.zone.clone(),
+        raft_addr: me.raft_addr.clone(),
+        grpc_addr: me.grpc_addr.clone(),
+    };
+    for peer in node.cluster.nodes.iter().filter(|n| n.id != node.id) {
+        let ask = async {
+            let mut c = tessera_proto::pb::node_client::NodeClient::connect(format!(
+                "http://{}",
+                peer.grpc
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+            c.join_cluster(request.clone())
+                .await
+                .map_err(|e| e.message().to_string())
+        };
+        match tokio::time::timeout(JOIN_TIMEOUT, ask).await {
+            Ok(Ok(_)) => {
+                tracing::info!(via = peer.id, "registered in the cluster map");
+                return;
+            }
+            Ok(Err(e)) => tracing::info!(via = peer.id, "join not accepted yet: {e}"),
+            Err(_) => tracing::info!(via = peer.id, "join timed out"),
         }
     }
 }
@@ -441,19 +502,36 @@ async fn drive_meta_once(
     }
     if let Some(growth) = &node.cluster.growth {
         if &map.growth != growth {
-            raft.client_write(Request::Meta(MetaCommand::ConfigureGrowth(growth.clone())))
+            raft.client_write(Request::Meta(MetaCommand::ConfigureGrowthRule(
+                growth.clone(),
+            )))
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    let membership = metrics.membership_config.membership().clone();
+    // Every node gets the map: the configured ones, and those that joined since.
+    let mut everyone: BTreeMap<NodeId, String> = map
+        .nodes
+        .values()
+        .map(|n| (n.id, n.raft_addr.clone()))
+        .collect();
+    for n in &node.cluster.nodes {
+        everyone.insert(n.id, n.raft.to_string());
+    }
+    for (id, addr) in everyone {
+        if membership.get_node(&id).is_none() {
+            raft.add_learner(id, BasicNode::new(addr), false)
                 .await
                 .map_err(|e| e.to_string())?;
         }
     }
-    let membership = metrics.membership_config.membership().clone();
-    let known: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-    for n in &node.cluster.nodes {
-        if !known.contains(&n.id) {
-            raft.add_learner(n.id, BasicNode::new(n.raft.to_string()), false)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+    let max_swaps = node.cluster.rebalance.moves_at_once;
+    if !map.rebalance_plan(max_swaps as usize).is_empty() {
+        tracing::info!("starting a rebalancing wave of at most {max_swaps} replica moves");
+        raft.client_write(Request::Meta(MetaCommand::Rebalance { max_swaps }))
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -697,7 +775,6 @@ pub async fn propose_indexed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::NodeEntry;
 
     fn map(regions: &[(NodeId, &str)]) -> ClusterMap {
         let mut m = ClusterMap::default();

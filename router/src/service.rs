@@ -784,7 +784,7 @@ impl RouterService {
         )))
     }
 
-    /// Starts (or follows) a drain on the meta group, through any node.
+    /// Starts (or follows) a drain, or an undrain, on the meta group, through any node.
     async fn drain_node_inner(
         &self,
         req: DrainNodeRequest,
@@ -797,7 +797,8 @@ impl RouterService {
                 req.node
             )));
         }
-        let what = format!("drain node {}", req.node);
+        let verb = if req.undrain { "undrain" } else { "drain" };
+        let what = format!("{verb} node {}", req.node);
         self.via_meta(
             &what,
             req,

@@ -426,6 +426,13 @@ impl Node for FakeNode {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn join_cluster(
+        &self,
+        _r: Request<tessera_proto::pb::JoinClusterRequest>,
+    ) -> Result<Response<tessera_proto::pb::AddLearnerResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
     async fn fence(
         &self,
         _r: Request<tessera_proto::pb::FenceRequest>,

@@ -61,6 +61,9 @@ pub struct TestCluster {
     index: IndexConfig,
     /// Extra arguments for process nodes (e.g. a slow index commit).
     pub extra_args: BTreeMap<NodeId, Vec<String>>,
+    /// Nodes left out of the cluster file the others start with; they join a running
+    /// cluster (see [`Self::hold_back`]).
+    held_back: BTreeMap<NodeId, NodeSpec>,
 }
 
 /// An IP base unique to this test process and cluster: 127.A.B.x.
@@ -115,6 +118,7 @@ impl TestCluster {
             routes: Vec::<RouteSpec>::new(),
             placement: None,
             growth: None,
+            rebalance: Default::default(),
         };
         let certs = dir.path().join("certs");
         let ids: Vec<(u64, Vec<IpAddr>)> = config
@@ -139,6 +143,7 @@ impl TestCluster {
             mode,
             index: IndexConfig::default(),
             extra_args: BTreeMap::new(),
+            held_back: BTreeMap::new(),
         }
     }
 
@@ -146,6 +151,33 @@ impl TestCluster {
     pub fn set_placement(&mut self, placement: tessera_node::meta::PlacementSettings) {
         self.config.placement = Some(placement);
         std::fs::write(&self.config_path, cluster_toml(&self.config)).expect("write cluster.toml");
+    }
+
+    /// Leaves node `id` out of the cluster file the other nodes start with: `start_node(id)`
+    /// later starts it as a node joining the running cluster (`--join`, with a file that
+    /// lists it and the others), the way an operator adds a node.
+    pub fn hold_back(&mut self, id: NodeId) {
+        let pos = self
+            .config
+            .nodes
+            .iter()
+            .position(|n| n.id == id)
+            .expect("node in the layout");
+        let spec = self.config.nodes.remove(pos);
+        self.held_back.insert(id, spec);
+        std::fs::write(&self.config_path, cluster_toml(&self.config)).expect("write cluster.toml");
+    }
+
+    /// The cluster file node `id` starts with: a held-back node's lists it too.
+    fn config_of(&self, id: NodeId) -> (ClusterConfig, bool) {
+        let mut config = self.config.clone();
+        match self.held_back.get(&id) {
+            Some(spec) => {
+                config.nodes.push(spec.clone());
+                (config, true)
+            }
+            None => (config, false),
+        }
     }
 
     /// Sets the `[growth]` rule for nodes started after this call.
@@ -173,13 +205,15 @@ impl TestCluster {
         let slot = match self.mode {
             Mode::InProc => {
                 let tls = NodeTls::load(&self.certs, id).expect("node tls");
+                let (cluster, join) = self.config_of(id);
                 let node = TesseraNode::start(NodeConfig {
                     id,
-                    cluster: self.config.clone(),
+                    cluster,
                     data_dir: self.data_dir(id),
                     tls,
                     raft: RaftTuning::default(),
                     index: self.index.clone(),
+                    join,
                 })
                 .await
                 .expect("node starts");
@@ -192,16 +226,25 @@ impl TestCluster {
                     .open(self.dir.path().join(format!("n{id}.log")))
                     .expect("log file");
                 let err = log.try_clone().expect("log file");
+                let (config, join) = self.config_of(id);
+                let config_path = if join {
+                    let path = self.dir.path().join(format!("cluster-join-{id}.toml"));
+                    std::fs::write(&path, cluster_toml(&config)).expect("write the joiner's file");
+                    path
+                } else {
+                    self.config_path.clone()
+                };
                 let mut cmd = tokio::process::Command::new(node_binary());
                 cmd.arg("run")
                     .arg("--config")
-                    .arg(&self.config_path)
+                    .arg(&config_path)
                     .arg("--id")
                     .arg(id.to_string())
                     .arg("--data")
                     .arg(self.data_dir(id))
                     .arg("--certs")
                     .arg(&self.certs)
+                    .args(join.then_some("--join"))
                     .args(self.extra_args.get(&id).cloned().unwrap_or_default())
                     .stdout(log)
                     .stderr(err);
@@ -284,12 +327,19 @@ impl TestCluster {
 
     /// The Raft (QUIC) address of node `id`.
     pub fn raft(&self, id: NodeId) -> SocketAddr {
-        self.config.node(id).map(|n| n.raft).expect("known node")
+        self.spec(id).raft
+    }
+
+    fn spec(&self, id: NodeId) -> &NodeSpec {
+        self.config
+            .node(id)
+            .or_else(|| self.held_back.get(&id))
+            .expect("known node")
     }
 
     /// The gRPC address of node `id`.
     pub fn grpc(&self, id: NodeId) -> SocketAddr {
-        self.config.node(id).map(|n| n.grpc).expect("known node")
+        self.spec(id).grpc
     }
 
     /// A fresh gRPC client to node `id`.
@@ -552,7 +602,14 @@ fn cluster_toml(c: &ClusterConfig) -> String {
         ));
     }
     if let Some(g) = &c.growth {
-        s.push_str(&format!("[growth]\nsplit_docs = {}\n", g.split_docs));
+        s.push_str(&format!(
+            "[growth]\nsplit_docs = {}\nsplit_bytes = {}\n",
+            g.split_docs, g.split_bytes
+        ));
     }
+    s.push_str(&format!(
+        "[rebalance]\nmoves_at_once = {}\n",
+        c.rebalance.moves_at_once
+    ));
     s
 }

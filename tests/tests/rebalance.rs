@@ -225,3 +225,122 @@ async fn a_killed_nodes_shards_get_back_to_full_replica_count() {
          (declared dead after {DEAD_AFTER_SECS}s of silence)"
     );
 }
+
+/// Replicas per node in service, as the map says.
+fn loads(map: &pb::ClusterMap) -> std::collections::BTreeMap<NodeId, usize> {
+    let mut load: std::collections::BTreeMap<NodeId, usize> =
+        map.nodes.iter().map(|n| (n.id, 0)).collect();
+    for s in &map.shards {
+        for r in s.voters.iter().chain(&s.learners) {
+            *load.entry(*r).or_default() += 1;
+        }
+    }
+    load
+}
+
+/// Waits until the map lists `node`, no move is in flight, and every node's replica count is
+/// within one of every other's.
+async fn wait_balanced(cluster: &TestCluster, observer: NodeId, node: NodeId) -> pb::ClusterMap {
+    eventually(SETTLE, "replicas to spread evenly", || async {
+        let map = cluster.map(observer).await;
+        assert_resident(&map);
+        let load = loads(&map);
+        let moving = map.shards.iter().any(|s| !s.joining.is_empty());
+        let (min, max) = (
+            load.values().min().copied().unwrap_or(0),
+            load.values().max().copied().unwrap_or(0),
+        );
+        if load.contains_key(&node) && !moving && max - min <= 1 {
+            Ok(Some(map))
+        } else {
+            Err(format!("loads {load:?}, moves in flight: {moving}"))
+        }
+    })
+    .await
+}
+
+/// A node added to a running cluster (started with `--join`, listed in no other node's
+/// file) registers itself and receives its share of replicas by rebalancing, with 0 failed
+/// searches; drained, it empties; undrained, it gets its share back. Residency holds
+/// throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_node_receives_replicas_and_an_undrained_one_gets_them_back() {
+    let layout = Layout(vec![
+        ("us-east", "a"),
+        ("us-east", "b"),
+        ("us-east", "c"),
+        ("us-east", "d"),
+    ]);
+    let mut cluster = TestCluster::prepare(&layout, Mode::InProc);
+    cluster.set_placement(PlacementSettings {
+        min_shards: 2,
+        max_tenants_per_shard: 512,
+        dead_after_secs: 120,
+    });
+    cluster.hold_back(4);
+    for id in 1..=3 {
+        cluster.start_node(id).await;
+    }
+    let router = start_inproc_router(&cluster, "us-east", |_| {}).await;
+    let client: TesseraClient = client(&router.local_addr().to_string()).await;
+    let tenant = "joined";
+    let acked = Arc::new(std::sync::Mutex::new(load_initial(&client, tenant).await));
+    let wide = tessera_client::TenantSpec::new("wide", ["us-east"]).partitions(4);
+    tessera_tests::routers::create_tenant(&client, &wide).await;
+    let before = cluster.map(1).await;
+    assert!(
+        before.nodes.iter().all(|n| n.id != 4),
+        "node 4 is not in the map before it joins"
+    );
+    let replicas: usize = loads(&before).values().sum();
+    let cluster_ref = &mut cluster;
+    let (write_failures, reports) = run_with_load(&client, &acked, tenant, async {
+        let begun = Instant::now();
+        cluster_ref.start_node(4).await;
+        let map = wait_balanced(cluster_ref, 1, 4).await;
+        eprintln!(
+            "join: node 4 holds {} of {replicas} replicas after {:?}",
+            loads(&map)[&4],
+            begun.elapsed()
+        );
+    })
+    .await;
+    assert_clean(&write_failures, &reports);
+    let map = cluster.map(1).await;
+    let load = loads(&map);
+    assert_eq!(
+        load.values().sum::<usize>(),
+        replicas,
+        "replicas moved, none added or lost"
+    );
+    assert!(load[&4] >= replicas / 4, "node 4's share: {load:?}");
+    wait_raft_follows_map(&cluster, &map).await;
+    let on_four: BTreeSet<u64> = map
+        .shards
+        .iter()
+        .filter(|s| s.voters.contains(&4) || s.learners.contains(&4))
+        .map(|s| s.id)
+        .collect();
+    eventually(SETTLE, "node 4 to open exactly its replicas", || async {
+        let groups = node_groups(&cluster, 4).await;
+        Ok::<_, String>((groups == on_four).then_some(()))
+    })
+    .await;
+
+    // Drained, it empties; undrained, it takes its share again.
+    eventually(SETTLE, "node 4 to drain", || async {
+        let left = client.drain_node(4).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(left.is_empty().then_some(()))
+    })
+    .await;
+    wait_replaced(&cluster, 1, 4).await;
+    client.undrain_node(4).await.expect("undrain");
+    let map = wait_balanced(&cluster, 1, 4).await;
+    assert!(loads(&map)[&4] >= replicas / 4, "{:?}", loads(&map));
+    assert!(
+        map.nodes.iter().all(|n| n.state.is_empty()),
+        "every node in service"
+    );
+    let acked = acked.lock().expect("acked").clone();
+    check_final(&client, tenant, &acked).await;
+}

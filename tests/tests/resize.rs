@@ -13,7 +13,7 @@ use tessera_client::{SearchQuery, TesseraClient};
 use tessera_node::meta::growth::GrowthSettings;
 use tessera_tests::cluster::{Mode, SETTLE};
 use tessera_tests::load::{
-    assert_clean, check_final, load_initial, run_with_load, Acked, COMMON, INITIAL, USER,
+    assert_clean, check_final, doc, load_initial, run_with_load, Acked, COMMON, INITIAL, USER,
 };
 use tessera_tests::routers::{client, start_inproc_router};
 use tessera_tests::{eventually, Layout, TestCluster};
@@ -26,7 +26,14 @@ struct Scenario {
 }
 
 async fn scenario(tenant: &str) -> Scenario {
-    scenario_with(tenant, GrowthSettings { split_docs: 0 }).await
+    scenario_with(
+        tenant,
+        GrowthSettings {
+            split_docs: 0,
+            split_bytes: 0,
+        },
+    )
+    .await
 }
 
 /// Three nodes with the `[growth]` rule `growth`, a router, and `tenant`
@@ -209,7 +216,14 @@ async fn a_tenant_over_the_split_threshold_doubles_by_itself_under_load() {
     // half of them on each of two partitions are far under, so it doubles
     // exactly once.
     let split_docs = (INITIAL + 50) as u64;
-    let s = scenario_with(tenant, GrowthSettings { split_docs }).await;
+    let s = scenario_with(
+        tenant,
+        GrowthSettings {
+            split_docs,
+            split_bytes: 0,
+        },
+    )
+    .await;
     let (write_failures, reports) = run_with_load(&s.client, &s.acked, tenant, async {
         wait_resized(&s.client, tenant, 2).await;
     })
@@ -224,6 +238,42 @@ async fn a_tenant_over_the_split_threshold_doubles_by_itself_under_load() {
         let here = t.partitions.iter().filter(|q| q.shard == p.shard).count();
         assert!(here <= 2, "{here} partitions on shard {}", p.shard);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_over_the_byte_threshold_doubles_by_itself() {
+    let tenant = "heavy";
+    // The limit sits one byte above the INITIAL documents' JSON: writing a few more takes the
+    // one partition over it, and each half is then far under, so it doubles exactly once.
+    let initial: u64 = (0..INITIAL)
+        .map(|i| doc(&format!("d-{i}"), 1).len() as u64)
+        .sum();
+    let s = scenario_with(
+        tenant,
+        GrowthSettings {
+            split_docs: 0,
+            split_bytes: initial + 1,
+        },
+    )
+    .await;
+    assert_eq!(
+        s.client
+            .tenant(tenant)
+            .await
+            .expect("tenant")
+            .partitions
+            .len(),
+        1
+    );
+    let more: Vec<Vec<u8>> = (0..20).map(|i| doc(&format!("x-{i}"), 1)).collect();
+    let token = tessera_tests::routers::put_all(&s.client, tenant, more, 20).await;
+    wait_resized(&s.client, tenant, 2).await;
+    let mut acked = s.acked.lock().expect("acked").clone();
+    acked
+        .versions
+        .extend((0..20).map(|i| (format!("x-{i}"), 1)));
+    acked.token = token;
+    check_final(&s.client, tenant, &acked).await;
 }
 
 /// Definitions for the feature-state test: all-time counts, so values do

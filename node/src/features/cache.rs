@@ -1,109 +1,142 @@
 //! Online feature values kept in memory between searches, so that reranking 100 candidates
 //! costs hash lookups instead of hundreds of RocksDB scans.
 //!
+//! Values are kept in **rows, one per entity** (a document, a user, a user×space pair...):
+//! reranking a candidate reads every feature of its document with one lookup, not one per
+//! feature, and a write invalidates the entity's values where they are, with no separate
+//! table of write versions to consult on every read.
+//!
 //! A cached value is served only while it provably equals a fresh evaluation:
-//! - **No newer writes.** Every applied batch of events bumps a version slot for each (entity,
-//!   event kind) it touched (after its RocksDB write); a reader takes the slot's version
-//!   *before* it evaluates, and the entry is served only while the slot still has that version.
-//!   A feature reads only events of its source kind, so a view never invalidates a click
-//!   count. Slots are a fixed array indexed by a hash, so memory stays bounded and a collision
-//!   only costs an extra miss. Registry changes and snapshot installs bump a global epoch.
-//! - **Time has not changed the answer.** An entry holds the interval `[computed_at,
+//! - **No newer writes.** A write batch, once visible, takes the next number of a sequence and
+//!   marks the rows of the entities it touched with it, dropping their values of the event
+//!   kinds it wrote (a feature reads only events of its source kind, so a view never
+//!   invalidates a click count). A reader takes the sequence number *before* it evaluates, and
+//!   its value is kept only if no write marked the row after that number; a write is marked
+//!   after it became visible, so a value computed from before the write is either refused or
+//!   dropped by the mark. Rows evicted for capacity, registry changes and snapshot installs
+//!   raise a floor that older readers' values must clear too.
+//! - **Time has not changed the answer.** A value holds the interval `[computed_at,
 //!   valid_until)` over which no event enters or leaves the window and no ttl expires (see
 //!   `engine::valid_until`); a read at `t` outside it is a miss.
+//!
+//! A row also keeps, per all-time feature, its **full tiles already merged** (see
+//! `engine::evaluate_all_time`): a miss after a fresh event then reads only the current tile,
+//! not every day since the first event. Live events land in the current tile and leave the
+//! merge alone; a write drops it only if one of its events is at or before the merge's end
+//! (a late event), and a merge computed before a write is refused if any write recorded in
+//! the row since reached that far back.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use tessera_proto::{EventKind, ShardId};
 
 use super::definition::{Entity, Registry};
+use super::engine::MergedPrefix;
+use super::tiles::Acc;
 use crate::rank::{Experiment, RankProfile};
 
-/// Version slots; a power of two. A write invalidates every entry whose entity shares its slot,
-/// so the table is sized for collisions to be rare: with 2^20 slots (8 MiB), a stream of writes
-/// touching 3,000 distinct entities between two reads of an entry evicts it by collision with
-/// probability 0.3% (2^16 slots measured 5% in the rerank benchmark, one miss in twenty).
-const SLOTS: usize = 1 << 20;
-/// A fast, fixed-seed hash: a collision only costs a miss (entries keep their whole key), so
-/// the keyed SipHash of std buys nothing here, on the path of every reranked candidate.
+/// A fast, fixed-seed hash: a collision only costs a miss (rows keep their whole key), so the
+/// keyed SipHash of std buys nothing here, on the path of every reranked candidate.
 const HASHER: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x7e55e7a);
 
-/// Entries kept before the cache starts over.
-const DEFAULT_CAPACITY: usize = 200_000;
+/// Entity rows kept before the cache starts over: about 330 bytes each, so at most ~45 MB.
+/// The rerank benchmark's working set (5,000 documents, 20 users' user×document rows for 8
+/// queries) is about 21,000 rows.
+const DEFAULT_CAPACITY: usize = 1 << 17;
 
-/// What one entry is for: shard, tenant, feature, registry version, entity. Borrowed, so a
-/// lookup allocates nothing; the map is keyed by its hash and each entry keeps the whole key
-/// to compare, so a hash collision is a miss, never a wrong value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CacheKey<'a> {
+/// Whose values a row holds: shard, tenant, entity kind and entity. Borrowed, so a lookup
+/// allocates nothing; the map is keyed by its hash and each row keeps the whole key to
+/// compare, so a hash collision is a miss, never a wrong value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowKey<'a> {
     pub group: ShardId,
     pub tenant: &'a str,
-    pub feature: &'a str,
-    pub version: u64,
+    pub kind: Entity,
     pub entity: &'a str,
 }
 
-impl CacheKey<'_> {
+impl RowKey<'_> {
     fn hashed(&self) -> u64 {
-        HASHER.hash_one(self)
+        HASHER.hash_one((self.group, self.tenant, self.kind.tag(), self.entity))
     }
 
-    /// The key as one allocation: group, version, then the tenant and feature each behind
-    /// its length, then the entity. One contiguous buffer means one memory fetch to confirm a
-    /// hit (three separate strings cost three), which is most of a hit's cost when a rerank
-    /// reads hundreds of entries spread over a large table.
+    /// The key as one buffer: group, kind, the tenant behind its length, then the entity.
+    /// One contiguous buffer means one memory fetch to confirm a hit.
     fn owned(&self) -> OwnedKey {
-        let mut v =
-            Vec::with_capacity(24 + self.tenant.len() + self.feature.len() + self.entity.len());
+        let mut v = OwnedKey::with_capacity(13 + self.tenant.len() + self.entity.len());
         v.extend_from_slice(&self.group.to_le_bytes());
-        v.extend_from_slice(&self.version.to_le_bytes());
-        for part in [self.tenant, self.feature] {
-            v.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            v.extend_from_slice(part.as_bytes());
-        }
+        v.push(self.kind.tag());
+        v.extend_from_slice(&(self.tenant.len() as u32).to_le_bytes());
+        v.extend_from_slice(self.tenant.as_bytes());
         v.extend_from_slice(self.entity.as_bytes());
-        v.into_boxed_slice()
+        v
     }
 
     /// Whether `owned` is this key's [`Self::owned`] form.
     fn is(&self, owned: &[u8]) -> bool {
-        let mut rest = owned;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let (head, tail) = rest.split_at_checked(n)?;
-            rest = tail;
-            Some(head)
-        };
-        let fixed = take(8) == Some(&self.group.to_le_bytes()[..])
-            && take(8) == Some(&self.version.to_le_bytes()[..]);
-        let parts = fixed
-            && [self.tenant, self.feature].iter().all(|part| {
-                take(4) == Some(&(part.len() as u32).to_le_bytes()[..])
-                    && take(part.len()) == Some(part.as_bytes())
-            });
-        parts && rest == self.entity.as_bytes()
+        let tenant_len = (self.tenant.len() as u32).to_le_bytes();
+        let head = 13 + self.tenant.len();
+        owned.len() == head + self.entity.len()
+            && owned[..8] == self.group.to_le_bytes()
+            && owned[8] == self.kind.tag()
+            && owned[9..13] == tenant_len
+            && &owned[13..head] == self.tenant.as_bytes()
+            && &owned[head..] == self.entity.as_bytes()
     }
 }
 
-type OwnedKey = Box<[u8]>;
+/// Keys of typical entities fit inline, so confirming a hit reads no other allocation.
+type OwnedKey = SmallVec<[u8; 56]>;
 
-/// The write state a reader saw before evaluating: the global epoch and the entity's slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    epoch: u64,
-    slot: u64,
-}
+/// The write sequence number a reader saw before evaluating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seen(u64);
 
-#[derive(Debug, Clone)]
-struct Entry {
-    key: OwnedKey,
-    stamp: Stamp,
+/// One feature's value in a row.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    /// Registry version and the feature's index in it.
+    version: u64,
+    feature: u32,
+    source: EventKind,
     computed_at: i64,
     valid_until: i64,
     value: Option<f64>,
+}
+
+/// An all-time feature's full tiles merged, up to tile `last_full` (events up to `end_ms`).
+#[derive(Debug, Clone)]
+struct Prefix {
+    version: u64,
+    feature: u32,
+    source: EventKind,
+    last_full: i64,
+    end_ms: i64,
+    acc: Acc,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    key: OwnedKey,
+    /// The newest write that touched the entity (any kind): values read before it are refused.
+    written: u64,
+    /// The oldest event time among the writes recorded in this row: a merge of full tiles
+    /// ending before it cannot have been changed by them.
+    oldest_written: i64,
+    values: SmallVec<[Cached; 4]>,
+    prefixes: Vec<Prefix>,
+}
+
+/// One value a read asks for: feature `feature` of registry `version`, read at `t`.
+#[derive(Debug, Clone, Copy)]
+pub struct ValueKey {
+    pub version: u64,
+    pub feature: u32,
 }
 
 /// A tenant's definitions as a search uses them: the registry with its rank profiles and
@@ -120,24 +153,38 @@ pub struct Definitions {
 /// Parsed definitions with the cache epoch they were read at.
 type DefinitionsEntry = (u64, Arc<Definitions>);
 
+/// The rows and the floor below which no reader's value is kept, under one lock.
+#[derive(Default)]
+struct Rows {
+    /// Keyed by [`RowKey::hashed`], already a good hash: foldhash only mixes it again.
+    map: HashMap<u64, Row, foldhash::fast::RandomState>,
+    /// Values read before this sequence number are refused: rows dropped since then may have
+    /// carried the marks that would have refused them.
+    floor: u64,
+}
+
 /// The node-wide cache (one per RocksDB instance, shared by all its shards).
 pub struct OnlineCache {
-    slots: Box<[AtomicU64]>,
+    /// Write batches made visible so far.
+    sequence: AtomicU64,
+    rows: Mutex<Rows>,
+    /// Bumped by registry changes and snapshot installs: parsed definitions read before are
+    /// stale.
     epoch: AtomicU64,
-    /// Keyed by [`CacheKey::hashed`], already a good hash: foldhash only mixes it again.
-    entries: Mutex<HashMap<u64, Entry, foldhash::fast::RandomState>>,
     /// Parsed definitions per (shard, tenant), with the epoch they were read at: valid while
     /// the epoch is unchanged (a registry write bumps it once the write is visible).
     definitions: Mutex<HashMap<(ShardId, String), DefinitionsEntry>>,
     capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Misses that started from merged full tiles.
+    merged_reuses: AtomicU64,
 }
 
 impl std::fmt::Debug for OnlineCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OnlineCache")
-            .field("entries", &self.entries.lock().len())
+            .field("rows", &self.rows.lock().map.len())
             .finish_non_exhaustive()
     }
 }
@@ -149,81 +196,58 @@ impl Default for OnlineCache {
 }
 
 impl OnlineCache {
-    /// A cache of at most `capacity` values.
+    /// A cache of at most `capacity` entity rows.
     pub fn new(capacity: usize) -> Self {
         Self {
-            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            sequence: AtomicU64::new(0),
+            rows: Mutex::new(Rows::default()),
             epoch: AtomicU64::new(0),
-            entries: Mutex::new(HashMap::default()),
             definitions: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            merged_reuses: AtomicU64::new(0),
         }
     }
 
-    fn slot(group: ShardId, tenant: &str, kind: Entity, source: EventKind, entity: &str) -> usize {
-        (HASHER.hash_one((group, tenant, kind.tag(), source, entity)) as usize) & (SLOTS - 1)
+    /// The write state now; read it before evaluating what will be [`Self::put`].
+    pub fn seen(&self) -> Seen {
+        Seen(self.sequence.load(Ordering::Acquire))
     }
 
-    /// The current write state of an entity's events of kind `source`; read it before
-    /// evaluating a feature with that source.
-    pub fn stamp(
-        &self,
-        group: ShardId,
-        tenant: &str,
-        kind: Entity,
-        source: EventKind,
-        entity: &str,
-    ) -> Stamp {
-        let slot = &self.slots[Self::slot(group, tenant, kind, source, entity)];
-        Stamp {
-            epoch: self.epoch.load(Ordering::Acquire),
-            slot: slot.load(Ordering::Acquire),
+    /// The cached value of `value` for the row at `t`, if it is still exact.
+    pub fn get(&self, row: &RowKey<'_>, value: ValueKey, t: i64) -> Option<Option<f64>> {
+        self.get_rows(&[(*row, &[value][..])], t).pop().flatten()
+    }
+
+    /// The cached values of several rows under one lock: for each row, its values in the order
+    /// asked, `None` for a miss.
+    pub fn get_rows(&self, rows: &[(RowKey<'_>, &[ValueKey])], t: i64) -> Vec<Option<Option<f64>>> {
+        let hashes: Vec<u64> = rows.iter().map(|(key, _)| key.hashed()).collect();
+        let mut out = Vec::with_capacity(rows.iter().map(|(_, v)| v.len()).sum());
+        let guard = self.rows.lock();
+        for ((key, wanted), hashed) in rows.iter().zip(hashes) {
+            let row = guard.map.get(&hashed).filter(|r| key.is(&r.key));
+            out.extend(
+                wanted
+                    .iter()
+                    .map(|w| row.and_then(|r| Self::served(r, *w, t))),
+            );
         }
-    }
-
-    /// The cached value at `t` if it is still exact for `stamp` (the current one).
-    pub fn get(&self, key: &CacheKey<'_>, stamp: Stamp, t: i64) -> Option<Option<f64>> {
-        self.get_many(std::slice::from_ref(key), &[stamp], t)
-            .pop()
-            .flatten()
-    }
-
-    /// The entry's value if it is `key`'s and still exact for `stamp` at `t`.
-    fn served(
-        entry: Option<&Entry>,
-        key: &CacheKey<'_>,
-        stamp: Stamp,
-        t: i64,
-    ) -> Option<Option<f64>> {
-        entry
-            .filter(|e| key.is(&e.key))
-            .filter(|e| e.stamp == stamp && e.computed_at <= t && t < e.valid_until)
-            .map(|e| e.value)
-    }
-
-    /// [`Self::get`] for many keys under one lock, in order.
-    pub fn get_many(
-        &self,
-        keys: &[CacheKey<'_>],
-        stamps: &[Stamp],
-        t: i64,
-    ) -> Vec<Option<Option<f64>>> {
-        let hashes: Vec<u64> = keys.iter().map(CacheKey::hashed).collect();
-        let entries = self.entries.lock();
-        let out: Vec<_> = keys
-            .iter()
-            .zip(stamps)
-            .zip(hashes)
-            .map(|((key, stamp), hashed)| Self::served(entries.get(&hashed), key, *stamp, t))
-            .collect();
-        drop(entries);
+        drop(guard);
         let hits = out.iter().filter(|v| v.is_some()).count() as u64;
         self.hits.fetch_add(hits, Ordering::Relaxed);
         self.misses
             .fetch_add(out.len() as u64 - hits, Ordering::Relaxed);
         out
+    }
+
+    fn served(row: &Row, wanted: ValueKey, t: i64) -> Option<Option<f64>> {
+        row.values
+            .iter()
+            .find(|c| c.version == wanted.version && c.feature == wanted.feature)
+            .filter(|c| c.computed_at <= t && t < c.valid_until)
+            .map(|c| c.value)
     }
 
     /// `(hits, misses)` since start, for tests and status pages.
@@ -234,52 +258,164 @@ impl OnlineCache {
         )
     }
 
-    /// Keeps a value evaluated at `t` under `stamp` (read before evaluating).
+    /// Keeps a value of a feature with source kind `source`, evaluated at `t` by a reader that
+    /// saw `seen` before evaluating; refused if a write may have changed it since.
+    #[allow(clippy::too_many_arguments)]
     pub fn put(
         &self,
-        key: &CacheKey<'_>,
-        stamp: Stamp,
+        row: &RowKey<'_>,
+        value: ValueKey,
+        source: EventKind,
+        seen: Seen,
         t: i64,
         valid_until: i64,
-        value: Option<f64>,
+        computed: Option<f64>,
     ) {
         if valid_until <= t {
             return;
         }
-        let hashed = key.hashed();
-        let mut entries = self.entries.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(&hashed) {
-            entries.clear();
+        let hashed = row.hashed();
+        let mut rows = self.rows.lock();
+        if seen.0 < rows.floor {
+            return;
         }
-        entries.insert(
-            hashed,
-            Entry {
-                key: key.owned(),
-                stamp,
-                computed_at: t,
-                valid_until,
-                value,
-            },
-        );
+        let r = self.row_mut(&mut rows, row, hashed);
+        if seen.0 < r.written {
+            return;
+        }
+        let cached = Cached {
+            version: value.version,
+            feature: value.feature,
+            source,
+            computed_at: t,
+            valid_until,
+            value: computed,
+        };
+        match r
+            .values
+            .iter_mut()
+            .find(|c| c.version == value.version && c.feature == value.feature)
+        {
+            Some(slot) => *slot = cached,
+            None => r.values.push(cached),
+        }
     }
 
-    /// Marks an entity as written with an event of kind `source`; call after the write is
-    /// durable and visible.
-    pub fn touch(
+    /// `key`'s row, created empty if absent (dropping every row first when full).
+    fn row_mut<'r>(&self, rows: &'r mut Rows, key: &RowKey<'_>, hashed: u64) -> &'r mut Row {
+        let taken_by_other = rows.map.get(&hashed).is_some_and(|r| !key.is(&r.key));
+        if taken_by_other || (rows.map.len() >= self.capacity && !rows.map.contains_key(&hashed)) {
+            // A collision replaces the other entity's row; its marks go with it, so the floor
+            // rises as for a clear. Both are rare.
+            let floor = self.sequence.load(Ordering::Acquire);
+            if !taken_by_other {
+                rows.map.clear();
+            }
+            rows.floor = rows.floor.max(floor);
+            rows.map.remove(&hashed);
+        }
+        rows.map.entry(hashed).or_insert_with(|| Row {
+            key: key.owned(),
+            written: 0,
+            oldest_written: i64::MAX,
+            values: SmallVec::new(),
+            prefixes: Vec::new(),
+        })
+    }
+
+    /// Marks entities as written with events of the given kinds, the oldest at the given
+    /// event time; call once per write batch, after the batch is durable and visible.
+    pub fn touch<'k>(&self, touched: impl IntoIterator<Item = (RowKey<'k>, EventKind, i64)>) {
+        let written = self.sequence.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut rows = self.rows.lock();
+        for (key, source, oldest) in touched {
+            let hashed = key.hashed();
+            let r = self.row_mut(&mut rows, &key, hashed);
+            r.written = written;
+            r.oldest_written = r.oldest_written.min(oldest);
+            r.values.retain(|c| c.source != source);
+            r.prefixes
+                .retain(|p| p.source != source || oldest > p.end_ms);
+        }
+    }
+
+    /// The merged full tiles of an all-time feature kept for the row, if they end at or
+    /// before tile `last_full` (the caller merges the tiles after them).
+    pub fn prefix(
         &self,
-        group: ShardId,
-        tenant: &str,
-        kind: Entity,
+        row: &RowKey<'_>,
+        value: ValueKey,
+        last_full: i64,
+    ) -> Option<MergedPrefix> {
+        let hashed = row.hashed();
+        let rows = self.rows.lock();
+        let r = rows.map.get(&hashed).filter(|r| row.is(&r.key))?;
+        let found = r
+            .prefixes
+            .iter()
+            .find(|p| p.version == value.version && p.feature == value.feature)
+            .filter(|p| p.last_full <= last_full)
+            .map(|p| (p.last_full, p.acc.clone()));
+        if found.is_some() {
+            self.merged_reuses.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Misses that started from merged full tiles since start, for tests.
+    pub fn merged_reuses(&self) -> u64 {
+        self.merged_reuses.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the merged full tiles of an all-time feature (tiles up to `prefix.0`, of
+    /// `tile_ms` each), computed by a reader that saw `seen` before reading them; refused if
+    /// a write since may have reached into them.
+    pub fn put_prefix(
+        &self,
+        row: &RowKey<'_>,
+        value: ValueKey,
         source: EventKind,
-        entity: &str,
+        seen: Seen,
+        tile_ms: i64,
+        prefix: MergedPrefix,
     ) {
-        self.slots[Self::slot(group, tenant, kind, source, entity)].fetch_add(1, Ordering::AcqRel);
+        let (last_full, acc) = prefix;
+        let end_ms = last_full.saturating_add(1).saturating_mul(tile_ms);
+        let hashed = row.hashed();
+        let mut rows = self.rows.lock();
+        if seen.0 < rows.floor {
+            return;
+        }
+        let r = self.row_mut(&mut rows, row, hashed);
+        if seen.0 < r.written && r.oldest_written <= end_ms {
+            return;
+        }
+        let kept = Prefix {
+            version: value.version,
+            feature: value.feature,
+            source,
+            last_full,
+            end_ms,
+            acc,
+        };
+        match r
+            .prefixes
+            .iter_mut()
+            .find(|p| p.version == value.version && p.feature == value.feature)
+        {
+            Some(slot) => *slot = kept,
+            None => r.prefixes.push(kept),
+        }
     }
 
     /// Invalidates everything (a snapshot replaced a shard's rows, or definitions changed).
     pub fn invalidate_all(&self) {
+        let written = self.sequence.fetch_add(1, Ordering::AcqRel) + 1;
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.entries.lock().clear();
+        let mut rows = self.rows.lock();
+        rows.map.clear();
+        rows.floor = rows.floor.max(written);
+        drop(rows);
         self.definitions.lock().clear();
     }
 
@@ -313,41 +449,51 @@ impl OnlineCache {
 mod tests {
     use super::*;
 
-    fn key(entity: &str) -> CacheKey<'_> {
-        CacheKey {
+    fn row(entity: &str) -> RowKey<'_> {
+        RowKey {
             group: 1,
             tenant: "t",
-            feature: "f",
-            version: 1,
+            kind: Entity::User,
             entity,
         }
     }
 
+    const F: ValueKey = ValueKey {
+        version: 1,
+        feature: 0,
+    };
+    const G: ValueKey = ValueKey {
+        version: 1,
+        feature: 1,
+    };
+
     #[test]
     fn a_key_matches_its_own_stored_form_only() {
-        let base = CacheKey {
+        let base = RowKey {
             group: 7,
             tenant: "ab",
-            feature: "c",
-            version: 3,
-            entity: "u:x",
+            kind: Entity::UserSpace,
+            entity: "u|x",
         };
         assert!(base.is(&base.owned()));
         let others = [
-            CacheKey { group: 8, ..base },
-            CacheKey { version: 4, ..base },
-            // The same bytes split differently between tenant and feature.
-            CacheKey {
-                tenant: "a",
-                feature: "bc",
+            RowKey { group: 8, ..base },
+            RowKey {
+                kind: Entity::UserDoc,
                 ..base
             },
-            CacheKey {
-                entity: "u:xy",
+            // The same bytes split differently between tenant and entity.
+            RowKey {
+                tenant: "abu",
+                entity: "|x",
                 ..base
             },
-            CacheKey {
-                entity: "u:",
+            RowKey {
+                entity: "u|xy",
+                ..base
+            },
+            RowKey {
+                entity: "u|",
                 ..base
             },
         ];
@@ -360,47 +506,107 @@ mod tests {
     #[test]
     fn serves_only_within_validity_and_until_touched() {
         let c = OnlineCache::new(10);
-        let s = c.stamp(1, "t", Entity::User, EventKind::View, "u:a");
-        c.put(&key("u:a"), s, 100, 200, Some(3.0));
-        assert_eq!(c.get(&key("u:a"), s, 100), Some(Some(3.0)));
-        assert_eq!(c.get(&key("u:a"), s, 199), Some(Some(3.0)));
-        assert_eq!(c.get(&key("u:a"), s, 200), None, "valid_until is exclusive");
+        let s = c.seen();
+        c.put(&row("a"), F, EventKind::View, s, 100, 200, Some(3.0));
+        c.put(&row("a"), G, EventKind::Click, s, 100, 200, Some(5.0));
+        assert_eq!(c.get(&row("a"), F, 100), Some(Some(3.0)));
+        assert_eq!(c.get(&row("a"), F, 199), Some(Some(3.0)));
+        assert_eq!(c.get(&row("a"), F, 200), None, "valid_until is exclusive");
         assert_eq!(
-            c.get(&key("u:a"), s, 99),
+            c.get(&row("a"), F, 99),
             None,
             "never before it was computed"
         );
-        c.touch(1, "t", Entity::User, EventKind::Click, "u:a");
+        let other_version = ValueKey { version: 2, ..F };
+        assert_eq!(c.get(&row("a"), other_version, 150), None);
+        c.touch([(row("a"), EventKind::Click, 120)]);
         assert_eq!(
-            c.get(
-                &key("u:a"),
-                c.stamp(1, "t", Entity::User, EventKind::View, "u:a"),
-                150
-            ),
+            c.get(&row("a"), F, 150),
             Some(Some(3.0)),
             "a click leaves view features valid"
         );
-        c.touch(1, "t", Entity::User, EventKind::View, "u:a");
-        let now = c.stamp(1, "t", Entity::User, EventKind::View, "u:a");
-        assert_ne!(now, s);
-        assert_eq!(c.get(&key("u:a"), now, 150), None, "a write invalidates");
-        // A value evaluated from a stamp read before the write stays invalid.
-        c.put(&key("u:a"), s, 150, 300, Some(1.0));
-        assert_eq!(c.get(&key("u:a"), now, 160), None);
-        c.put(&key("u:a"), now, 150, 300, Some(4.0));
-        assert_eq!(c.get(&key("u:a"), now, 160), Some(Some(4.0)));
+        assert_eq!(c.get(&row("a"), G, 150), None, "a write invalidates");
+        // A value evaluated from a state seen before the write is refused.
+        c.put(&row("a"), G, EventKind::Click, s, 150, 300, Some(1.0));
+        assert_eq!(c.get(&row("a"), G, 160), None);
+        let now = c.seen();
+        assert!(now > s);
+        c.put(&row("a"), G, EventKind::Click, now, 150, 300, Some(4.0));
+        assert_eq!(c.get(&row("a"), G, 160), Some(Some(4.0)));
+        assert_eq!(c.get(&row("b"), G, 160), None, "rows are per entity");
         c.invalidate_all();
-        let after = c.stamp(1, "t", Entity::User, EventKind::View, "u:a");
-        assert_eq!(c.get(&key("u:a"), after, 160), None);
+        assert_eq!(c.get(&row("a"), G, 160), None);
+        c.put(&row("a"), G, EventKind::Click, now, 150, 300, Some(4.0));
+        assert_eq!(
+            c.get(&row("a"), G, 160),
+            None,
+            "read before the invalidation: refused"
+        );
     }
 
     #[test]
-    fn bounded() {
+    fn a_write_to_an_entity_without_a_row_still_refuses_older_reads() {
+        let c = OnlineCache::new(10);
+        let before = c.seen();
+        c.touch([(row("a"), EventKind::View, 5)]);
+        c.put(&row("a"), F, EventKind::View, before, 0, 10, Some(1.0));
+        assert_eq!(c.get(&row("a"), F, 5), None);
+    }
+
+    #[test]
+    fn merged_tiles_survive_live_events_but_not_late_ones() {
+        let c = OnlineCache::new(10);
+        let day = 1_000;
+        let merged = |n: i64| (n, Acc::default());
+        // Tiles up to index 9 merged: events up to 10_000.
+        c.put_prefix(&row("a"), F, EventKind::View, c.seen(), day, merged(9));
+        assert_eq!(c.prefix(&row("a"), F, 9).map(|p| p.0), Some(9));
+        assert_eq!(
+            c.prefix(&row("a"), F, 12).map(|p| p.0),
+            Some(9),
+            "extended by the caller"
+        );
+        assert!(
+            c.prefix(&row("a"), F, 8).is_none(),
+            "never past what is asked"
+        );
+        assert!(c.prefix(&row("a"), G, 9).is_none());
+        c.touch([(row("a"), EventKind::Click, 50)]);
+        assert!(c.prefix(&row("a"), F, 9).is_some(), "another kind");
+        c.touch([(row("a"), EventKind::View, 10_001)]);
+        assert!(c.prefix(&row("a"), F, 9).is_some(), "a live event");
+        c.touch([(row("a"), EventKind::View, 10_000)]);
+        assert!(c.prefix(&row("a"), F, 9).is_none(), "a late event");
+        // A merge read before a late write is refused; before a live one, kept.
+        let before = c.seen();
+        c.touch([(row("b"), EventKind::View, 20_000)]);
+        c.put_prefix(&row("b"), F, EventKind::View, before, day, merged(9));
+        assert!(c.prefix(&row("b"), F, 9).is_some());
+        let before = c.seen();
+        c.touch([(row("b"), EventKind::View, 3_000)]);
+        c.put_prefix(&row("b"), F, EventKind::View, before, day, merged(9));
+        assert!(c.prefix(&row("b"), F, 9).is_none());
+    }
+
+    #[test]
+    fn bounded_and_eviction_refuses_older_reads() {
         let c = OnlineCache::new(3);
-        let s = c.stamp(1, "t", Entity::User, EventKind::View, "u:a");
+        let before = c.seen();
+        c.touch([(row("x"), EventKind::View, 5)]);
         for i in 0..10 {
-            c.put(&key(&format!("u:{i}")), s, 0, 10, Some(1.0));
+            c.put(
+                &row(&format!("{i}")),
+                F,
+                EventKind::View,
+                c.seen(),
+                0,
+                10,
+                Some(1.0),
+            );
         }
-        assert!(c.entries.lock().len() <= 3);
+        assert!(c.rows.lock().map.len() <= 3);
+        // The mark on "x" was evicted with its row; the floor still refuses the stale value.
+        c.put(&row("x"), F, EventKind::View, before, 0, 10, Some(1.0));
+        assert_eq!(c.get(&row("x"), F, 5), None);
     }
 }

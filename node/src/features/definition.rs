@@ -74,6 +74,20 @@ impl Entity {
     /// rejects it in principals and names), so joining with it is unambiguous
     /// as long as the doc comes last.
     pub fn key(self, user: &str, space: &str, doc: &str) -> Result<String, &'static str> {
+        let mut out = String::new();
+        self.write_key(user, space, doc, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::key`] appended to `out`, so that many keys can share one buffer (reranking
+    /// builds hundreds per search). On an error `out` is unchanged.
+    pub fn write_key(
+        self,
+        user: &str,
+        space: &str,
+        doc: &str,
+        out: &mut String,
+    ) -> Result<(), &'static str> {
         let need = |v: &str, name: &'static str| {
             if v.is_empty() {
                 Err(name)
@@ -81,30 +95,27 @@ impl Entity {
                 Ok(())
             }
         };
-        Ok(match self {
-            Self::Doc => {
-                need(doc, "doc")?;
-                doc.to_string()
-            }
-            Self::User => {
-                need(user, "user")?;
-                user.to_string()
-            }
-            Self::Space => {
-                need(space, "space")?;
-                space.to_string()
-            }
+        let (first, second) = match self {
+            Self::Doc => (need(doc, "doc").map(|()| doc)?, None),
+            Self::User => (need(user, "user").map(|()| user)?, None),
+            Self::Space => (need(space, "space").map(|()| space)?, None),
             Self::UserSpace => {
                 need(user, "user")?;
                 need(space, "space")?;
-                format!("{user}|{space}")
+                (user, Some(space))
             }
             Self::UserDoc => {
                 need(user, "user")?;
                 need(doc, "doc")?;
-                format!("{user}|{doc}")
+                (user, Some(doc))
             }
-        })
+        };
+        out.push_str(first);
+        if let Some(second) = second {
+            out.push('|');
+            out.push_str(second);
+        }
+        Ok(())
     }
 }
 
@@ -380,6 +391,17 @@ impl Registry {
     /// The definition named `name`.
     pub fn get(&self, name: &str) -> Option<&FeatureDef> {
         self.features.iter().find(|f| f.name == name)
+    }
+
+    /// The definition named `name` with its position, which names it in the online cache
+    /// (with the registry version) without a string compare per read.
+    pub fn indexed(&self, name: &str) -> Option<(u32, &FeatureDef)> {
+        let (i, def) = self
+            .features
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.name == name)?;
+        Some((u32::try_from(i).ok()?, def))
     }
 
     /// The rank profiles of this version of `features.toml`: they are registered with the

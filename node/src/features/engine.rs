@@ -62,6 +62,9 @@ pub fn evaluate<S: FeatureSource>(
     entity: &str,
     t: i64,
 ) -> Result<Option<f64>, S::Error> {
+    if has_reusable_prefix(def) {
+        return Ok(evaluate_all_time(def, src, entity, t, None)?.0);
+    }
     let tile = def.tile_ms();
     // Tiles up to `last_full` end at or before t.
     let last_full = t.div_euclid(tile) - 1;
@@ -89,6 +92,50 @@ pub fn evaluate<S: FeatureSource>(
             fold_right_edge(def, src, entity, t, right_edge_lo, current, &mut acc)?;
         }
     }
+    with_ttl(def, src, entity, t, acc.value(def))
+}
+
+/// Whether `def`'s full tiles, once merged, stay valid as time passes: an all-time window
+/// keeps every full tile, and every aggregation but the decayed count merges tiles without
+/// regard to when it is read. Only new events in those tiles (late ones) change the merge.
+pub fn has_reusable_prefix(def: &FeatureDef) -> bool {
+    def.window_ms.is_none() && def.aggregation != Aggregation::DecayedCount
+}
+
+/// The full tiles of an all-time feature merged up to tile index `.0` (inclusive).
+pub type MergedPrefix = (i64, Acc);
+
+/// [`evaluate`] for a feature with [`has_reusable_prefix`], starting from `known` (full tiles
+/// already merged, from an earlier evaluation) instead of reading every tile again. Returns
+/// the value and the full tiles merged up to `t`'s last full tile, to reuse next time.
+pub fn evaluate_all_time<S: FeatureSource>(
+    def: &FeatureDef,
+    src: &S,
+    entity: &str,
+    t: i64,
+    known: Option<MergedPrefix>,
+) -> Result<(Option<f64>, MergedPrefix), S::Error> {
+    let tile = def.tile_ms();
+    let last_full = t.div_euclid(tile) - 1;
+    let right_edge_lo = last_full.saturating_add(1).saturating_mul(tile);
+    let (from, mut acc) = match known {
+        Some((merged_to, acc)) if merged_to <= last_full => (merged_to.saturating_add(1), acc),
+        _ => (i64::MIN, Acc::default()),
+    };
+    let current = merge_tiles(def, src, entity, from, last_full, t, &mut acc)?;
+    let prefix = (last_full, acc.clone());
+    fold_right_edge(def, src, entity, t, right_edge_lo, current, &mut acc)?;
+    Ok((with_ttl(def, src, entity, t, acc.value(def))?, prefix))
+}
+
+/// `value`, or null when `def`'s ttl has passed since the newest event at or before `t`.
+fn with_ttl<S: FeatureSource>(
+    def: &FeatureDef,
+    src: &S,
+    entity: &str,
+    t: i64,
+    value: Option<f64>,
+) -> Result<Option<f64>, S::Error> {
     if let Some(ttl) = def.ttl_ms {
         let newest = newest_event_ts(def, src, entity, t)?;
         match newest {
@@ -96,7 +143,7 @@ pub fn evaluate<S: FeatureSource>(
             _ => return Ok(None),
         }
     }
-    Ok(acc.value(def))
+    Ok(value)
 }
 
 /// Merges the full tiles `from..=last_full` into `acc` and returns the current (partial) tile,

@@ -14,9 +14,9 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tessera_proto::{EventKind, ShardId, ValidEvent};
 
-use super::cache::{CacheKey, Definitions};
+use super::cache::{Definitions, RowKey, Seen, ValueKey};
 use super::definition::{Entity, FeatureDef, Registry};
-use super::engine::{evaluate, valid_until, FeatureSource};
+use super::engine::{evaluate, evaluate_all_time, has_reusable_prefix, valid_until, FeatureSource};
 use super::historical::historical_value;
 use super::tiles::{tile_of, EventRow, Order, Tile};
 use super::{ImportBatch, RowSet};
@@ -270,80 +270,108 @@ impl FeatureStore {
         Ok(page)
     }
 
-    /// The online value of `def` (of registry `version`) at `t`: persisted tiles plus edge
+    /// The online value `wanted` (of registry `version`) at `t`: persisted tiles plus edge
     /// events, served from the online cache while it provably equals a fresh evaluation.
     pub fn online_value(
         &self,
         tenant: &str,
         version: u64,
-        def: &FeatureDef,
-        entity: &str,
+        wanted: Wanted<'_>,
         t: i64,
     ) -> Result<Option<f64>, StorageError> {
-        let cache = self.storage.online_cache();
-        // Read before evaluating: a write after this makes the entry stale, never wrong.
-        let stamp = cache.stamp(self.group, tenant, def.entity, def.source, entity);
-        let key = CacheKey {
-            group: self.group,
-            tenant,
-            feature: &def.name,
-            version,
-            entity,
-        };
-        if let Some(value) = cache.get(&key, stamp, t) {
-            return Ok(value);
-        }
-        let src = RocksSource::new(self, tenant, t);
-        let value = evaluate(def, &src, entity, t)?;
-        let until = valid_until(def, &src, entity, t)?;
-        cache.put(&key, stamp, t, until, value);
-        Ok(value)
+        Ok(self
+            .online_values(tenant, version, &[wanted], t)?
+            .pop()
+            .flatten())
     }
 
     /// [`Self::online_value`] for many (feature, entity) pairs at once, in order: the path of
-    /// reranking, which asks for hundreds per search. The write stamps are read first, in one
-    /// pass (independent loads the CPU overlaps, where one lookup at a time waits for each),
-    /// the cache is then consulted under one lock, and only the misses are evaluated.
+    /// reranking, which asks for hundreds per search. Consecutive pairs of one entity share
+    /// one cache row, so callers list an entity's features together; the cache is consulted
+    /// under one lock, and only the misses are evaluated.
     pub fn online_values(
         &self,
         tenant: &str,
         version: u64,
-        wanted: &[(&FeatureDef, &str)],
+        wanted: &[Wanted<'_>],
         t: i64,
     ) -> Result<Vec<Option<f64>>, StorageError> {
         let cache = self.storage.online_cache();
-        // Read before evaluating: a write after this makes an entry stale, never wrong.
-        let stamps: Vec<_> = wanted
+        // Read before evaluating: a write after this makes a value stale, never wrong.
+        let seen = cache.seen();
+        let values: Vec<ValueKey> = wanted
             .iter()
-            .map(|(def, entity)| cache.stamp(self.group, tenant, def.entity, def.source, entity))
-            .collect();
-        let keys: Vec<_> = wanted
-            .iter()
-            .map(|(def, entity)| CacheKey {
-                group: self.group,
-                tenant,
-                feature: &def.name,
+            .map(|w| ValueKey {
                 version,
-                entity,
+                feature: w.feature,
             })
             .collect();
-        let cached = cache.get_many(&keys, &stamps, t);
+        // Runs of consecutive pairs of one entity, as (row, first, end) into `values`.
+        let mut runs: Vec<(RowKey<'_>, usize, usize)> = Vec::with_capacity(wanted.len());
+        for (i, w) in wanted.iter().enumerate() {
+            let key = RowKey {
+                group: self.group,
+                tenant,
+                kind: w.def.entity,
+                entity: w.entity,
+            };
+            match runs.last_mut() {
+                Some((last, _, end)) if *last == key => *end = i + 1,
+                _ => runs.push((key, i, i + 1)),
+            }
+        }
+        let asked: Vec<(RowKey<'_>, &[ValueKey])> = runs
+            .iter()
+            .map(|(key, from, end)| (*key, &values[*from..*end]))
+            .collect();
+        let cached = cache.get_rows(&asked, t);
         let mut out = Vec::with_capacity(wanted.len());
-        for (i, hit) in cached.into_iter().enumerate() {
+        for (w, hit) in wanted.iter().zip(cached) {
             let value = match hit {
                 Some(value) => value,
-                None => {
-                    let (def, entity) = wanted[i];
-                    let src = RocksSource::new(self, tenant, t);
-                    let value = evaluate(def, &src, entity, t)?;
-                    let until = valid_until(def, &src, entity, t)?;
-                    cache.put(&keys[i], stamps[i], t, until, value);
-                    value
-                }
+                None => self.evaluate_and_keep(tenant, version, w, seen, t)?,
             };
             out.push(value);
         }
         Ok(out)
+    }
+
+    /// A cache miss: evaluates from RocksDB and offers the value to the cache. An all-time
+    /// feature starts from its merged full tiles when the cache has them, and leaves them
+    /// there for the next miss.
+    fn evaluate_and_keep(
+        &self,
+        tenant: &str,
+        version: u64,
+        w: &Wanted<'_>,
+        seen: Seen,
+        t: i64,
+    ) -> Result<Option<f64>, StorageError> {
+        let def = w.def;
+        let cache = self.storage.online_cache();
+        let key = RowKey {
+            group: self.group,
+            tenant,
+            kind: def.entity,
+            entity: w.entity,
+        };
+        let value_key = ValueKey {
+            version,
+            feature: w.feature,
+        };
+        let src = RocksSource::new(self, tenant, t);
+        let value = if has_reusable_prefix(def) {
+            let last_full = t.div_euclid(def.tile_ms()) - 1;
+            let known = cache.prefix(&key, value_key, last_full);
+            let (value, merged) = evaluate_all_time(def, &src, w.entity, t, known)?;
+            cache.put_prefix(&key, value_key, def.source, seen, def.tile_ms(), merged);
+            value
+        } else {
+            evaluate(def, &src, w.entity, t)?
+        };
+        let until = valid_until(def, &src, w.entity, t)?;
+        cache.put(&key, value_key, def.source, seen, t, until, value);
+        Ok(value)
     }
 
     /// [`Self::online_value`] without the cache, for tests that check the cache against it.
@@ -370,11 +398,16 @@ impl FeatureStore {
         let registry = self.registry(tenant)?;
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            let def = registry
-                .get(name)
+            let (feature, def) = registry
+                .indexed(name)
                 .ok_or_else(|| FeatureError::UnknownFeature(name.clone()))?;
             let entity = entity_of(def, user, space, doc)?;
-            out.push(self.online_value(tenant, registry.version, def, &entity, t)?);
+            let wanted = Wanted {
+                feature,
+                def,
+                entity: &entity,
+            };
+            out.push(self.online_value(tenant, registry.version, wanted, t)?);
         }
         Ok((registry.version, out))
     }
@@ -415,6 +448,15 @@ impl FeatureStore {
         }
         Ok((registry.version, out))
     }
+}
+
+/// One online value to read: a feature of a registry (its definition and its position in the
+/// registry, which names it in the cache) for one entity.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub feature: u32,
+    pub def: &'a FeatureDef,
+    pub entity: &'a str,
 }
 
 /// The entity value `def` is keyed by, from the request's parts.
@@ -507,6 +549,13 @@ impl FeatureSource for RocksSource<'_> {
         }
         let p = tile_prefix(self.store.group, self.tenant, &def.name, entity);
         let start = with_i64(&p, from);
+        if from == to {
+            // One tile (the current one, after merged full tiles): a point read.
+            return match self.store.storage.get(CF_FEATURES, &start)? {
+                Some(v) => Ok(vec![(from, decode(CF_FEATURES, &v)?)]),
+                None => Ok(Vec::new()),
+            };
+        }
         let mut end = with_i64(&p, to);
         end.push(0);
         let mut out = Vec::new();
@@ -637,7 +686,8 @@ pub struct FeatureApplier {
 #[derive(Debug, Default)]
 #[must_use = "publish it after the batch is written, or cached values go stale"]
 pub struct Touched {
-    entities: HashSet<(String, Entity, EventKind, String)>,
+    /// Each (tenant, entity kind, event kind, entity) written, with its oldest event time.
+    entities: HashMap<(String, Entity, EventKind, String), i64>,
     registry_changed: bool,
 }
 
@@ -648,9 +698,22 @@ impl Touched {
         if self.registry_changed {
             cache.invalidate_all();
         }
-        for (tenant, kind, source, entity) in &self.entities {
-            cache.touch(group, tenant, *kind, *source, entity);
+        if self.entities.is_empty() {
+            return;
         }
+        cache.touch(
+            self.entities
+                .iter()
+                .map(|((tenant, kind, source, entity), oldest)| {
+                    let key = RowKey {
+                        group,
+                        tenant,
+                        kind: *kind,
+                        entity,
+                    };
+                    (key, *source, *oldest)
+                }),
+        );
     }
 }
 
@@ -785,9 +848,12 @@ impl FeatureApplier {
                 self.add_to_tile(tenant, def, &entity, row)?;
             }
         }
-        self.touched
+        let oldest = self
+            .touched
             .entities
-            .insert((tenant.to_string(), kind, row.kind, entity));
+            .entry((tenant.to_string(), kind, row.kind, entity))
+            .or_insert(row.order.event_ts);
+        *oldest = (*oldest).min(row.order.event_ts);
         Ok(true)
     }
 

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use tessera_proto::{EventKind, ValidEvent};
 
 use super::definition::{parse_features_toml, Aggregation, FeatureDef};
-use super::store::{FeatureApplier, FeatureStore};
+use super::store::{FeatureApplier, FeatureStore, Wanted};
 use super::tiles::{decay, EventRow};
 use super::{ImportBatch, ImportedRegistry, RowSet};
 use crate::storage::Storage;
@@ -430,9 +430,15 @@ fn online_cache_serves_exactly_the_fresh_value() {
                         .entity
                         .key(users[u], spaces[s], docs[d])
                         .expect("entity");
+                    let (feature, _) = registry.indexed(&def.name).expect("registered");
+                    let wanted = Wanted {
+                        feature,
+                        def,
+                        entity: &entity,
+                    };
                     let served = fx
                         .store
-                        .online_value(TENANT, registry.version, def, &entity, t)
+                        .online_value(TENANT, registry.version, wanted, t)
                         .expect("served");
                     let fresh = fx
                         .store
@@ -455,6 +461,107 @@ fn online_cache_serves_exactly_the_fresh_value() {
         hits > misses,
         "the cache served: {hits} hits, {misses} misses"
     );
+}
+
+const ALL_TIME: &str = r#"
+[[feature]]
+name = "views"
+entity = "user+space"
+source = "view"
+aggregation = "count"
+
+[[feature]]
+name = "edit_sum"
+entity = "doc"
+source = "edit"
+aggregation = "sum"
+
+[[feature]]
+name = "readers"
+entity = "doc"
+source = "view"
+aggregation = "distinct_users"
+
+[[feature]]
+name = "last_click"
+entity = "user"
+source = "click"
+aggregation = "last"
+ttl = "30h"
+"#;
+
+/// The merged full tiles an all-time feature's cache row keeps, against fresh evaluations,
+/// on a clock of days: live events (the current day), late ones (days back, into tiles
+/// already merged) and future ones land between reads, and the clock crosses day boundaries
+/// (so merges are extended) and sometimes steps back (so they are not used). Every served
+/// value must equal the fresh one bit for bit, and merges must actually be reused.
+#[test]
+fn merged_full_tiles_serve_exactly_the_fresh_value_across_days() {
+    const DAY: i64 = 86_400_000;
+    let mut fx = Fixture::new(ALL_TIME);
+    let mut rng = StdRng::seed_from_u64(0xda75);
+    let users = ["u:a", "u:b"];
+    let spaces = ["ENG", "OPS"];
+    let docs = ["p-1", "p-2"];
+    let kinds = [EventKind::View, EventKind::Edit, EventKind::Click];
+    let registry = fx.store.registry(TENANT).expect("registry");
+    let mut clock = 3 * DAY;
+    let mut compared = 0usize;
+    for step in 0..400 {
+        clock += if rng.random_range(0..12) == 0 {
+            -rng.random_range(0..DAY)
+        } else {
+            rng.random_range(0..DAY / 6)
+        };
+        let ts = match rng.random_range(0..10) {
+            0 => clock - rng.random_range(DAY..4 * DAY),
+            1 => clock + rng.random_range(1..DAY),
+            _ => clock - rng.random_range(0..DAY / 24),
+        };
+        let e = ev(
+            kinds[rng.random_range(0..kinds.len())],
+            users[rng.random_range(0..users.len())],
+            spaces[rng.random_range(0..spaces.len())],
+            docs[rng.random_range(0..docs.len())],
+            ts.max(0),
+            f64::from(rng.random_range(-50..200)) / 7.0,
+        );
+        if step % 3 != 2 {
+            fx.ingest(clock, vec![e]);
+        }
+        for def in &fx.defs {
+            for (u, s, d) in [(0, 0, 0), (1, 1, 1)] {
+                let entity = def
+                    .entity
+                    .key(users[u], spaces[s], docs[d])
+                    .expect("entity");
+                let (feature, _) = registry.indexed(&def.name).expect("registered");
+                let wanted = Wanted {
+                    feature,
+                    def,
+                    entity: &entity,
+                };
+                let served = fx
+                    .store
+                    .online_value(TENANT, registry.version, wanted, clock)
+                    .expect("served");
+                let fresh = fx
+                    .store
+                    .evaluate_uncached(TENANT, def, &entity, clock)
+                    .expect("fresh");
+                assert_eq!(
+                    served.map(f64::to_bits),
+                    fresh.map(f64::to_bits),
+                    "{} {entity} at {clock}: served {served:?}, fresh {fresh:?}",
+                    def.name
+                );
+                compared += 1;
+            }
+        }
+    }
+    let reused = fx.storage.online_cache().merged_reuses();
+    assert!(compared >= 3_200, "{compared}");
+    assert!(reused > 100, "merged tiles were reused {reused} times");
 }
 
 const SIMPLE: &str = r#"

@@ -98,7 +98,7 @@ impl Tile {
 
 /// The running fold of one evaluation: tiles first (ascending), then raw
 /// edge events (ascending). Both paths call it in the same order.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Acc {
     count: u64,
     sum_micro: i128,

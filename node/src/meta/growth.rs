@@ -1,5 +1,6 @@
 //! Automatic growth: on the meta leader, a tenant whose partition holds
-//! more documents than the map's `split_docs` doubles its partition count,
+//! more documents than the map's `split_docs`, or more bytes than its
+//! `split_bytes`, doubles its partition count,
 //! through the same online resize an operator starts by hand (see
 //! [`super::resize`]).
 //!
@@ -34,19 +35,51 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 #[serde(default, deny_unknown_fields)]
 pub struct GrowthSettings {
     /// A partition holding more live documents than this doubles its
-    /// tenant's partition count; 0 turns automatic growth off.
+    /// tenant's partition count; 0: never by count.
     pub split_docs: u64,
+    /// A partition holding more bytes of live documents (their JSON as
+    /// written) than this doubles its tenant's partition count; 0: never
+    /// by size.
+    pub split_bytes: u64,
 }
 
 impl Default for GrowthSettings {
-    /// A million documents a partition: well inside what one tantivy
-    /// index searches in a few milliseconds, and far above small tenants,
-    /// which stay packed on one shard.
+    /// A million documents or 4 GiB a partition: well inside what one
+    /// tantivy index searches in a few milliseconds, and far above small
+    /// tenants, which stay packed on one shard.
     fn default() -> Self {
         GrowthSettings {
             split_docs: 1_000_000,
+            split_bytes: 4 << 30,
         }
     }
+}
+
+impl GrowthSettings {
+    /// Whether any limit is set.
+    pub fn enabled(&self) -> bool {
+        self.split_docs > 0 || self.split_bytes > 0
+    }
+
+    /// How far over its limits a partition of `docs` documents and `bytes` bytes is: above
+    /// 1.0 it must split; the larger, the more urgently.
+    fn overshoot(&self, docs: u64, bytes: u64) -> f64 {
+        let ratio = |have: u64, limit: u64| {
+            if limit == 0 {
+                0.0
+            } else {
+                have as f64 / limit as f64
+            }
+        };
+        ratio(docs, self.split_docs).max(ratio(bytes, self.split_bytes))
+    }
+}
+
+/// The form of `MetaCommand::ConfigureGrowth` log entries, written before
+/// limits by size existed; kept so that those entries still read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocsOnlyGrowth {
+    pub split_docs: u64,
 }
 
 /// Runs until `shutdown` flips.
@@ -67,7 +100,7 @@ pub async fn run(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
 
 async fn check_once(node: &NodeInner) -> Result<(), String> {
     let map = node.meta.map();
-    if map.growth.split_docs == 0 || map.tenants.values().any(|t| t.resize.is_some()) {
+    if !map.growth.enabled() || map.tenants.values().any(|t| t.resize.is_some()) {
         return Ok(());
     }
     let mut sizes: BTreeMap<ShardId, Vec<pb::TenantSize>> = BTreeMap::new();
@@ -79,14 +112,17 @@ async fn check_once(node: &NodeInner) -> Result<(), String> {
             Err(e) => tracing::debug!(shard, "no size report: {e}"),
         }
     }
-    let Some((tenant, per_partition)) = most_over(&map, &sizes) else {
+    let Some(over) = most_over(&map, &sizes) else {
         return Ok(());
     };
+    let tenant = over.tenant;
     let partitions = map.tenants[&tenant].partitions.len() as u32 * 2;
     tracing::info!(
         tenant,
-        per_partition,
+        docs_per_partition = over.docs,
+        bytes_per_partition = over.bytes,
         split_docs = map.growth.split_docs,
+        split_bytes = map.growth.split_bytes,
         partitions,
         "tenant outgrew its partitions; doubling them"
     );
@@ -108,15 +144,20 @@ fn hosting_shards(map: &ClusterMap) -> Vec<ShardId> {
     out
 }
 
-/// The tenant whose partitions hold the most documents above the limit
-/// (documents on a shard divided by the tenant's partitions there), if
-/// any can still double.
-fn most_over(
-    map: &ClusterMap,
-    sizes: &BTreeMap<ShardId, Vec<pb::TenantSize>>,
-) -> Option<(String, u64)> {
-    let limit = map.growth.split_docs;
-    let mut best: Option<(String, u64)> = None;
+/// A tenant whose partition outgrew the limits, with that partition's size.
+#[derive(Debug, Clone, PartialEq)]
+struct Outgrown {
+    tenant: String,
+    docs: u64,
+    bytes: u64,
+    overshoot: f64,
+}
+
+/// The tenant whose partition is furthest over the limits (documents and
+/// bytes on a shard divided by the tenant's partitions there), if any can
+/// still double.
+fn most_over(map: &ClusterMap, sizes: &BTreeMap<ShardId, Vec<pb::TenantSize>>) -> Option<Outgrown> {
+    let mut best: Option<Outgrown> = None;
     for (shard, tenants) in sizes {
         for size in tenants {
             let Some(entry) = map.tenants.get(&size.tenant) else {
@@ -127,9 +168,15 @@ fn most_over(
             if here == 0 || !can_double {
                 continue;
             }
-            let per_partition = size.docs / here;
-            if per_partition > limit && best.as_ref().is_none_or(|(_, b)| per_partition > *b) {
-                best = Some((size.tenant.clone(), per_partition));
+            let (docs, bytes) = (size.docs / here, size.bytes / here);
+            let overshoot = map.growth.overshoot(docs, bytes);
+            if overshoot > 1.0 && best.as_ref().is_none_or(|b| overshoot > b.overshoot) {
+                best = Some(Outgrown {
+                    tenant: size.tenant.clone(),
+                    docs,
+                    bytes,
+                    overshoot,
+                });
             }
         }
     }
@@ -193,7 +240,10 @@ mod tests {
                 partitions: *partitions,
             }));
         }
-        m.growth.split_docs = 100;
+        m.growth = GrowthSettings {
+            split_docs: 100,
+            split_bytes: 0,
+        };
         m
     }
 
@@ -201,7 +251,12 @@ mod tests {
         pb::TenantSize {
             tenant: tenant.into(),
             docs,
+            bytes: docs * 10,
         }
+    }
+
+    fn grown(found: Option<Outgrown>) -> Option<(String, u64)> {
+        found.map(|o| (o.tenant, o.docs))
     }
 
     #[test]
@@ -217,7 +272,7 @@ mod tests {
             };
             sizes.entry(shard).or_default().push(size(t, docs));
         }
-        assert_eq!(most_over(&m, &sizes), Some(("bigger".into(), 400)));
+        assert_eq!(grown(most_over(&m, &sizes)), Some(("bigger".into(), 400)));
     }
 
     #[test]
@@ -233,7 +288,7 @@ mod tests {
                 .push(size("capped", 10_000));
         }
         sizes.entry(even).or_default().push(size("unknown", 10_000));
-        assert_eq!(most_over(&m, &sizes), None);
+        assert_eq!(grown(most_over(&m, &sizes)), None);
     }
 
     #[test]
@@ -244,8 +299,48 @@ mod tests {
             t.partitions = vec![first, first];
         }
         let sizes = BTreeMap::from([(first, vec![size("pair", 180)])]);
-        assert_eq!(most_over(&m, &sizes), None, "90 a partition is under 100");
+        assert_eq!(
+            grown(most_over(&m, &sizes)),
+            None,
+            "90 a partition is under 100"
+        );
         let sizes = BTreeMap::from([(first, vec![size("pair", 202)])]);
-        assert_eq!(most_over(&m, &sizes), Some(("pair".into(), 101)));
+        assert_eq!(grown(most_over(&m, &sizes)), Some(("pair".into(), 101)));
+    }
+
+    #[test]
+    fn a_partition_over_the_byte_limit_grows_whatever_its_count() {
+        let mut m = map_with(&[("few_large", 1), ("many_small", 1)]);
+        m.growth = GrowthSettings {
+            split_docs: 0,
+            split_bytes: 1_000,
+        };
+        let few = m.tenants["few_large"].partitions[0];
+        let many = m.tenants["many_small"].partitions[0];
+        let mut sizes: BTreeMap<ShardId, Vec<pb::TenantSize>> = BTreeMap::new();
+        sizes.entry(few).or_default().push(pb::TenantSize {
+            tenant: "few_large".into(),
+            docs: 2,
+            bytes: 5_000,
+        });
+        sizes.entry(many).or_default().push(pb::TenantSize {
+            tenant: "many_small".into(),
+            docs: 90_000,
+            bytes: 900,
+        });
+        let found = most_over(&m, &sizes).expect("over the byte limit");
+        assert_eq!((found.tenant.as_str(), found.bytes), ("few_large", 5_000));
+        // Both limits set: the one overshot furthest decides.
+        m.growth.split_docs = 10_000;
+        let found = most_over(&m, &sizes).expect("over the count limit");
+        assert_eq!(
+            found.tenant, "many_small",
+            "9x its count beats 5x its bytes"
+        );
+        m.growth = GrowthSettings {
+            split_docs: 0,
+            split_bytes: 0,
+        };
+        assert!(!m.growth.enabled());
     }
 }

@@ -12,6 +12,7 @@ pub mod legacy;
 pub mod mover;
 pub mod moves;
 pub mod placement;
+pub mod rebalance;
 pub mod repair;
 pub mod resize;
 
@@ -220,9 +221,17 @@ pub enum MetaCommand {
         partitions: Vec<u32>,
         to: Option<ShardId>,
     },
+    /// Sets the document limit of automatic growth; the form written
+    /// before limits by size existed (see `ConfigureGrowthRule`).
+    ConfigureGrowth(growth::DocsOnlyGrowth),
+    /// Returns a drained or dead node to service (see [`rebalance`]).
+    UndrainNode(NodeId),
+    /// Starts the next wave of at most `max_swaps` replica moves toward
+    /// even loads (see [`rebalance`]).
+    Rebalance { max_swaps: u32 },
     /// Replaces the automatic-growth rule (the meta leader proposes its
     /// config's `[growth]`).
-    ConfigureGrowth(growth::GrowthSettings),
+    ConfigureGrowthRule(growth::GrowthSettings),
 }
 
 /// The result of a meta command.
@@ -263,7 +272,15 @@ impl ClusterMap {
                 partitions,
                 to,
             } => self.begin_move(tenant, partitions, *to),
-            MetaCommand::ConfigureGrowth(settings) => Ok(self.configure_growth(settings)),
+            MetaCommand::ConfigureGrowth(docs) => {
+                Ok(self.configure_growth(&growth::GrowthSettings {
+                    split_docs: docs.split_docs,
+                    ..self.growth.clone()
+                }))
+            }
+            MetaCommand::ConfigureGrowthRule(settings) => Ok(self.configure_growth(settings)),
+            MetaCommand::UndrainNode(node) => self.undrain_node(*node),
+            MetaCommand::Rebalance { max_swaps } => self.rebalance(*max_swaps),
         };
         result.unwrap_or_else(MetaOutcome::Rejected)
     }
@@ -473,6 +490,7 @@ impl ClusterMap {
                     regions: s.policy.regions.clone(),
                     home: s.policy.home.clone(),
                     survival: s.policy.survival.as_str().to_string(),
+                    joining: s.incoming.iter().map(|w| w.joining).collect(),
                 })
                 .collect(),
             tenants: self.tenants.values().map(TenantEntry::to_proto).collect(),

@@ -68,6 +68,32 @@ pub struct TenantStats {
     pub docs: u64,
     pub title_tokens: u64,
     pub body_tokens: u64,
+    /// The live documents' JSON as written, in bytes: what growth by size measures.
+    pub bytes: u64,
+}
+
+/// [`TenantStats`] as stored before it counted bytes.
+#[derive(Deserialize)]
+struct TenantStatsWithoutBytes {
+    docs: u64,
+    title_tokens: u64,
+    body_tokens: u64,
+}
+
+impl TenantStats {
+    /// Reads a stored row. Rows written before bytes were counted read as 0 bytes, which
+    /// only delays a split by size until the tenant's documents are rewritten.
+    fn decode_stored(bytes: &[u8]) -> Result<Self, StorageError> {
+        decode::<TenantStats>(CF_SM_META, bytes).or_else(|_| {
+            let old: TenantStatsWithoutBytes = decode(CF_SM_META, bytes)?;
+            Ok(TenantStats {
+                docs: old.docs,
+                title_tokens: old.title_tokens,
+                body_tokens: old.body_tokens,
+                bytes: 0,
+            })
+        })
+    }
 }
 
 /// A page's current restriction set as this shard knows it: written when
@@ -220,7 +246,7 @@ impl ShardData {
         Ok(self
             .storage
             .get(CF_SM_META, &keys::tenant_stats_key(self.group, tenant))?
-            .map(|b| decode(CF_SM_META, &b))
+            .map(|b| TenantStats::decode_stored(&b))
             .transpose()?
             .unwrap_or_default())
     }
@@ -241,7 +267,7 @@ impl ShardData {
                     cf: CF_SM_META,
                     reason: format!("tenant stats key is not UTF-8: {e}"),
                 })?;
-                Ok((tenant, decode(CF_SM_META, &value)?))
+                Ok((tenant, TenantStats::decode_stored(&value)?))
             })
             .collect()
     }
@@ -835,11 +861,13 @@ impl<'a> ShardApplier<'a> {
             s.docs = s.docs.saturating_sub(1);
             s.title_tokens = s.title_tokens.saturating_sub(o.title_tokens);
             s.body_tokens = s.body_tokens.saturating_sub(o.body_tokens);
+            s.bytes = s.bytes.saturating_sub(o.json.len() as u64);
         }
         if let Some(n) = new {
             s.docs += 1;
             s.title_tokens += n.title_tokens;
             s.body_tokens += n.body_tokens;
+            s.bytes += n.json.len() as u64;
         }
         Ok(())
     }
@@ -1139,3 +1167,38 @@ pub fn doc_visible(tenant: &str, stored: &StoredDoc, principals: &BTreeSet<Strin
 /// Reserved so `MetaCommand` stays referenced from this module's docs.
 #[allow(dead_code)]
 fn _meta_command_marker(_: &MetaCommand) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_rows_written_before_bytes_were_counted_still_read() {
+        #[derive(Serialize)]
+        struct Before {
+            docs: u64,
+            title_tokens: u64,
+            body_tokens: u64,
+        }
+        let old = encode(&Before {
+            docs: 3,
+            title_tokens: 7,
+            body_tokens: 11,
+        })
+        .expect("encode");
+        let read = TenantStats::decode_stored(&old).expect("old row");
+        assert_eq!(
+            read,
+            TenantStats {
+                docs: 3,
+                title_tokens: 7,
+                body_tokens: 11,
+                bytes: 0
+            }
+        );
+        let now = TenantStats { bytes: 42, ..read };
+        let stored = encode(&now).expect("encode");
+        assert_eq!(TenantStats::decode_stored(&stored).expect("new row"), now);
+        assert!(TenantStats::decode_stored(&[1, 2, 3]).is_err(), "garbage");
+    }
+}

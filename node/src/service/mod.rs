@@ -7,6 +7,7 @@
 //! for input the caller must fix.
 
 pub mod features;
+mod membership;
 mod rank;
 pub mod resize;
 pub mod validate;
@@ -635,6 +636,13 @@ impl Node for NodeService {
         request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
         self.drain_node_inner(request.into_inner()).await
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<pb::JoinClusterRequest>,
+    ) -> Result<Response<pb::AddLearnerResponse>, Status> {
+        self.join_cluster_inner(request.into_inner()).await
     }
 
     async fn fence(

@@ -133,6 +133,7 @@ impl NodeService {
             .map(|(tenant, stats)| pb::TenantSize {
                 tenant,
                 docs: stats.docs,
+                bytes: stats.bytes,
             })
             .collect();
         Ok(Response::new(pb::TenantSizesResponse {
@@ -160,27 +161,6 @@ impl NodeService {
         self.on_meta_leader(cmd, req, answer, |mut c, r| async move {
             c.swap_replica(r).await
         })
-        .await
-    }
-
-    pub(super) async fn drain_node_inner(
-        &self,
-        req: pb::DrainNodeRequest,
-    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
-        let node = req.node;
-        let answer = move |outcome| match outcome {
-            MetaOutcome::Ok { epoch } => {
-                let shards = self.node.meta.map().shards_on(node);
-                Ok(pb::DrainNodeResponse { epoch, shards })
-            }
-            other => Err(internal(format!("unexpected meta response {other:?}"))),
-        };
-        self.on_meta_leader(
-            MetaCommand::DrainNode(req.node),
-            req,
-            answer,
-            |mut c, r| async move { c.drain_node(r).await },
-        )
         .await
     }
 

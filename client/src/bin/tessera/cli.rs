@@ -157,6 +157,13 @@ pub enum AdminCommand {
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
     },
+    /// Return a drained or dead node to service: it takes new replicas again
+    /// and the cluster moves its share of replicas back onto it, a few at a
+    /// time. Calls off a drain still under way.
+    Undrain {
+        /// Node id.
+        node: u64,
+    },
 }
 
 /// `tenant` subcommands.

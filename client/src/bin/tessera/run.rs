@@ -87,6 +87,17 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let wait = (!no_wait).then(|| Duration::from_secs(wait_secs));
             drain(&client, node, wait).await
         }
+        Command::Admin {
+            command: AdminCommand::Undrain { node },
+        } => {
+            let held = client.undrain_node(node).await?;
+            println!(
+                "node {node} is in service: it holds {} replicas now and receives its share as \
+                 the cluster rebalances",
+                held.len()
+            );
+            Ok(())
+        }
         Command::Put(args) => load(&client, args, LineKind::Documents).await,
         Command::Groups(args) => load(&client, args, LineKind::Groups).await,
         Command::Delete {
@@ -200,8 +211,13 @@ fn print_tenant(t: &TenantView) {
         .collect();
     println!("  partitions: {}", parts.join(", "));
     for s in &t.shards {
+        let joining = if s.joining.is_empty() {
+            String::new()
+        } else {
+            format!(", catching up to replace a replica: {:?}", s.joining)
+        };
         println!(
-            "  shard {}: voters {:?}, learners {:?}",
+            "  shard {}: voters {:?}, learners {:?}{joining}",
             s.id, s.voters, s.learners
         );
     }
