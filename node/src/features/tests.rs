@@ -385,6 +385,37 @@ fn parity_online_equals_offline_on_10000_random_pairs() {
     }
 }
 
+/// The value the online path serves (through the cache) for `def` of `entity` at `t` equals
+/// a fresh evaluation from RocksDB bit for bit.
+fn assert_served_is_fresh(
+    fx: &Fixture,
+    registry: &super::Registry,
+    def: &FeatureDef,
+    entity: &str,
+    t: i64,
+) {
+    let (feature, _) = registry.indexed(&def.name).expect("registered");
+    let wanted = Wanted {
+        feature,
+        def,
+        entity,
+    };
+    let served = fx
+        .store
+        .online_value(TENANT, registry.version, wanted, t)
+        .expect("served");
+    let fresh = fx
+        .store
+        .evaluate_uncached(TENANT, def, entity, t)
+        .expect("fresh");
+    assert_eq!(
+        served.map(f64::to_bits),
+        fresh.map(f64::to_bits),
+        "{} {entity} at {t}: served {served:?}, fresh {fresh:?}",
+        def.name
+    );
+}
+
 /// The online cache against fresh evaluations: after a random stream, a clock sweeping
 /// forward in small steps (with some steps back) reads every feature of every entity through
 /// the cache and directly; windows empty, ttls expire and tile boundaries pass meanwhile, and
@@ -430,26 +461,7 @@ fn online_cache_serves_exactly_the_fresh_value() {
                         .entity
                         .key(users[u], spaces[s], docs[d])
                         .expect("entity");
-                    let (feature, _) = registry.indexed(&def.name).expect("registered");
-                    let wanted = Wanted {
-                        feature,
-                        def,
-                        entity: &entity,
-                    };
-                    let served = fx
-                        .store
-                        .online_value(TENANT, registry.version, wanted, t)
-                        .expect("served");
-                    let fresh = fx
-                        .store
-                        .evaluate_uncached(TENANT, def, &entity, t)
-                        .expect("fresh");
-                    assert_eq!(
-                        served.map(f64::to_bits),
-                        fresh.map(f64::to_bits),
-                        "{} {entity} at {t}: served {served:?}, fresh {fresh:?}",
-                        def.name
-                    );
+                    assert_served_is_fresh(&fx, &registry, def, &entity, t);
                     compared += 1;
                 }
             }
@@ -535,26 +547,7 @@ fn merged_full_tiles_serve_exactly_the_fresh_value_across_days() {
                     .entity
                     .key(users[u], spaces[s], docs[d])
                     .expect("entity");
-                let (feature, _) = registry.indexed(&def.name).expect("registered");
-                let wanted = Wanted {
-                    feature,
-                    def,
-                    entity: &entity,
-                };
-                let served = fx
-                    .store
-                    .online_value(TENANT, registry.version, wanted, clock)
-                    .expect("served");
-                let fresh = fx
-                    .store
-                    .evaluate_uncached(TENANT, def, &entity, clock)
-                    .expect("fresh");
-                assert_eq!(
-                    served.map(f64::to_bits),
-                    fresh.map(f64::to_bits),
-                    "{} {entity} at {clock}: served {served:?}, fresh {fresh:?}",
-                    def.name
-                );
+                assert_served_is_fresh(&fx, &registry, def, &entity, clock);
                 compared += 1;
             }
         }
