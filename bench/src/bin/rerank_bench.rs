@@ -13,8 +13,9 @@
 //!   same 5 × 100 feature values from a Redis server on loopback, reranked by the caller with
 //!   the same profile code.
 //!
-//! Between rounds a few events are written (untimed), so the node's online feature cache is
-//! invalidated as live traffic would; no figure comes from a cache that never changes.
+//! Between rounds a few events are written (untimed), so the node's online feature cache
+//! sees live writes (counts absorb them, other values of their kind are dropped); no figure
+//! comes from a cache that never changes.
 //!
 //! Redis holds exactly the values the node serves (loaded from the node's historical API
 //! before timing; all 5 features are all-time aggregates, so they do not drift while the
@@ -127,8 +128,8 @@ struct Args {
     /// Timed rounds (each runs all four ways once).
     #[arg(long, default_value_t = 1000)]
     queries: usize,
-    /// Events written (untimed) before each round, invalidating cached feature values as
-    /// live traffic does.
+    /// Events written (untimed) before each round, changing cached feature values as live
+    /// traffic does.
     #[arg(long, default_value_t = 4)]
     writes_per_round: usize,
     /// Write the Markdown report here.
@@ -415,8 +416,8 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.queries + QUERIES.len() {
         let q = QUERIES[i % QUERIES.len()];
         let user = format!("u:{}", (i as u64 / QUERIES.len() as u64) % args.users);
-        // Untimed writes between rounds, so the online cache is invalidated as it would be
-        // in service: this round's user views pages (touching their user, user×space and
+        // Untimed writes between rounds, so the online cache sees writes as it would in
+        // service: this round's user views pages (touching their user, user×space and
         // user×doc values), and so do others (touching document values).
         let mut lines = Vec::with_capacity(args.writes_per_round);
         for w in 0..args.writes_per_round {
@@ -488,7 +489,8 @@ fn render(args: &Args, t: &mut Timings, loaded: usize) -> String {
          rounds after a warm-up; ms per query. Redis (Debian's `redis-server`, loopback) holds \
          the same {} non-zero values the node serves; both reranked top-10s were checked equal \
          before timing. Before each round {} view events are written (untimed; the first by \
-         that round's user), so the node's online cache is invalidated as under live traffic \
+         that round's user), so the node's online cache sees live writes (counts absorb them; \
+         other values of their kind are dropped) \
          ({} events during timing; Redis is not updated by them, which only affects values, \
          not its latency).\n\n\
          | way | p50 | p99 |\n|---|---:|---:|\n\

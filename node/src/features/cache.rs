@@ -15,6 +15,13 @@
 //!   after it became visible, so a value computed from before the write is either refused or
 //!   dropped by the mark. Rows evicted for capacity, registry changes and snapshot installs
 //!   raise a floor that older readers' values must clear too.
+//! - **Counts follow live events.** A plain count (no ttl) is not dropped by a write of its
+//!   source kind but updated in place, as streaming aggregation would: each new event either
+//!   adds one (it is at or before the value's `computed_at`, and inside the window there) or
+//!   caps the validity at its own time (it enters later). This is only done for values stored
+//!   before the writer announced the write ([`OnlineCache::begin_write`]), whose evaluation
+//!   therefore could not have seen the event; any other value of that kind is dropped. Live
+//!   traffic then stops turning every search after a view into RocksDB reads.
 //! - **Time has not changed the answer.** A value holds the interval `[computed_at,
 //!   valid_until)` over which no event enters or leaves the window and no ttl expires (see
 //!   `engine::valid_until`); a read at `t` outside it is a miss.
@@ -103,11 +110,94 @@ struct Cached {
     /// Registry version and the feature's index in it.
     version: u64,
     feature: u32,
-    source: EventKind,
+    written_by: WrittenBy,
+    /// [`Rows::begun`] when the value was stored: writes announced later may already be in it.
+    stored_at: u64,
     computed_at: i64,
     valid_until: i64,
     value: Option<f64>,
 }
+
+impl Cached {
+    /// Folds new events of the value's source (their event times) into a count. The value
+    /// then describes `[c', valid_until)` with `c'` the newest of `computed_at` and the events'
+    /// times: at any such `t` every new event is at or before `t`, so a count over all time
+    /// gains one per event, and a windowed count one per event still inside the window at `c'`
+    /// (until it leaves). Events at or after `valid_until` do not touch that interval. `false`
+    /// when the value cannot follow them.
+    fn absorb(&mut self, events: &[i64]) -> bool {
+        let (Some(window), Some(mut n)) = (self.written_by.counts, self.value) else {
+            return false;
+        };
+        let inside = || events.iter().copied().filter(|&e| e < self.valid_until);
+        let from = inside().fold(self.computed_at, i64::max);
+        let mut until = self.valid_until;
+        for e in inside() {
+            match window {
+                CountWindow::AllTime => n += 1.0,
+                CountWindow::Ms(w) => {
+                    // In the window `(t - w, t]` while `t < e + w`.
+                    let leaves = e.saturating_add(w);
+                    if leaves > from {
+                        n += 1.0;
+                        until = until.min(leaves);
+                    }
+                }
+            }
+        }
+        self.value = Some(n);
+        self.computed_at = from;
+        self.valid_until = until;
+        from < until
+    }
+}
+
+/// What writes do to a cached value: events of `source` change it, and a plain count
+/// (`counts`) can absorb them instead of being dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenBy {
+    pub source: EventKind,
+    pub counts: Option<CountWindow>,
+}
+
+/// The window of a count that absorbs events (see [`WrittenBy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountWindow {
+    AllTime,
+    Ms(i64),
+}
+
+impl WrittenBy {
+    /// A feature's: a count without ttl follows events; anything else is dropped by them (a
+    /// sum in floating point, a set, the newest value and a decayed count are not updated
+    /// bit for bit the way a fresh evaluation computes them).
+    pub fn of(def: &super::definition::FeatureDef) -> Self {
+        let counts = (def.aggregation == super::definition::Aggregation::Count
+            && def.ttl_ms.is_none())
+        .then_some(match def.window_ms {
+            None => CountWindow::AllTime,
+            Some(w) => CountWindow::Ms(w),
+        });
+        Self {
+            source: def.source,
+            counts,
+        }
+    }
+}
+
+impl From<EventKind> for WrittenBy {
+    fn from(source: EventKind) -> Self {
+        Self {
+            source,
+            counts: None,
+        }
+    }
+}
+
+/// A write announced to the cache before it became visible (see [`OnlineCache::begin_write`]).
+#[derive(Debug, Clone, Copy)]
+#[must_use = "pass it to touch once the write is visible"]
+pub struct WriteBegun(u64);
 
 /// An all-time feature's full tiles merged, up to tile `last_full` (events up to `end_ms`).
 #[derive(Debug, Clone)]
@@ -161,6 +251,8 @@ struct Rows {
     /// Values read before this sequence number are refused: rows dropped since then may have
     /// carried the marks that would have refused them.
     floor: u64,
+    /// Writes announced so far ([`OnlineCache::begin_write`]).
+    begun: u64,
 }
 
 /// The node-wide cache (one per RocksDB instance, shared by all its shards).
@@ -265,7 +357,7 @@ impl OnlineCache {
         &self,
         row: &RowKey<'_>,
         value: ValueKey,
-        source: EventKind,
+        written_by: impl Into<WrittenBy>,
         seen: Seen,
         t: i64,
         valid_until: i64,
@@ -279,6 +371,7 @@ impl OnlineCache {
         if seen.0 < rows.floor {
             return;
         }
+        let stored_at = rows.begun;
         let r = self.row_mut(&mut rows, row, hashed);
         if seen.0 < r.written {
             return;
@@ -286,7 +379,8 @@ impl OnlineCache {
         let cached = Cached {
             version: value.version,
             feature: value.feature,
-            source,
+            written_by: written_by.into(),
+            stored_at,
             computed_at: t,
             valid_until,
             value: computed,
@@ -323,17 +417,33 @@ impl OnlineCache {
         })
     }
 
-    /// Marks entities as written with events of the given kinds, the oldest at the given
-    /// event time; call once per write batch, after the batch is durable and visible.
-    pub fn touch<'k>(&self, touched: impl IntoIterator<Item = (RowKey<'k>, EventKind, i64)>) {
+    /// Announces a write of feature rows, before it becomes visible: values stored from now
+    /// on may include it, so its [`Self::touch`] drops them instead of updating them.
+    pub fn begin_write(&self) -> WriteBegun {
+        let mut rows = self.rows.lock();
+        rows.begun += 1;
+        WriteBegun(rows.begun)
+    }
+
+    /// Marks entities as written with events of the given kinds (with their event times);
+    /// call once per write batch, after the batch is durable and visible, with what
+    /// [`Self::begin_write`] returned before it was written.
+    pub fn touch<'k, 'e>(
+        &self,
+        begun: WriteBegun,
+        touched: impl IntoIterator<Item = (RowKey<'k>, EventKind, &'e [i64])>,
+    ) {
         let written = self.sequence.fetch_add(1, Ordering::AcqRel) + 1;
         let mut rows = self.rows.lock();
-        for (key, source, oldest) in touched {
+        for (key, source, events) in touched {
+            let oldest = events.iter().copied().min().unwrap_or(i64::MIN);
             let hashed = key.hashed();
             let r = self.row_mut(&mut rows, &key, hashed);
             r.written = written;
             r.oldest_written = r.oldest_written.min(oldest);
-            r.values.retain(|c| c.source != source);
+            r.values.retain_mut(|c| {
+                c.written_by.source != source || (c.stored_at < begun.0 && c.absorb(events))
+            });
             r.prefixes
                 .retain(|p| p.source != source || oldest > p.end_ms);
         }
@@ -458,6 +568,12 @@ mod tests {
         }
     }
 
+    /// One write of one event, announced and published as the state machine does.
+    fn write(c: &OnlineCache, row: RowKey<'_>, kind: EventKind, ts: i64) {
+        let begun = c.begin_write();
+        c.touch(begun, [(row, kind, &[ts][..])]);
+    }
+
     const F: ValueKey = ValueKey {
         version: 1,
         feature: 0,
@@ -519,7 +635,7 @@ mod tests {
         );
         let other_version = ValueKey { version: 2, ..F };
         assert_eq!(c.get(&row("a"), other_version, 150), None);
-        c.touch([(row("a"), EventKind::Click, 120)]);
+        write(&c, row("a"), EventKind::Click, 120);
         assert_eq!(
             c.get(&row("a"), F, 150),
             Some(Some(3.0)),
@@ -544,11 +660,55 @@ mod tests {
         );
     }
 
+    const COUNTS: WrittenBy = WrittenBy {
+        source: EventKind::View,
+        counts: Some(CountWindow::AllTime),
+    };
+
+    #[test]
+    fn counts_absorb_events_only_when_stored_before_the_write_was_announced() {
+        let c = OnlineCache::new(10);
+        c.put(&row("a"), F, COUNTS, c.seen(), 100, 200, Some(3.0));
+        c.put(&row("f"), F, COUNTS, c.seen(), 100, 200, Some(3.0));
+        let begun = c.begin_write();
+        // Evaluated while the write was being made: it may already count the event.
+        c.put(&row("b"), F, COUNTS, c.seen(), 100, 200, Some(4.0));
+        c.touch(
+            begun,
+            [
+                (row("a"), EventKind::View, &[90][..]),
+                (row("b"), EventKind::View, &[90][..]),
+                (row("f"), EventKind::View, &[150][..]),
+            ],
+        );
+        assert_eq!(c.get(&row("a"), F, 100), Some(Some(4.0)), "absorbed");
+        assert_eq!(c.get(&row("b"), F, 150), None, "dropped, not counted twice");
+        assert_eq!(c.get(&row("f"), F, 120), None, "before the event's time");
+        assert_eq!(
+            c.get(&row("f"), F, 160),
+            Some(Some(4.0)),
+            "from the event's time on"
+        );
+        let windowed = WrittenBy {
+            counts: Some(CountWindow::Ms(50)),
+            ..COUNTS
+        };
+        c.put(&row("w"), F, windowed, c.seen(), 100, 200, Some(1.0));
+        let begun = c.begin_write();
+        c.touch(begun, [(row("w"), EventKind::View, &[40, 80][..])]);
+        assert_eq!(
+            c.get(&row("w"), F, 110),
+            Some(Some(2.0)),
+            "40 left the window"
+        );
+        assert_eq!(c.get(&row("w"), F, 130), None, "80 leaves it at 130");
+    }
+
     #[test]
     fn a_write_to_an_entity_without_a_row_still_refuses_older_reads() {
         let c = OnlineCache::new(10);
         let before = c.seen();
-        c.touch([(row("a"), EventKind::View, 5)]);
+        write(&c, row("a"), EventKind::View, 5);
         c.put(&row("a"), F, EventKind::View, before, 0, 10, Some(1.0));
         assert_eq!(c.get(&row("a"), F, 5), None);
     }
@@ -571,19 +731,19 @@ mod tests {
             "never past what is asked"
         );
         assert!(c.prefix(&row("a"), G, 9).is_none());
-        c.touch([(row("a"), EventKind::Click, 50)]);
+        write(&c, row("a"), EventKind::Click, 50);
         assert!(c.prefix(&row("a"), F, 9).is_some(), "another kind");
-        c.touch([(row("a"), EventKind::View, 10_001)]);
+        write(&c, row("a"), EventKind::View, 10_001);
         assert!(c.prefix(&row("a"), F, 9).is_some(), "a live event");
-        c.touch([(row("a"), EventKind::View, 10_000)]);
+        write(&c, row("a"), EventKind::View, 10_000);
         assert!(c.prefix(&row("a"), F, 9).is_none(), "a late event");
         // A merge read before a late write is refused; before a live one, kept.
         let before = c.seen();
-        c.touch([(row("b"), EventKind::View, 20_000)]);
+        write(&c, row("b"), EventKind::View, 20_000);
         c.put_prefix(&row("b"), F, EventKind::View, before, day, merged(9));
         assert!(c.prefix(&row("b"), F, 9).is_some());
         let before = c.seen();
-        c.touch([(row("b"), EventKind::View, 3_000)]);
+        write(&c, row("b"), EventKind::View, 3_000);
         c.put_prefix(&row("b"), F, EventKind::View, before, day, merged(9));
         assert!(c.prefix(&row("b"), F, 9).is_none());
     }
@@ -592,7 +752,7 @@ mod tests {
     fn bounded_and_eviction_refuses_older_reads() {
         let c = OnlineCache::new(3);
         let before = c.seen();
-        c.touch([(row("x"), EventKind::View, 5)]);
+        write(&c, row("x"), EventKind::View, 5);
         for i in 0..10 {
             c.put(
                 &row(&format!("{i}")),

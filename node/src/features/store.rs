@@ -14,7 +14,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tessera_proto::{EventKind, ShardId, ValidEvent};
 
-use super::cache::{Definitions, RowKey, Seen, ValueKey};
+use super::cache::{Definitions, RowKey, Seen, ValueKey, WriteBegun, WrittenBy};
 use super::definition::{Entity, FeatureDef, Registry};
 use super::engine::{evaluate, evaluate_all_time, has_reusable_prefix, valid_until, FeatureSource};
 use super::historical::historical_value;
@@ -370,7 +370,7 @@ impl FeatureStore {
             evaluate(def, &src, w.entity, t)?
         };
         let until = valid_until(def, &src, w.entity, t)?;
-        cache.put(&key, value_key, def.source, seen, t, until, value);
+        cache.put(&key, value_key, WrittenBy::of(def), seen, t, until, value);
         Ok(value)
     }
 
@@ -686,32 +686,40 @@ pub struct FeatureApplier {
 #[derive(Debug, Default)]
 #[must_use = "publish it after the batch is written, or cached values go stale"]
 pub struct Touched {
-    /// Each (tenant, entity kind, event kind, entity) written, with its oldest event time.
-    entities: HashMap<(String, Entity, EventKind, String), i64>,
+    /// Each (tenant, entity kind, event kind, entity) written, with the times of its new events.
+    entities: HashMap<(String, Entity, EventKind, String), Vec<i64>>,
     registry_changed: bool,
 }
 
 impl Touched {
-    /// Invalidates the cached values the batch changed. Call after the batch is visible.
-    pub fn publish(&self, storage: &Storage, group: ShardId) {
+    /// Announces the batch to the online cache. Call just before the batch is written, and
+    /// pass the result to [`Self::publish`].
+    pub fn begin(&self, storage: &Storage) -> Option<WriteBegun> {
+        (!self.entities.is_empty()).then(|| storage.online_cache().begin_write())
+    }
+
+    /// Brings the cached values up to date with the batch (counts absorb its events, other
+    /// values of the kinds written are dropped). Call after the batch is visible.
+    pub fn publish(&self, storage: &Storage, group: ShardId, begun: Option<WriteBegun>) {
         let cache = storage.online_cache();
         if self.registry_changed {
             cache.invalidate_all();
         }
-        if self.entities.is_empty() {
+        let Some(begun) = begun else {
             return;
-        }
+        };
         cache.touch(
+            begun,
             self.entities
                 .iter()
-                .map(|((tenant, kind, source, entity), oldest)| {
+                .map(|((tenant, kind, source, entity), events)| {
                     let key = RowKey {
                         group,
                         tenant,
                         kind: *kind,
                         entity,
                     };
-                    (key, *source, *oldest)
+                    (key, *source, events.as_slice())
                 }),
         );
     }
@@ -848,12 +856,11 @@ impl FeatureApplier {
                 self.add_to_tile(tenant, def, &entity, row)?;
             }
         }
-        let oldest = self
-            .touched
+        self.touched
             .entities
             .entry((tenant.to_string(), kind, row.kind, entity))
-            .or_insert(row.order.event_ts);
-        *oldest = (*oldest).min(row.order.event_ts);
+            .or_default()
+            .push(row.order.event_ts);
         Ok(true)
     }
 

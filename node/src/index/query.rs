@@ -315,12 +315,105 @@ pub(crate) struct IdColumns(Arc<Mutex<HashMap<SegmentId, SegmentColumns>>>);
 /// indexes built before it became a fast field).
 #[derive(Clone)]
 struct SegmentColumns {
-    ids: Option<StrColumn>,
-    spaces: Option<StrColumn>,
+    ids: Option<TermColumn>,
+    spaces: Option<TermColumn>,
+}
+
+/// Segments with more distinct values than this keep their column's dictionary on disk only
+/// (about 4M ids: ~100 MB decoded); smaller ones are decoded once (see [`DecodedTerms`]).
+const MAX_DECODED_TERMS: usize = 1 << 22;
+
+/// A string fast column with, for segments of bounded size, its dictionary decoded in memory.
+///
+/// Turning an ordinal back into its string through tantivy's dictionary decompresses the
+/// sstable block that holds it, with a fresh zstd context each time; a page of 100 candidates
+/// spread over the segment pays that about 100 times, which profiled as a third of a reranked
+/// search. Segments never change, so decoding each one's dictionary once makes every later
+/// lookup an index into a buffer.
+#[derive(Clone)]
+struct TermColumn {
+    column: StrColumn,
+    decoded: Option<Arc<DecodedTerms>>,
+}
+
+impl TermColumn {
+    fn open(column: StrColumn) -> Self {
+        let decoded = DecodedTerms::decode(&column).map(Arc::new);
+        Self { column, decoded }
+    }
+
+    /// The strings of `ords` (ascending), in order.
+    fn terms(&self, ords: &[u64], what: &str) -> Result<Vec<String>, String> {
+        if let Some(decoded) = &self.decoded {
+            return ords
+                .iter()
+                .map(|&ord| {
+                    decoded
+                        .get(ord)
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("an `{what}` ordinal is out of range"))
+                })
+                .collect();
+        }
+        let mut out = Vec::with_capacity(ords.len());
+        let mut bad_utf8 = false;
+        let complete = self
+            .column
+            .dictionary()
+            .sorted_ords_to_term_cb(ords, |bytes| match std::str::from_utf8(bytes) {
+                Ok(term) => out.push(term.to_string()),
+                Err(_) => bad_utf8 = true,
+            })
+            .map_err(|e| format!("reading `{what}` values: {e}"))?;
+        if bad_utf8 {
+            return Err(format!("an `{what}` value is not valid UTF-8"));
+        }
+        if !complete || out.len() != ords.len() {
+            return Err(format!("an `{what}` ordinal is out of range"));
+        }
+        Ok(out)
+    }
+}
+
+/// Every term of a column's dictionary in ordinal order, in one buffer.
+struct DecodedTerms {
+    text: String,
+    /// Term `i` is `text[ends[i - 1]..ends[i]]` (from 0 for the first).
+    ends: Vec<u32>,
+}
+
+impl DecodedTerms {
+    /// `None` when the dictionary is too large to keep, or unreadable or not UTF-8 (lookups
+    /// then go to the dictionary, which reports such errors for the hits concerned).
+    fn decode(column: &StrColumn) -> Option<Self> {
+        let dictionary = column.dictionary();
+        if dictionary.num_terms() > MAX_DECODED_TERMS {
+            return None;
+        }
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(dictionary.num_terms());
+        let mut stream = dictionary.stream().ok()?;
+        while stream.advance() {
+            text.push_str(std::str::from_utf8(stream.key()).ok()?);
+            ends.push(u32::try_from(text.len()).ok()?);
+        }
+        Some(Self { text, ends })
+    }
+
+    fn get(&self, ord: u64) -> Option<&str> {
+        let i = usize::try_from(ord).ok()?;
+        let end = *self.ends.get(i)? as usize;
+        let start = match i.checked_sub(1) {
+            Some(prev) => self.ends[prev] as usize,
+            None => 0,
+        };
+        self.text.get(start..end)
+    }
 }
 
 impl IdColumns {
-    /// The segment's columns (a missing `id` column is reported by the search).
+    /// The segment's columns (a missing `id` column is reported by the search). The first
+    /// search to see a segment decodes its dictionaries, outside the lock.
     fn get(&self, segment: &SegmentReader) -> tantivy::Result<SegmentColumns> {
         let key = segment.segment_id();
         if let Some(columns) = self.0.lock().get(&key) {
@@ -328,8 +421,8 @@ impl IdColumns {
         }
         let fast = segment.fast_fields();
         let columns = SegmentColumns {
-            ids: fast.str(names::ID)?,
-            spaces: fast.str(names::SPACE).ok().flatten(),
+            ids: fast.str(names::ID)?.map(TermColumn::open),
+            spaces: fast.str(names::SPACE).ok().flatten().map(TermColumn::open),
         };
         self.0.lock().insert(key, columns.clone());
         Ok(columns)
@@ -360,12 +453,15 @@ pub(crate) struct OrderedCollector {
     pub(crate) with_spaces: bool,
 }
 
-/// What one segment found.
+/// What one segment found: its best candidates with ids still as ordinals. Only the hits that
+/// make the global top are decoded to strings (in `merge_fruits`), so a search over many
+/// segments decodes `limit` ids, not `limit` per segment.
 pub(crate) struct SegmentHits {
     count: u64,
-    hits: Vec<(String, f32)>,
-    /// Aligned with `hits`, when asked for and the segment has the column.
-    spaces: Option<Vec<String>>,
+    candidates: Vec<Candidate>,
+    ids: Option<TermColumn>,
+    /// The segment's `space` column, only when the collector resolves spaces.
+    spaces: Option<TermColumn>,
     error: Option<String>,
 }
 
@@ -375,10 +471,9 @@ pub(crate) struct OrderedSegmentCollector {
     after_score: Option<Score>,
     /// First ordinal whose id is strictly greater than the cursor id.
     after_ord: u64,
-    ids: Option<StrColumn>,
+    ids: Option<TermColumn>,
     /// The segment's `space` column, only when the collector resolves spaces.
-    spaces: Option<StrColumn>,
-    with_spaces: bool,
+    spaces: Option<TermColumn>,
     heap: BinaryHeap<Candidate>,
     count: u64,
     error: Option<String>,
@@ -396,7 +491,11 @@ impl Collector for OrderedCollector {
         let SegmentColumns { ids, spaces } = self.ids.get(segment)?;
         let after_ord = match (&self.after, &ids) {
             (Some((_, after_id)), Some(ids)) => {
-                match ids.dictionary().term_ord_or_next(after_id.as_bytes())? {
+                match ids
+                    .column
+                    .dictionary()
+                    .term_ord_or_next(after_id.as_bytes())?
+                {
                     tantivy::columnar::TermOrdHit::Exact(ord) => ord.saturating_add(1),
                     tantivy::columnar::TermOrdHit::Next(ord) => ord,
                 }
@@ -409,7 +508,6 @@ impl Collector for OrderedCollector {
             after_ord,
             ids,
             spaces: spaces.filter(|_| self.with_spaces),
-            with_spaces: self.with_spaces,
             heap: BinaryHeap::with_capacity(self.limit.min(MAX_SEARCH_LIMIT)),
             count: 0,
             error: None,
@@ -422,21 +520,38 @@ impl Collector for OrderedCollector {
 
     fn merge_fruits(&self, segment_fruits: Vec<SegmentHits>) -> tantivy::Result<IndexResults> {
         let mut total_matches = 0;
-        let mut hits = Vec::new();
-        let mut every_space = self.with_spaces;
-        for fruit in segment_fruits {
-            if let Some(error) = fruit.error {
-                return Err(TantivyError::InternalError(error));
+        for fruit in &segment_fruits {
+            if let Some(error) = &fruit.error {
+                return Err(TantivyError::InternalError(error.clone()));
             }
             total_matches += fruit.count;
-            let spaces = match fruit.spaces {
-                Some(spaces) => spaces.into_iter().map(Some).collect(),
-                None => {
-                    every_space &= fruit.hits.is_empty();
-                    vec![None; fruit.hits.len()]
+        }
+        let chosen = global_top(&segment_fruits, self.limit);
+        let mut every_space = self.with_spaces;
+        let mut hits = Vec::with_capacity(chosen.iter().map(Vec::len).sum());
+        for (fruit, candidates) in segment_fruits.iter().zip(&chosen) {
+            if candidates.is_empty() {
+                continue;
+            }
+            let ids =
+                resolve_ids(fruit.ids.as_ref(), candidates).map_err(TantivyError::InternalError)?;
+            let spaces = match (&fruit.spaces, self.with_spaces) {
+                (Some(column), true) => resolve_spaces(column, candidates)
+                    .map_err(TantivyError::InternalError)?
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+                _ => {
+                    every_space = false;
+                    vec![None; candidates.len()]
                 }
             };
-            hits.extend(fruit.hits.into_iter().zip(spaces));
+            hits.extend(
+                ids.into_iter()
+                    .zip(candidates)
+                    .map(|(id, c)| (id, c.score))
+                    .zip(spaces),
+            );
         }
         hits.sort_unstable_by(|a, b| hit_order(&a.0, &b.0));
         hits.truncate(self.limit);
@@ -449,9 +564,51 @@ impl Collector for OrderedCollector {
     }
 }
 
+/// Per segment, in ordinal order, the candidates that can make the global top `limit` by
+/// score: every candidate that scores above the `limit`-th best score, and every one that
+/// ties it (ties are broken by id, which only decoding can tell across segments). Usually
+/// exactly `limit` in all.
+fn global_top(fruits: &[SegmentHits], limit: usize) -> Vec<Vec<Candidate>> {
+    let mut scores: Vec<Score> = fruits
+        .iter()
+        .flat_map(|f| f.candidates.iter().map(|c| c.score))
+        .collect();
+    let cut = match limit.checked_sub(1) {
+        None => return vec![Vec::new(); fruits.len()],
+        Some(nth) if nth < scores.len() => {
+            let (_, nth_best, _) = scores.select_nth_unstable_by(nth, |a, b| b.total_cmp(a));
+            Some(*nth_best)
+        }
+        Some(_) => None,
+    };
+    fruits
+        .iter()
+        .map(|f| {
+            let mut kept: Vec<Candidate> = f
+                .candidates
+                .iter()
+                .filter(|c| cut.is_none_or(|cut| c.score.total_cmp(&cut) != Ordering::Less))
+                .copied()
+                .collect();
+            kept.sort_unstable_by_key(|c| c.ord);
+            kept
+        })
+        .collect()
+}
+
+/// The ids of `candidates` (sorted by ordinal), in order.
+fn resolve_ids(ids: Option<&TermColumn>, candidates: &[Candidate]) -> Result<Vec<String>, String> {
+    let ids = ids.ok_or_else(|| "a segment has no `id` fast field".to_string())?;
+    let ords: Vec<u64> = candidates.iter().map(|c| c.ord).collect();
+    ids.terms(&ords, "id")
+}
+
 impl OrderedSegmentCollector {
     fn ord(&mut self, doc: DocId) -> Option<u64> {
-        let ord = self.ids.as_ref().and_then(|ids| ids.ords().first(doc));
+        let ord = self
+            .ids
+            .as_ref()
+            .and_then(|ids| ids.column.ords().first(doc));
         if ord.is_none() && self.error.is_none() {
             self.error = Some(format!("document {doc} has no `id` fast field value"));
         }
@@ -499,47 +656,12 @@ impl SegmentCollector for OrderedSegmentCollector {
     }
 
     fn harvest(self) -> SegmentHits {
-        let mut candidates = self.heap.into_vec();
-        candidates.sort_unstable_by_key(|c| c.ord);
-        let mut hits = Vec::with_capacity(candidates.len());
-        let mut error = self.error;
-        if let (Some(ids), false) = (&self.ids, candidates.is_empty()) {
-            let ords: Vec<u64> = candidates.iter().map(|c| c.ord).collect();
-            let mut scores = candidates.iter().map(|c| c.score);
-            let result = ids.dictionary().sorted_ords_to_term_cb(&ords, |bytes| {
-                let score = scores.next().unwrap_or_default();
-                match std::str::from_utf8(bytes) {
-                    Ok(id) => hits.push((id.to_string(), score)),
-                    Err(_) => {
-                        error.get_or_insert_with(|| "an `id` is not valid UTF-8".to_string());
-                    }
-                }
-            });
-            match result {
-                Ok(true) => {}
-                Ok(false) => {
-                    error.get_or_insert_with(|| "an `id` ordinal is out of range".to_string());
-                }
-                Err(e) => {
-                    error.get_or_insert_with(|| format!("reading ids: {e}"));
-                }
-            }
-        }
-        let spaces = match (&self.spaces, self.with_spaces) {
-            (Some(column), true) => match resolve_spaces(column, &candidates) {
-                Ok(spaces) => Some(spaces),
-                Err(e) => {
-                    error.get_or_insert(e);
-                    None
-                }
-            },
-            _ => None,
-        };
         SegmentHits {
             count: self.count,
-            hits,
-            spaces,
-            error,
+            candidates: self.heap.into_vec(),
+            ids: self.ids,
+            spaces: self.spaces,
+            error: self.error,
         }
     }
 }
@@ -547,26 +669,15 @@ impl SegmentCollector for OrderedSegmentCollector {
 /// The space of each candidate, in order: one ordinal per document from the column, and each
 /// distinct ordinal decoded once (a page of candidates spans few spaces). A document without a
 /// value (an empty space indexes no term) has the empty space.
-fn resolve_spaces(column: &StrColumn, candidates: &[Candidate]) -> Result<Vec<String>, String> {
+fn resolve_spaces(column: &TermColumn, candidates: &[Candidate]) -> Result<Vec<String>, String> {
     let ords: Vec<Option<u64>> = candidates
         .iter()
-        .map(|c| column.ords().first(c.doc))
+        .map(|c| column.column.ords().first(c.doc))
         .collect();
     let mut distinct: Vec<u64> = ords.iter().flatten().copied().collect();
     distinct.sort_unstable();
     distinct.dedup();
-    let mut names = Vec::with_capacity(distinct.len());
-    let mut bad = false;
-    let complete = column
-        .dictionary()
-        .sorted_ords_to_term_cb(&distinct, |bytes| match std::str::from_utf8(bytes) {
-            Ok(name) => names.push(name.to_string()),
-            Err(_) => bad = true,
-        })
-        .map_err(|e| format!("reading spaces: {e}"))?;
-    if bad || !complete {
-        return Err("a `space` ordinal is out of range or not UTF-8".to_string());
-    }
+    let names = column.terms(&distinct, "space")?;
     ords.iter()
         .map(|ord| match ord {
             None => Ok(String::new()),

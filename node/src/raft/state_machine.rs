@@ -990,9 +990,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 bytes,
             );
         }
+        let begun = touched.as_ref().and_then(|t| t.begin(&self.storage));
         self.storage.write(batch).map_err(Self::sm_err)?;
         if let Some(touched) = touched {
-            touched.publish(&self.storage, self.group);
+            touched.publish(&self.storage, self.group, begun);
         }
         match &self.data {
             GroupData::Shard(s) => s.index.submit(last.index, index_ops),

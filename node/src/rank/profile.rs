@@ -172,8 +172,25 @@ impl RankProfile {
     /// Scores one hit from its BM25 score and its feature values (in
     /// `features()` order), explaining every contribution.
     pub fn score(&self, bm25: f64, values: &[Option<f64>]) -> Explained {
-        let mut score = self.bm25 * bm25;
         let mut terms = Vec::with_capacity(self.terms.len());
+        let score = self.fold(bm25, values, |value, c| terms.push((value, c)));
+        Explained { score, bm25, terms }
+    }
+
+    /// [`Self::score`]'s score alone, bit for bit, without building the explanation: the
+    /// second phase scores 100 candidates per search and explains at most the page.
+    pub fn score_only(&self, bm25: f64, values: &[Option<f64>]) -> f64 {
+        self.fold(bm25, values, |_, _| {})
+    }
+
+    /// The score, reporting each term's `(value as served, contribution)` in order.
+    fn fold(
+        &self,
+        bm25: f64,
+        values: &[Option<f64>],
+        mut each: impl FnMut(Option<f64>, f64),
+    ) -> f64 {
+        let mut score = self.bm25 * bm25;
         for (i, t) in self.terms.iter().enumerate() {
             let value = values.get(i).copied().flatten();
             let x = value.unwrap_or(t.default);
@@ -183,9 +200,9 @@ impl RankProfile {
             };
             let c = t.weight * x;
             score += c;
-            terms.push((value, c));
+            each(value, c);
         }
-        Explained { score, bm25, terms }
+        score
     }
 
     /// Reranks `(id, bm25, values)` candidates: score descending, then id

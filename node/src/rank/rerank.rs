@@ -18,25 +18,43 @@ pub struct Candidate {
 
 /// A reranked hit. `score` is the profile's score in `f32`, the precision hits travel in, so
 /// that the order here, the router's merge and the cursor all compare the same numbers.
+/// `explained` is there when the caller asked for explanations.
 #[derive(Debug, Clone)]
 pub struct Reranked {
     pub id: String,
     pub score: f32,
-    pub explained: Explained,
+    pub explained: Option<Explained>,
 }
 
-/// Rescores every candidate for `user` at time `t_ms` and orders them by (score desc, id asc).
-/// Feature values come from the store's online cache (see `features::cache`), so repeated
-/// entities (the user, the user's spaces, popular documents) cost a hash lookup.
+/// What a rerank reads and for whom: the profile, the definitions it refers to, the store and
+/// the (tenant, user) at time `t_ms`.
+pub struct RerankContext<'a> {
+    pub profile: &'a RankProfile,
+    pub registry: &'a Registry,
+    pub store: &'a FeatureStore,
+    pub tenant: &'a str,
+    pub user: &'a str,
+    pub t_ms: i64,
+    /// Keep each hit's explanation (its feature values and contributions).
+    pub explain: bool,
+}
+
+/// Rescores every candidate and orders them by (score desc, id asc). Feature values come
+/// from the store's online cache (see `features::cache`), so repeated entities (the user, the
+/// user's spaces, popular documents) cost a hash lookup.
 pub fn rerank(
-    profile: &RankProfile,
-    registry: &Registry,
-    store: &FeatureStore,
-    tenant: &str,
-    user: &str,
+    cx: &RerankContext<'_>,
     candidates: Vec<Candidate>,
-    t_ms: i64,
 ) -> Result<Vec<Reranked>, FeatureError> {
+    let RerankContext {
+        profile,
+        registry,
+        store,
+        tenant,
+        user,
+        t_ms,
+        explain,
+    } = *cx;
     let kinds = TermsByEntity::of(profile, registry)?;
     let rows = EntityRows::build(&kinds, user, &candidates)?;
     let wanted = rows.wanted(&kinds);
@@ -50,10 +68,16 @@ pub fn rerank(
                 row[term] = values[start + pos];
             }
         }
-        let explained = profile.score(f64::from(c.bm25), &row);
+        let bm25 = f64::from(c.bm25);
+        let (score, explained) = if explain {
+            let e = profile.score(bm25, &row);
+            (e.score, Some(e))
+        } else {
+            (profile.score_only(bm25, &row), None)
+        };
         out.push(Reranked {
             id: c.id,
-            score: explained.score as f32,
+            score: score as f32,
             explained,
         });
     }

@@ -158,7 +158,7 @@ impl SecondPhase {
         let started = std::time::Instant::now();
         let shadow = match &self.shadow {
             Some(profile) => self
-                .page(profile, candidates.clone(), None, &mut visible)?
+                .page(profile, candidates.clone(), None, false, &mut visible)?
                 .into_iter()
                 .map(|h| pb::Hit {
                     id: h.id,
@@ -169,7 +169,13 @@ impl SecondPhase {
             None => Vec::new(),
         };
         let served = self
-            .page(&self.profile, candidates, self.after.as_ref(), &mut visible)?
+            .page(
+                &self.profile,
+                candidates,
+                self.after.as_ref(),
+                self.explain,
+                &mut visible,
+            )?
             .into_iter()
             .map(|h| self.hit(h))
             .collect();
@@ -184,17 +190,21 @@ impl SecondPhase {
         profile: &RankProfile,
         candidates: Vec<Candidate>,
         after: Option<&(f32, String)>,
+        explain: bool,
         visible: &mut impl FnMut(&str) -> Result<bool, Status>,
     ) -> Result<Vec<rank::Reranked>, Status> {
         let store = FeatureStore::new(self.data.storage.clone(), self.data.group);
         let reranked = rank::rerank(
-            profile,
-            &self.definitions.registry,
-            &store,
-            &self.tenant,
-            &self.user,
+            &rank::RerankContext {
+                profile,
+                registry: &self.definitions.registry,
+                store: &store,
+                tenant: &self.tenant,
+                user: &self.user,
+                t_ms: crate::features::now_ms(),
+                explain,
+            },
             candidates,
-            crate::features::now_ms(),
         )
         .map_err(|e| match e {
             FeatureError::Storage(e) => internal(e),
@@ -214,16 +224,16 @@ impl SecondPhase {
 
     fn hit(&self, h: rank::Reranked) -> pb::Hit {
         pb::Hit {
-            explanation: self.explain.then(|| pb::HitExplanation {
+            explanation: h.explained.map(|explained| pb::HitExplanation {
                 profile: self.profile.name.clone(),
                 version: self.profile.version,
-                bm25: h.explained.bm25,
-                score: h.explained.score,
+                bm25: explained.bm25,
+                score: explained.score,
                 features: self
                     .profile
                     .terms
                     .iter()
-                    .zip(&h.explained.terms)
+                    .zip(&explained.terms)
                     .map(|(term, (value, contribution))| pb::FeatureContribution {
                         name: term.feature.clone(),
                         value: *value,
