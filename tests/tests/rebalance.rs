@@ -1,18 +1,19 @@
 //! Issue 7 acceptance: draining a node fails no search and leaves it with no
 //! replica; a killed node's shards are back to full replica count within a
-//! stated bound; residency holds throughout. Four real nodes in-process in
-//! one region (zones a, b, c, a) behind a real router.
+//! stated bound, in its own region and role when its tenants span several;
+//! residency holds throughout. Real nodes in-process (four in one region, or
+//! six across three regions) behind a real router.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tessera_client::TesseraClient;
+use tessera_client::{TenantSpec, TesseraClient};
 use tessera_node::meta::PlacementSettings;
 use tessera_proto::{pb, NodeId};
 use tessera_tests::cluster::{Mode, SETTLE};
-use tessera_tests::load::{assert_clean, check_final, load_initial, run_with_load};
-use tessera_tests::routers::{client, start_inproc_router};
+use tessera_tests::load::{assert_clean, check_final, doc, load_initial, run_with_load};
+use tessera_tests::routers::{client, put_all, start_inproc_router};
 use tessera_tests::{eventually, Layout, TestCluster};
 
 /// How long the meta leader waits before declaring a silent node dead.
@@ -48,18 +49,28 @@ fn shards_of(map: &pb::ClusterMap, tenant: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// Residency: every replica (and every joining node) is in us-east.
+/// Residency: every replica and every joining node of a shard is in one of
+/// the shard's allowed regions.
 fn assert_resident(map: &pb::ClusterMap) {
     for s in &map.shards {
-        for n in s.voters.iter().chain(&s.learners) {
-            let node = map.nodes.iter().find(|x| x.id == *n).expect("node");
-            assert_eq!(
-                node.region, "us-east",
-                "shard {} has a replica outside",
-                s.id
+        for n in s.voters.iter().chain(&s.learners).chain(&s.joining) {
+            let region = region_of(map, *n);
+            assert!(
+                s.regions.contains(&region),
+                "shard {} (allowed {:?}) has a replica on node {n} in {region}",
+                s.id,
+                s.regions
             );
         }
     }
+}
+
+fn region_of(map: &pb::ClusterMap, node: NodeId) -> String {
+    map.nodes
+        .iter()
+        .find(|x| x.id == node)
+        .map(|x| x.region.clone())
+        .unwrap_or_else(|| panic!("node {node} is not in the map"))
 }
 
 /// Waits until no shard of the map lists `node`, every shard has 3 voters,
@@ -185,7 +196,7 @@ async fn draining_a_node_fails_no_search_and_empties_it() {
     let acked = acked.lock().expect("acked").clone();
     check_final(&client, tenant, &acked).await;
     // A drained node takes no new replicas.
-    let later = tessera_client::TenantSpec::new("later", ["us-east"]).partitions(4);
+    let later = TenantSpec::new("later", ["us-east"]).partitions(4);
     tessera_tests::routers::create_tenant(&client, &later).await;
     let map = cluster.map(observer).await;
     assert!(
@@ -224,6 +235,149 @@ async fn a_killed_nodes_shards_get_back_to_full_replica_count() {
         "repair: node {victim} killed; every shard back to 3 voters in {repaired:?} \
          (declared dead after {DEAD_AFTER_SECS}s of silence)"
     );
+}
+
+/// The shape of a shard's replica set: (is a voter, region) per replica, sorted.
+fn roles_by_region(map: &pb::ClusterMap, shard: &pb::ShardInfo) -> Vec<(bool, String)> {
+    let mut roles: Vec<(bool, String)> = shard
+        .voters
+        .iter()
+        .map(|v| (true, region_of(map, *v)))
+        .chain(shard.learners.iter().map(|l| (false, region_of(map, *l))))
+        .collect();
+    roles.sort();
+    roles
+}
+
+/// Issue 7 across regions: a dead node's replicas are rebuilt in its own
+/// region, in the same role. Node 4 or 5 (eu-west) holds a learner of a
+/// us-east-homed tenant allowed in eu-west and a voter of a region-survival
+/// tenant; when it dies, the other eu-west node takes both, never a node in
+/// us-east (which would lose the region copy) or in ap-south (which only the
+/// region-survival tenant allows). The new replicas hold every document and
+/// answer searches; searches of a us-east tenant fail 0 times meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_nodes_replicas_are_rebuilt_in_its_region_in_the_same_role() {
+    let layout = Layout(vec![
+        ("us-east", "a"),
+        ("us-east", "b"),
+        ("us-east", "c"),
+        ("eu-west", "a"),
+        ("eu-west", "b"),
+        ("ap-south", "a"),
+    ]);
+    let mut cluster = TestCluster::prepare(&layout, Mode::InProc);
+    cluster.set_placement(PlacementSettings {
+        min_shards: 1,
+        max_tenants_per_shard: 512,
+        dead_after_secs: DEAD_AFTER_SECS,
+    });
+    for id in 1..=6 {
+        cluster.start_node(id).await;
+    }
+    let router = start_inproc_router(&cluster, "us-east", |_| {}).await;
+    let client: TesseraClient = client(&router.local_addr().to_string()).await;
+    let acked = Arc::new(std::sync::Mutex::new(load_initial(&client, "local").await));
+    let wide = TenantSpec::new("wide", ["us-east", "eu-west"]).partitions(2);
+    let spread = TenantSpec::new("spread", ["us-east", "eu-west", "ap-south"]).survival("region");
+    for spec in [&wide, &spread] {
+        tessera_tests::routers::create_tenant(&client, spec).await;
+        let docs = (0..300)
+            .map(|i| doc(&format!("{}-{i}", spec.id), 1))
+            .collect();
+        put_all(&client, &spec.id, docs, 100).await;
+    }
+    let before = cluster.map(1).await;
+    assert_resident(&before);
+    let spread_shard = shards_of(&before, "spread")[0];
+    let spread_info = before
+        .shards
+        .iter()
+        .find(|s| s.id == spread_shard)
+        .expect("spread's shard");
+    let victim = spread_info
+        .voters
+        .iter()
+        .copied()
+        .find(|v| region_of(&before, *v) == "eu-west")
+        .expect("spread has a voter in eu-west");
+    let affected: Vec<&pb::ShardInfo> = before
+        .shards
+        .iter()
+        .filter(|s| s.voters.contains(&victim) || s.learners.contains(&victim))
+        .collect();
+    let wide_shards = shards_of(&before, "wide");
+    assert!(
+        affected
+            .iter()
+            .any(|s| wide_shards.contains(&s.id) && s.learners.contains(&victim)),
+        "node {victim} also holds a learner of wide (two partitions, one per eu-west node): \
+         {before:?}"
+    );
+    eprintln!(
+        "node {victim} holds shards {:?}; spread is on {spread_shard}, wide on {wide_shards:?}",
+        affected.iter().map(|s| s.id).collect::<Vec<_>>()
+    );
+
+    cluster.kill(victim).await;
+    let killed = Instant::now();
+    let cluster = &cluster;
+    let (write_failures, reports) = run_with_load(&client, &acked, "local", async {
+        let map = wait_replaced(cluster, 1, victim).await;
+        wait_raft_follows_map(cluster, &map).await;
+    })
+    .await;
+    eprintln!(
+        "multi-region repair of node {victim}: {:?}",
+        killed.elapsed()
+    );
+    assert_clean(&write_failures, &reports);
+    let after = cluster.map(1).await;
+    assert_resident(&after);
+    for old in &affected {
+        let new = after
+            .shards
+            .iter()
+            .find(|s| s.id == old.id)
+            .expect("shard still in the map");
+        assert_eq!(
+            roles_by_region(&after, new),
+            roles_by_region(&before, old),
+            "shard {} keeps a replica in each region, in the same role: {old:?} -> {new:?}",
+            old.id
+        );
+        let replicas: Vec<NodeId> = new.voters.iter().chain(&new.learners).copied().collect();
+        let leader = cluster.leader_of(new.id).await;
+        let applied = cluster
+            .digest(leader, new.id)
+            .await
+            .expect("digest")
+            .applied;
+        let digest = cluster.converged(new.id, &replicas, applied).await;
+        let joined = replicas
+            .iter()
+            .copied()
+            .find(|r| !old.voters.contains(r) && !old.learners.contains(r))
+            .expect("a replacement replica");
+        let tenant = after
+            .tenants
+            .iter()
+            .find(|t| t.partitions.contains(&new.id))
+            .map(|t| t.id.clone())
+            .expect("the shard's tenant");
+        let served = cluster
+            .count_all(joined, &tenant, new.id, applied)
+            .await
+            .expect("search on the new replica");
+        assert_eq!(
+            served, digest.docs,
+            "node {joined}'s copy of shard {} answers with every document",
+            new.id
+        );
+        assert!(served > 0, "shard {} holds documents", new.id);
+    }
+    let acked = acked.lock().expect("acked").clone();
+    check_final(&client, "local", &acked).await;
 }
 
 /// Replicas per node in service, as the map says.
@@ -285,7 +439,7 @@ async fn a_joining_node_receives_replicas_and_an_undrained_one_gets_them_back() 
     let client: TesseraClient = client(&router.local_addr().to_string()).await;
     let tenant = "joined";
     let acked = Arc::new(std::sync::Mutex::new(load_initial(&client, tenant).await));
-    let wide = tessera_client::TenantSpec::new("wide", ["us-east"]).partitions(4);
+    let wide = TenantSpec::new("wide", ["us-east"]).partitions(4);
     tessera_tests::routers::create_tenant(&client, &wide).await;
     let before = cluster.map(1).await;
     assert!(
