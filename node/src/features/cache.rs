@@ -104,21 +104,56 @@ type OwnedKey = SmallVec<[u8; 56]>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Seen(u64);
 
-/// One feature's value in a row.
+/// One feature's value in a row. Kept to 56 bytes, with no `Option` or enum padding: a rerank
+/// reads a row per candidate from a table far larger than the CPU caches, so each byte of a
+/// row is memory traffic on the search path.
 #[derive(Debug, Clone, Copy)]
 struct Cached {
     /// Registry version and the feature's index in it.
     version: u64,
-    feature: u32,
-    written_by: WrittenBy,
-    /// [`Rows::begun`] when the value was stored: writes announced later may already be in it.
-    stored_at: u64,
     computed_at: i64,
     valid_until: i64,
-    value: Option<f64>,
+    /// The value, if `present` (a feature with no events is null).
+    value: f64,
+    /// [`Rows::begun`] when the value was stored: writes announced later may already be in it.
+    stored_at: u64,
+    /// [`WrittenBy::counts`].
+    counts: PackedWindow,
+    feature: u32,
+    /// [`WrittenBy::source`].
+    source: EventKind,
+    present: bool,
+}
+
+/// An `Option<CountWindow>` in one word: `i64::MIN` for none, `i64::MAX` for all time, else
+/// the window in ms. (A window of `i64::MAX` ms reads back as all time, which counts exactly
+/// alike since window ends saturate.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedWindow(i64);
+
+impl PackedWindow {
+    fn pack(counts: Option<CountWindow>) -> Self {
+        Self(match counts {
+            None => i64::MIN,
+            Some(CountWindow::AllTime) => i64::MAX,
+            Some(CountWindow::Ms(w)) => w,
+        })
+    }
+
+    fn unpack(self) -> Option<CountWindow> {
+        match self.0 {
+            i64::MIN => None,
+            i64::MAX => Some(CountWindow::AllTime),
+            w => Some(CountWindow::Ms(w)),
+        }
+    }
 }
 
 impl Cached {
+    fn value(&self) -> Option<f64> {
+        self.present.then_some(self.value)
+    }
+
     /// Folds new events of the value's source (their event times) into a count. The value
     /// then describes `[c', valid_until)` with `c'` the newest of `computed_at` and the events'
     /// times: at any such `t` every new event is at or before `t`, so a count over all time
@@ -126,7 +161,7 @@ impl Cached {
     /// (until it leaves). Events at or after `valid_until` do not touch that interval. `false`
     /// when the value cannot follow them.
     fn absorb(&mut self, events: &[i64]) -> bool {
-        let (Some(window), Some(mut n)) = (self.written_by.counts, self.value) else {
+        let (Some(window), Some(mut n)) = (self.counts.unpack(), self.value()) else {
             return false;
         };
         let inside = || events.iter().copied().filter(|&e| e < self.valid_until);
@@ -145,7 +180,7 @@ impl Cached {
                 }
             }
         }
-        self.value = Some(n);
+        self.value = n;
         self.computed_at = from;
         self.valid_until = until;
         from < until
@@ -309,29 +344,55 @@ impl OnlineCache {
 
     /// The cached value of `value` for the row at `t`, if it is still exact.
     pub fn get(&self, row: &RowKey<'_>, value: ValueKey, t: i64) -> Option<Option<f64>> {
-        self.get_rows(&[(*row, &[value][..])], t).pop().flatten()
+        let (mut values, missing) = self.get_rows(&[(*row, &[value][..])], t);
+        missing.is_empty().then(|| values.pop().flatten())
     }
 
     /// The cached values of several rows under one lock: for each row, its values in the order
-    /// asked, `None` for a miss.
-    pub fn get_rows(&self, rows: &[(RowKey<'_>, &[ValueKey])], t: i64) -> Vec<Option<Option<f64>>> {
+    /// asked, and the positions (ascending) of the misses, whose values are `None` there.
+    ///
+    /// The rows are found in one pass and read in a second: a rerank's rows are spread over a
+    /// table larger than the CPU caches, and a first pass that does nothing but find them lets
+    /// the CPU fetch many rows from memory at once, instead of one after another while each
+    /// row's values are read.
+    pub fn get_rows(
+        &self,
+        rows: &[(RowKey<'_>, &[ValueKey])],
+        t: i64,
+    ) -> (Vec<Option<f64>>, Vec<usize>) {
         let hashes: Vec<u64> = rows.iter().map(|(key, _)| key.hashed()).collect();
         let mut out = Vec::with_capacity(rows.iter().map(|(_, v)| v.len()).sum());
+        let mut missing = Vec::new();
         let guard = self.rows.lock();
-        for ((key, wanted), hashed) in rows.iter().zip(hashes) {
-            let row = guard.map.get(&hashed).filter(|r| key.is(&r.key));
-            out.extend(
-                wanted
-                    .iter()
-                    .map(|w| row.and_then(|r| Self::served(r, *w, t))),
-            );
+        let found: Vec<Option<&Row>> = hashes
+            .iter()
+            .map(|hashed| {
+                let row = guard.map.get(hashed);
+                if let Some(r) = row {
+                    // Starts fetching the row's values along with its key.
+                    std::hint::black_box(r.values.first().map(|c| c.version));
+                }
+                row
+            })
+            .collect();
+        for ((key, wanted), row) in rows.iter().zip(found) {
+            let row = row.filter(|r| key.is(&r.key));
+            for w in *wanted {
+                match row.and_then(|r| Self::served(r, *w, t)) {
+                    Some(value) => out.push(value),
+                    None => {
+                        missing.push(out.len());
+                        out.push(None);
+                    }
+                }
+            }
         }
         drop(guard);
-        let hits = out.iter().filter(|v| v.is_some()).count() as u64;
-        self.hits.fetch_add(hits, Ordering::Relaxed);
-        self.misses
-            .fetch_add(out.len() as u64 - hits, Ordering::Relaxed);
-        out
+        let misses = missing.len() as u64;
+        self.hits
+            .fetch_add(out.len() as u64 - misses, Ordering::Relaxed);
+        self.misses.fetch_add(misses, Ordering::Relaxed);
+        (out, missing)
     }
 
     fn served(row: &Row, wanted: ValueKey, t: i64) -> Option<Option<f64>> {
@@ -339,7 +400,7 @@ impl OnlineCache {
             .iter()
             .find(|c| c.version == wanted.version && c.feature == wanted.feature)
             .filter(|c| c.computed_at <= t && t < c.valid_until)
-            .map(|c| c.value)
+            .map(Cached::value)
     }
 
     /// `(hits, misses)` since start, for tests and status pages.
@@ -376,14 +437,17 @@ impl OnlineCache {
         if seen.0 < r.written {
             return;
         }
+        let written_by = written_by.into();
         let cached = Cached {
             version: value.version,
-            feature: value.feature,
-            written_by: written_by.into(),
-            stored_at,
             computed_at: t,
             valid_until,
-            value: computed,
+            value: computed.unwrap_or(0.0),
+            stored_at,
+            counts: PackedWindow::pack(written_by.counts),
+            feature: value.feature,
+            source: written_by.source,
+            present: computed.is_some(),
         };
         match r
             .values
@@ -441,9 +505,8 @@ impl OnlineCache {
             let r = self.row_mut(&mut rows, &key, hashed);
             r.written = written;
             r.oldest_written = r.oldest_written.min(oldest);
-            r.values.retain_mut(|c| {
-                c.written_by.source != source || (c.stored_at < begun.0 && c.absorb(events))
-            });
+            r.values
+                .retain_mut(|c| c.source != source || (c.stored_at < begun.0 && c.absorb(events)));
             r.prefixes
                 .retain(|p| p.source != source || oldest > p.end_ms);
         }
@@ -582,6 +645,22 @@ mod tests {
         version: 1,
         feature: 1,
     };
+
+    #[test]
+    fn a_cached_value_is_one_compact_record_that_keeps_what_writes_need() {
+        assert!(
+            std::mem::size_of::<Cached>() <= 56,
+            "a cached value stays compact"
+        );
+        for counts in [
+            None,
+            Some(CountWindow::AllTime),
+            Some(CountWindow::Ms(1)),
+            Some(CountWindow::Ms(86_400_000)),
+        ] {
+            assert_eq!(PackedWindow::pack(counts).unpack(), counts);
+        }
+    }
 
     #[test]
     fn a_key_matches_its_own_stored_form_only() {

@@ -279,59 +279,60 @@ impl FeatureStore {
         wanted: Wanted<'_>,
         t: i64,
     ) -> Result<Option<f64>, StorageError> {
-        Ok(self
-            .online_values(tenant, version, &[wanted], t)?
-            .pop()
-            .flatten())
+        let read = RowRead {
+            kind: wanted.def.entity,
+            entity: wanted.entity,
+            values: &[ValueKey {
+                version,
+                feature: wanted.feature,
+            }],
+            defs: &[wanted.def],
+        };
+        Ok(self.online_rows(tenant, &[read], t)?.pop().flatten())
     }
 
-    /// [`Self::online_value`] for many (feature, entity) pairs at once, in order: the path of
-    /// reranking, which asks for hundreds per search. Consecutive pairs of one entity share
-    /// one cache row, so callers list an entity's features together; the cache is consulted
-    /// under one lock, and only the misses are evaluated.
-    pub fn online_values(
+    /// [`Self::online_value`] for many rows of values at once, in order (each read's values in
+    /// turn): the path of reranking, which asks for hundreds per search. The cache is
+    /// consulted under one lock, one lookup per row, and only the misses are evaluated.
+    pub fn online_rows(
         &self,
         tenant: &str,
-        version: u64,
-        wanted: &[Wanted<'_>],
+        reads: &[RowRead<'_>],
         t: i64,
     ) -> Result<Vec<Option<f64>>, StorageError> {
         let cache = self.storage.online_cache();
         // Read before evaluating: a write after this makes a value stale, never wrong.
         let seen = cache.seen();
-        let values: Vec<ValueKey> = wanted
+        let asked: Vec<(RowKey<'_>, &[ValueKey])> = reads
             .iter()
-            .map(|w| ValueKey {
-                version,
-                feature: w.feature,
+            .map(|r| {
+                let key = RowKey {
+                    group: self.group,
+                    tenant,
+                    kind: r.kind,
+                    entity: r.entity,
+                };
+                (key, r.values)
             })
             .collect();
-        // Runs of consecutive pairs of one entity, as (row, first, end) into `values`.
-        let mut runs: Vec<(RowKey<'_>, usize, usize)> = Vec::with_capacity(wanted.len());
-        for (i, w) in wanted.iter().enumerate() {
-            let key = RowKey {
-                group: self.group,
-                tenant,
-                kind: w.def.entity,
-                entity: w.entity,
-            };
-            match runs.last_mut() {
-                Some((last, _, end)) if *last == key => *end = i + 1,
-                _ => runs.push((key, i, i + 1)),
-            }
+        let (mut out, missing) = cache.get_rows(&asked, t);
+        if missing.is_empty() {
+            return Ok(out);
         }
-        let asked: Vec<(RowKey<'_>, &[ValueKey])> = runs
-            .iter()
-            .map(|(key, from, end)| (*key, &values[*from..*end]))
-            .collect();
-        let cached = cache.get_rows(&asked, t);
-        let mut out = Vec::with_capacity(wanted.len());
-        for (w, hit) in wanted.iter().zip(cached) {
-            let value = match hit {
-                Some(value) => value,
-                None => self.evaluate_and_keep(tenant, version, w, seen, t)?,
-            };
-            out.push(value);
+        let mut missing = missing.into_iter().peekable();
+        let mut at = 0;
+        for r in reads {
+            for (value, def) in r.values.iter().zip(r.defs) {
+                if missing.next_if_eq(&at).is_some() {
+                    let wanted = Wanted {
+                        feature: value.feature,
+                        def,
+                        entity: r.entity,
+                    };
+                    out[at] = self.evaluate_and_keep(tenant, value.version, &wanted, seen, t)?;
+                }
+                at += 1;
+            }
         }
         Ok(out)
     }
@@ -448,6 +449,19 @@ impl FeatureStore {
         }
         Ok((registry.version, out))
     }
+}
+
+/// Online values of one entity to read together: they share the entity's cache row, so a
+/// rerank reads a candidate's document features with one lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct RowRead<'a> {
+    /// The entity kind every value of the row is keyed by.
+    pub kind: Entity,
+    pub entity: &'a str,
+    /// Registry version and feature index of each value wanted.
+    pub values: &'a [ValueKey],
+    /// Each value's definition, aligned with `values`.
+    pub defs: &'a [&'a FeatureDef],
 }
 
 /// One online value to read: a feature of a registry (its definition and its position in the

@@ -8,6 +8,7 @@
 //! covers. Search, DFS statistics and acl-token listing read the last committed state.
 
 mod any_of;
+mod candidates;
 mod query;
 mod schema;
 #[cfg(test)]
@@ -31,6 +32,7 @@ use tantivy::{
 };
 use tokio::sync::watch;
 
+pub use candidates::{CandidateRef, Candidates, NO_SPACE};
 pub use query::{CollectionStats, IndexQuery, IndexResults, TenantTermStats, MAX_SEARCH_LIMIT};
 pub use schema::{build_schema, count_tokens, doc_key, names, Fields, ACL_TENANT_SEPARATOR};
 
@@ -322,13 +324,18 @@ impl ShardIndex {
         self.search_impl(q, false)
     }
 
-    /// [`Self::search`] that also reports each hit's indexed space
-    /// ([`IndexResults::spaces`]), for the second phase's user×space features.
-    pub fn search_with_spaces(&self, q: &IndexQuery) -> Result<IndexResults, IndexError> {
-        self.search_impl(q, true)
+    /// [`Self::search`] for a second phase: the page as [`Candidates`], each with its indexed
+    /// space where every segment has the `space` column (for the user×space features), and
+    /// the count of every match.
+    pub fn search_candidates(&self, q: &IndexQuery) -> Result<(Candidates, u64), IndexError> {
+        let results = self.search_impl(q, true)?;
+        let candidates = results
+            .candidates
+            .unwrap_or_else(|| Candidates::with_capacity(0, true));
+        Ok((candidates, results.total_matches))
     }
 
-    fn search_impl(&self, q: &IndexQuery, with_spaces: bool) -> Result<IndexResults, IndexError> {
+    fn search_impl(&self, q: &IndexQuery, as_candidates: bool) -> Result<IndexResults, IndexError> {
         if q.allowed_acl_tokens.is_empty() {
             return Ok(IndexResults::default());
         }
@@ -339,7 +346,7 @@ impl ShardIndex {
             limit: q.limit.min(MAX_SEARCH_LIMIT),
             after: q.after.clone(),
             ids: self.id_columns.clone(),
-            with_spaces,
+            as_candidates,
         };
         let results = match &q.stats {
             Some(stats) => {

@@ -24,6 +24,8 @@ use tantivy::query::{
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocId, Index, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyError, Term};
 
+use super::candidates::{Candidates, NO_SPACE};
+
 use super::any_of::AnyOfQuery;
 use super::schema::{names, Fields};
 
@@ -89,10 +91,11 @@ pub struct IndexResults {
     pub hits: Vec<(String, f32)>,
     /// Every matching document (ignoring `limit` and `after`), for "about N results".
     pub total_matches: u64,
-    /// Each hit's space as indexed, aligned with `hits`, when the search asked for it and every
-    /// segment has the `space` fast column (indexes built before it existed do not). The second
-    /// phase reads user×space features with it without loading 100 stored rows first.
-    pub spaces: Option<Vec<String>>,
+    /// A second phase's search ([`super::ShardIndex::search_candidates`]) gets its page here
+    /// instead of in `hits`, with each hit's space as indexed when every segment has the
+    /// `space` fast column (indexes built before it existed do not): the second phase reads
+    /// user×space features with it without loading 100 stored rows first.
+    pub candidates: Option<Candidates>,
 }
 
 /// Normalises user text before parsing: lowercase (so `AND`/`OR` are plain words and never
@@ -344,34 +347,48 @@ impl TermColumn {
 
     /// The strings of `ords` (ascending), in order.
     fn terms(&self, ords: &[u64], what: &str) -> Result<Vec<String>, String> {
-        if let Some(decoded) = &self.decoded {
-            return ords
-                .iter()
-                .map(|&ord| {
-                    decoded
-                        .get(ord)
-                        .map(str::to_string)
-                        .ok_or_else(|| format!("an `{what}` ordinal is out of range"))
-                })
-                .collect();
-        }
         let mut out = Vec::with_capacity(ords.len());
+        self.for_each_term(ords, what, |_, term| out.push(term.to_string()))?;
+        Ok(out)
+    }
+
+    /// Calls `f(i, term)` with the string of each of `ords` (ascending), in order, without
+    /// copying it where the dictionary is decoded.
+    fn for_each_term(
+        &self,
+        ords: &[u64],
+        what: &str,
+        mut f: impl FnMut(usize, &str),
+    ) -> Result<(), String> {
+        if let Some(decoded) = &self.decoded {
+            for (i, &ord) in ords.iter().enumerate() {
+                let term = decoded
+                    .get(ord)
+                    .ok_or_else(|| format!("an `{what}` ordinal is out of range"))?;
+                f(i, term);
+            }
+            return Ok(());
+        }
+        let mut seen = 0;
         let mut bad_utf8 = false;
         let complete = self
             .column
             .dictionary()
             .sorted_ords_to_term_cb(ords, |bytes| match std::str::from_utf8(bytes) {
-                Ok(term) => out.push(term.to_string()),
+                Ok(term) => {
+                    f(seen, term);
+                    seen += 1;
+                }
                 Err(_) => bad_utf8 = true,
             })
             .map_err(|e| format!("reading `{what}` values: {e}"))?;
         if bad_utf8 {
             return Err(format!("an `{what}` value is not valid UTF-8"));
         }
-        if !complete || out.len() != ords.len() {
+        if !complete || seen != ords.len() {
             return Err(format!("an `{what}` ordinal is out of range"));
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -449,8 +466,8 @@ pub(crate) struct OrderedCollector {
     pub(crate) limit: usize,
     pub(crate) after: Option<(f32, String)>,
     pub(crate) ids: IdColumns,
-    /// Also resolve each hit's space (see [`IndexResults::spaces`]).
-    pub(crate) with_spaces: bool,
+    /// Return the page as [`IndexResults::candidates`], with each hit's space.
+    pub(crate) as_candidates: bool,
 }
 
 /// What one segment found: its best candidates with ids still as ordinals. Only the hits that
@@ -507,7 +524,7 @@ impl Collector for OrderedCollector {
             after_score: self.after.as_ref().map(|(score, _)| *score),
             after_ord,
             ids,
-            spaces: spaces.filter(|_| self.with_spaces),
+            spaces: spaces.filter(|_| self.as_candidates),
             heap: BinaryHeap::with_capacity(self.limit.min(MAX_SEARCH_LIMIT)),
             count: 0,
             error: None,
@@ -527,7 +544,15 @@ impl Collector for OrderedCollector {
             total_matches += fruit.count;
         }
         let chosen = global_top(&segment_fruits, self.limit);
-        let mut every_space = self.with_spaces;
+        if self.as_candidates {
+            let candidates = merge_candidates(&segment_fruits, &chosen, self.limit)
+                .map_err(TantivyError::InternalError)?;
+            return Ok(IndexResults {
+                hits: Vec::new(),
+                total_matches,
+                candidates: Some(candidates),
+            });
+        }
         let mut hits = Vec::with_capacity(chosen.iter().map(Vec::len).sum());
         for (fruit, candidates) in segment_fruits.iter().zip(&chosen) {
             if candidates.is_empty() {
@@ -535,33 +560,49 @@ impl Collector for OrderedCollector {
             }
             let ids =
                 resolve_ids(fruit.ids.as_ref(), candidates).map_err(TantivyError::InternalError)?;
-            let spaces = match (&fruit.spaces, self.with_spaces) {
-                (Some(column), true) => resolve_spaces(column, candidates)
-                    .map_err(TantivyError::InternalError)?
-                    .into_iter()
-                    .map(Some)
-                    .collect(),
-                _ => {
-                    every_space = false;
-                    vec![None; candidates.len()]
-                }
-            };
-            hits.extend(
-                ids.into_iter()
-                    .zip(candidates)
-                    .map(|(id, c)| (id, c.score))
-                    .zip(spaces),
-            );
+            hits.extend(ids.into_iter().zip(candidates).map(|(id, c)| (id, c.score)));
         }
-        hits.sort_unstable_by(|a, b| hit_order(&a.0, &b.0));
+        hits.sort_unstable_by(hit_order);
         hits.truncate(self.limit);
-        let (hits, spaces): (Vec<_>, Vec<_>) = hits.into_iter().unzip();
         Ok(IndexResults {
             hits,
             total_matches,
-            spaces: every_space.then(|| spaces.into_iter().flatten().collect()),
+            candidates: None,
         })
     }
+}
+
+/// The global top as [`Candidates`]: each id copied once, from its segment's column into the
+/// page's buffer, and each distinct space of a segment interned once.
+fn merge_candidates(
+    fruits: &[SegmentHits],
+    chosen: &[Vec<Candidate>],
+    limit: usize,
+) -> Result<Candidates, String> {
+    let spaces_known = fruits
+        .iter()
+        .zip(chosen)
+        .all(|(fruit, candidates)| candidates.is_empty() || fruit.spaces.is_some());
+    let mut page = Candidates::with_capacity(chosen.iter().map(Vec::len).sum(), spaces_known);
+    for (fruit, candidates) in fruits.iter().zip(chosen) {
+        if candidates.is_empty() {
+            continue;
+        }
+        let ids = fruit
+            .ids
+            .as_ref()
+            .ok_or_else(|| "a segment has no `id` fast field".to_string())?;
+        let spaces = match (&fruit.spaces, spaces_known) {
+            (Some(column), true) => intern_spaces(column, candidates, &mut page)?,
+            _ => vec![NO_SPACE; candidates.len()],
+        };
+        let ords: Vec<u64> = candidates.iter().map(|c| c.ord).collect();
+        ids.for_each_term(&ords, "id", |i, id| {
+            page.push(id, candidates[i].score, spaces[i])
+        })?;
+    }
+    page.keep_best(limit);
+    Ok(page)
 }
 
 /// Per segment, in ordinal order, the candidates that can make the global top `limit` by
@@ -666,10 +707,14 @@ impl SegmentCollector for OrderedSegmentCollector {
     }
 }
 
-/// The space of each candidate, in order: one ordinal per document from the column, and each
-/// distinct ordinal decoded once (a page of candidates spans few spaces). A document without a
-/// value (an empty space indexes no term) has the empty space.
-fn resolve_spaces(column: &TermColumn, candidates: &[Candidate]) -> Result<Vec<String>, String> {
+/// The space number (in `page`) of each candidate, in order: one ordinal per document from the
+/// column, and each distinct ordinal decoded and interned once (a page of candidates spans few
+/// spaces). A document without a value (an empty space indexes no term) has the empty space.
+fn intern_spaces(
+    column: &TermColumn,
+    candidates: &[Candidate],
+    page: &mut Candidates,
+) -> Result<Vec<u32>, String> {
     let ords: Vec<Option<u64>> = candidates
         .iter()
         .map(|c| column.column.ords().first(c.doc))
@@ -677,14 +722,17 @@ fn resolve_spaces(column: &TermColumn, candidates: &[Candidate]) -> Result<Vec<S
     let mut distinct: Vec<u64> = ords.iter().flatten().copied().collect();
     distinct.sort_unstable();
     distinct.dedup();
-    let names = column.terms(&distinct, "space")?;
+    let mut numbers = Vec::with_capacity(distinct.len());
+    column.for_each_term(&distinct, "space", |_, name| {
+        numbers.push(page.intern_space(name))
+    })?;
     ords.iter()
         .map(|ord| match ord {
-            None => Ok(String::new()),
+            None => Ok(NO_SPACE),
             Some(ord) => distinct
                 .binary_search(ord)
                 .ok()
-                .and_then(|i| names.get(i).cloned())
+                .and_then(|i| numbers.get(i).copied())
                 .ok_or_else(|| "a `space` ordinal did not resolve".to_string()),
         })
         .collect()

@@ -1029,7 +1029,7 @@ fn dfs_stats_tolerate_inconsistent_input() {
 }
 
 #[test]
-fn search_with_spaces_aligns_each_hit_with_its_space_across_segments() {
+fn candidates_carry_each_hits_space_across_segments_in_hit_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let index = open_manual(dir.path());
     let spaces = ["ENG", "OPS", "", "HR"];
@@ -1050,19 +1050,39 @@ fn search_with_spaces_aligns_each_hit_with_its_space_across_segments() {
         index.submit(batch as u64 + 1, upserts(&docs));
         index.flush().expect("flush");
     }
-    let results = index
-        .search_with_spaces(&query("t", "deploy"))
+    let (candidates, total) = index
+        .search_candidates(&query("t", "deploy"))
         .expect("search");
-    let got = results.spaces.clone().expect("spaces from the fast column");
-    assert_eq!(got.len(), results.hits.len());
-    assert_eq!(results.hits.len(), 12);
-    for ((id, _), space) in results.hits.iter().zip(&got) {
-        let i: usize = id.trim_start_matches("p-").parse().expect("id");
-        assert_eq!(space, spaces[i % spaces.len()], "space of {id}");
+    assert!(candidates.spaces_known(), "spaces from the fast column");
+    assert_eq!(candidates.len(), 12);
+    assert_eq!(total, 12);
+    for hit in candidates.iter() {
+        let i: usize = hit.id.trim_start_matches("p-").parse().expect("id");
+        assert_eq!(hit.space, spaces[i % spaces.len()], "space of {}", hit.id);
     }
+    let plain = index.search(&query("t", "deploy")).expect("search");
+    let mut best: Vec<(String, f32)> = candidates
+        .iter()
+        .map(|h| (h.id.to_string(), h.score))
+        .collect();
+    best.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    assert_eq!(best, plain.hits, "the plain search's hits and scores");
+    let mut top = query("t", "deploy");
+    top.limit = 5;
+    let (five, _) = index.search_candidates(&top).expect("search");
+    let mut five: Vec<String> = five.iter().map(|h| h.id.to_string()).collect();
+    five.sort();
+    let mut expected: Vec<String> = index
+        .search(&top)
+        .expect("search")
+        .hits
+        .into_iter()
+        .map(|h| h.0)
+        .collect();
+    expected.sort();
+    assert_eq!(five, expected, "a limit keeps the same best candidates");
     assert_eq!(
-        index.search(&query("t", "deploy")).expect("search").spaces,
-        None,
+        plain.candidates, None,
         "plain searches do not resolve spaces"
     );
 }
@@ -1078,12 +1098,15 @@ fn an_index_with_the_legacy_schema_opens_and_reports_no_spaces() {
     let index = open_manual(dir.path());
     index.submit(1, upserts(&[doc("t", "p-1", "runbook", "deploy")]));
     index.flush().expect("flush");
-    let results = index
-        .search_with_spaces(&query("t", "deploy"))
+    let (candidates, _) = index
+        .search_candidates(&query("t", "deploy"))
         .expect("search");
-    assert_eq!(ids(&results), vec!["p-1"]);
     assert_eq!(
-        results.spaces, None,
+        candidates.iter().map(|h| h.id).collect::<Vec<_>>(),
+        vec!["p-1"]
+    );
+    assert!(
+        !candidates.spaces_known(),
         "no space column: callers read stored rows"
     );
 }

@@ -10,4 +10,4 @@ pub mod rerank;
 
 pub use experiment::{parse_experiments, Assignment, Experiment, ExperimentError};
 pub use profile::{parse_profiles, select, Explained, ProfileError, RankProfile, Term, Transform};
-pub use rerank::{after_cursor, rerank, Candidate, RerankContext, Reranked};
+pub use rerank::{after_cursor, rerank, RerankContext, Reranked};

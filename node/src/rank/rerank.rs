@@ -4,24 +4,19 @@
 use std::collections::HashMap;
 
 use super::profile::{Explained, RankProfile};
+use crate::features::cache::ValueKey;
 use crate::features::definition::{Entity, FeatureDef};
-use crate::features::store::Wanted;
+use crate::features::store::RowRead;
 use crate::features::{FeatureError, FeatureStore, Registry};
+use crate::index::{CandidateRef, Candidates};
 
-/// One first-phase candidate: its id, BM25 score and space (for user×space features).
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub id: String,
-    pub bm25: f32,
-    pub space: String,
-}
-
-/// A reranked hit. `score` is the profile's score in `f32`, the precision hits travel in, so
-/// that the order here, the router's merge and the cursor all compare the same numbers.
-/// `explained` is there when the caller asked for explanations.
+/// A reranked hit: candidate number `candidate` of the first phase's page (its id stays there
+/// until the hit makes the returned page). `score` is the profile's score in `f32`, the
+/// precision hits travel in, so that the order here, the router's merge and the cursor all
+/// compare the same numbers. `explained` is there when the caller asked for explanations.
 #[derive(Debug, Clone)]
 pub struct Reranked {
-    pub id: String,
+    pub candidate: usize,
     pub score: f32,
     pub explained: Option<Explained>,
 }
@@ -44,7 +39,7 @@ pub struct RerankContext<'a> {
 /// user's spaces, popular documents) cost a hash lookup.
 pub fn rerank(
     cx: &RerankContext<'_>,
-    candidates: Vec<Candidate>,
+    candidates: &Candidates,
 ) -> Result<Vec<Reranked>, FeatureError> {
     let RerankContext {
         profile,
@@ -56,19 +51,18 @@ pub fn rerank(
         explain,
     } = *cx;
     let kinds = TermsByEntity::of(profile, registry)?;
-    let rows = EntityRows::build(&kinds, user, &candidates)?;
-    let wanted = rows.wanted(&kinds);
-    let values = store.online_values(tenant, registry.version, &wanted, t_ms)?;
+    let rows = EntityRows::build(&kinds, user, candidates)?;
+    let values = store.online_rows(tenant, &rows.reads(&kinds), t_ms)?;
     let mut out = Vec::with_capacity(candidates.len());
     let mut row = vec![None; profile.terms.len()];
-    for (i, c) in candidates.into_iter().enumerate() {
+    for (i, c) in candidates.iter().enumerate() {
         for (k, kind) in kinds.0.iter().enumerate() {
             let start = rows.value_start[rows.of_candidate[i * kinds.0.len() + k]];
-            for (pos, &(term, _, _)) in kind.terms.iter().enumerate() {
+            for (pos, &term) in kind.terms.iter().enumerate() {
                 row[term] = values[start + pos];
             }
         }
-        let bm25 = f64::from(c.bm25);
+        let bm25 = f64::from(c.score);
         let (score, explained) = if explain {
             let e = profile.score(bm25, &row);
             (e.score, Some(e))
@@ -76,12 +70,13 @@ pub fn rerank(
             (profile.score_only(bm25, &row), None)
         };
         out.push(Reranked {
-            id: c.id,
+            candidate: i,
             score: score as f32,
             explained,
         });
     }
-    out.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+    let id = |h: &Reranked| candidates.get(h.candidate).id;
+    out.sort_unstable_by(|a, b| b.score.total_cmp(&a.score).then_with(|| id(a).cmp(id(b))));
     Ok(out)
 }
 
@@ -91,8 +86,12 @@ struct TermsByEntity<'r>(Vec<KindTerms<'r>>);
 
 struct KindTerms<'r> {
     kind: Entity,
-    /// (term index in the profile, feature index in the registry, definition).
-    terms: Vec<(usize, u32, &'r FeatureDef)>,
+    /// The terms' indexes in the profile.
+    terms: Vec<usize>,
+    /// The terms' values as the cache names them, and their definitions: what each row of
+    /// this kind reads.
+    values: Vec<ValueKey>,
+    defs: Vec<&'r FeatureDef>,
 }
 
 impl<'r> TermsByEntity<'r> {
@@ -102,11 +101,21 @@ impl<'r> TermsByEntity<'r> {
             let (feature, def) = registry
                 .indexed(&t.feature)
                 .ok_or_else(|| FeatureError::UnknownFeature(t.feature.clone()))?;
+            let value = ValueKey {
+                version: registry.version,
+                feature,
+            };
             match kinds.iter_mut().find(|k| k.kind == def.entity) {
-                Some(k) => k.terms.push((term, feature, def)),
+                Some(k) => {
+                    k.terms.push(term);
+                    k.values.push(value);
+                    k.defs.push(def);
+                }
                 None => kinds.push(KindTerms {
                     kind: def.entity,
-                    terms: vec![(term, feature, def)],
+                    terms: vec![term],
+                    values: vec![value],
+                    defs: vec![def],
                 }),
             }
         }
@@ -126,15 +135,13 @@ struct EntityRows {
     of_candidate: Vec<usize>,
     /// Where each row's values start in the read's output.
     value_start: Vec<usize>,
-    /// Values read in all.
-    values: usize,
 }
 
 impl EntityRows {
     fn build(
         kinds: &TermsByEntity<'_>,
         user: &str,
-        candidates: &[Candidate],
+        candidates: &Candidates,
     ) -> Result<Self, FeatureError> {
         let mut keys = String::with_capacity(candidates.len() * kinds.0.len() * 24);
         let mut rows: Vec<(usize, std::ops::Range<usize>)> =
@@ -143,19 +150,20 @@ impl EntityRows {
         let mut shared: HashMap<(usize, &str), usize, foldhash::fast::RandomState> =
             HashMap::default();
         let mut of_candidate = Vec::with_capacity(candidates.len() * kinds.0.len());
-        for c in candidates {
+        for c in candidates.iter() {
+            let CandidateRef { id, space, .. } = c;
             for (k, kind) in kinds.0.iter().enumerate() {
                 let per_document = matches!(kind.kind, Entity::Doc | Entity::UserDoc);
                 if !per_document {
-                    if let Some(&row) = shared.get(&(k, c.space.as_str())) {
+                    if let Some(&row) = shared.get(&(k, space)) {
                         of_candidate.push(row);
                         continue;
                     }
                 }
                 let from = keys.len();
-                let (_, _, def) = kind.terms[0];
+                let def = kind.defs[0];
                 kind.kind
-                    .write_key(user, &c.space, &c.id, &mut keys)
+                    .write_key(user, space, id, &mut keys)
                     .map_err(|missing| FeatureError::MissingEntity {
                         feature: def.name.clone(),
                         entity: def.entity.as_str(),
@@ -163,7 +171,7 @@ impl EntityRows {
                     })?;
                 rows.push((k, from..keys.len()));
                 if !per_document {
-                    shared.insert((k, c.space.as_str()), rows.len() - 1);
+                    shared.insert((k, space), rows.len() - 1);
                 }
                 of_candidate.push(rows.len() - 1);
             }
@@ -179,32 +187,40 @@ impl EntityRows {
             rows,
             of_candidate,
             value_start,
-            values: next,
         })
     }
 
-    /// The values to read, row by row (so each row is looked up once).
-    fn wanted<'a>(&'a self, kinds: &'a TermsByEntity<'_>) -> Vec<Wanted<'a>> {
-        let mut out = Vec::with_capacity(self.values);
-        for (k, range) in &self.rows {
-            let entity = &self.keys[range.clone()];
-            out.extend(kinds.0[*k].terms.iter().map(|&(_, feature, def)| Wanted {
-                feature,
-                def,
-                entity,
-            }));
-        }
-        out
+    /// The reads, one per row (so each row is looked up once), its values in term order.
+    fn reads<'a>(&'a self, kinds: &'a TermsByEntity<'_>) -> Vec<RowRead<'a>> {
+        self.rows
+            .iter()
+            .map(|(k, range)| {
+                let kind = &kinds.0[*k];
+                RowRead {
+                    kind: kind.kind,
+                    entity: &self.keys[range.clone()],
+                    values: &kind.values,
+                    defs: &kind.defs,
+                }
+            })
+            .collect()
     }
 }
 
 /// The hits strictly after a `(score, id)` cursor in (score desc, id asc) order.
-pub fn after_cursor(hits: Vec<Reranked>, after: Option<&(f32, String)>) -> Vec<Reranked> {
+pub fn after_cursor(
+    hits: Vec<Reranked>,
+    after: Option<&(f32, String)>,
+    candidates: &Candidates,
+) -> Vec<Reranked> {
     match after {
         None => hits,
         Some((score, id)) => hits
             .into_iter()
-            .filter(|h| h.score < *score || (h.score == *score && h.id > *id))
+            .filter(|h| {
+                h.score < *score
+                    || (h.score == *score && candidates.get(h.candidate).id > id.as_str())
+            })
             .collect(),
     }
 }

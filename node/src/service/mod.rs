@@ -25,13 +25,12 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::acl::cache::AllowedCache;
-use crate::index::{CollectionStats, IndexQuery};
+use crate::index::{Candidates, CollectionStats, IndexQuery};
 use crate::meta::{MetaCommand, MetaOutcome, TenantSpec};
 use crate::node::{propose_indexed, NodeInner, ProposeError};
 use crate::raft::registry::GroupHandle;
 use crate::raft::state_machine::{GroupData, ShardData};
 use crate::raft::{Request as RaftRequest, Response as RaftResponse};
-use crate::rank::Candidate;
 use rank::SecondPhase;
 
 /// Default bound on waits (leader commit, session tokens, map catch-up).
@@ -436,39 +435,26 @@ impl Node for NodeService {
                     .collect();
                 return Ok::<_, Status>((hits, Vec::new(), results.total_matches));
             };
-            let results = data.index.search_with_spaces(&query).map_err(internal)?;
-            let total = results.total_matches;
-            let (hits, shadow) = match results.spaces {
-                // The index knows each candidate's space: rerank first, then re-check only
-                // the hits that make the page.
-                Some(spaces) => {
-                    let candidates = results
-                        .hits
-                        .into_iter()
-                        .zip(spaces)
-                        .map(|((id, bm25), space)| Candidate { id, bm25, space })
-                        .collect();
-                    second.run(candidates, |id| {
-                        data.visible_doc(&tenant, id, &principals)
-                            .map(|d| d.is_some())
-                            .map_err(internal)
-                    })?
-                }
+            let (candidates, total) = data.index.search_candidates(&query).map_err(internal)?;
+            let (hits, shadow) = if candidates.spaces_known() {
+                // Rerank first, then re-check only the hits that make the page.
+                second.run(&candidates, |id| {
+                    data.visible_doc(&tenant, id, &principals)
+                        .map(|d| d.is_some())
+                        .map_err(internal)
+                })?
+            } else {
                 // An index from before the `space` column: spaces come from the stored rows,
                 // which the re-check reads anyway.
-                None => {
-                    let candidates = data
-                        .recheck_hits(&tenant, &principals, results.hits, |(id, _)| id)
-                        .map_err(internal)?
-                        .into_iter()
-                        .map(|((id, bm25), stored)| Candidate {
-                            id,
-                            bm25,
-                            space: stored.space(),
-                        })
-                        .collect();
-                    second.run(candidates, |_| Ok(true))?
+                let checked = data
+                    .recheck_hits(&tenant, &principals, candidates.iter().collect(), |c| c.id)
+                    .map_err(internal)?;
+                let mut with_spaces = Candidates::with_capacity(checked.len(), true);
+                for (c, stored) in checked {
+                    let space = with_spaces.intern_space(&stored.space());
+                    with_spaces.push(c.id, c.score, space);
                 }
+                second.run(&with_spaces, |_| Ok(true))?
             };
             Ok::<_, Status>((hits, shadow, total))
         })

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use crate::features::cache::Definitions;
 use crate::features::{FeatureError, FeatureStore};
+use crate::index::Candidates;
 use crate::raft::state_machine::ShardData;
-use crate::rank::{self, experiment, Candidate, RankProfile};
+use crate::rank::{self, experiment, RankProfile};
 
 /// What ranks one search.
 pub(super) struct RankPlan {
@@ -152,16 +153,16 @@ impl SecondPhase {
     /// when asked.
     pub(super) fn run(
         self,
-        candidates: Vec<Candidate>,
+        candidates: &Candidates,
         mut visible: impl FnMut(&str) -> Result<bool, Status>,
     ) -> Result<(Vec<pb::Hit>, Vec<pb::Hit>), Status> {
         let started = std::time::Instant::now();
         let shadow = match &self.shadow {
             Some(profile) => self
-                .page(profile, candidates.clone(), None, false, &mut visible)?
+                .page(profile, candidates, None, false, &mut visible)?
                 .into_iter()
                 .map(|h| pb::Hit {
-                    id: h.id,
+                    id: candidates.get(h.candidate).id.to_string(),
                     score: h.score,
                     explanation: None,
                 })
@@ -177,7 +178,7 @@ impl SecondPhase {
                 &mut visible,
             )?
             .into_iter()
-            .map(|h| self.hit(h))
+            .map(|h| self.hit(h, candidates))
             .collect();
         metrics::histogram!("tessera_node_rerank_seconds").record(started.elapsed().as_secs_f64());
         Ok((served, shadow))
@@ -188,7 +189,7 @@ impl SecondPhase {
     fn page(
         &self,
         profile: &RankProfile,
-        candidates: Vec<Candidate>,
+        candidates: &Candidates,
         after: Option<&(f32, String)>,
         explain: bool,
         visible: &mut impl FnMut(&str) -> Result<bool, Status>,
@@ -211,18 +212,18 @@ impl SecondPhase {
             other => Status::failed_precondition(other.to_string()),
         })?;
         let mut hits = Vec::with_capacity(self.limit);
-        for h in rank::after_cursor(reranked, after) {
+        for h in rank::after_cursor(reranked, after, candidates) {
             if hits.len() == self.limit {
                 break;
             }
-            if visible(&h.id)? {
+            if visible(candidates.get(h.candidate).id)? {
                 hits.push(h);
             }
         }
         Ok(hits)
     }
 
-    fn hit(&self, h: rank::Reranked) -> pb::Hit {
+    fn hit(&self, h: rank::Reranked, candidates: &Candidates) -> pb::Hit {
         pb::Hit {
             explanation: h.explained.map(|explained| pb::HitExplanation {
                 profile: self.profile.name.clone(),
@@ -241,7 +242,7 @@ impl SecondPhase {
                     })
                     .collect(),
             }),
-            id: h.id,
+            id: candidates.get(h.candidate).id.to_string(),
             score: h.score,
         }
     }
