@@ -29,13 +29,18 @@ fn four_nodes() -> Layout {
 }
 
 async fn start() -> TestCluster {
-    let mut cluster = TestCluster::prepare(&four_nodes(), Mode::InProc);
+    start_all(&four_nodes(), 2).await
+}
+
+/// Every node of `layout`, in-process, declared dead after [`DEAD_AFTER_SECS`].
+async fn start_all(layout: &Layout, min_shards: u32) -> TestCluster {
+    let mut cluster = TestCluster::prepare(layout, Mode::InProc);
     cluster.set_placement(PlacementSettings {
-        min_shards: 2,
+        min_shards,
         max_tenants_per_shard: 512,
         dead_after_secs: DEAD_AFTER_SECS,
     });
-    for id in 1..=4 {
+    for id in 1..=layout.0.len() as NodeId {
         cluster.start_node(id).await;
     }
     cluster
@@ -266,15 +271,7 @@ async fn a_dead_nodes_replicas_are_rebuilt_in_its_region_in_the_same_role() {
         ("eu-west", "b"),
         ("ap-south", "a"),
     ]);
-    let mut cluster = TestCluster::prepare(&layout, Mode::InProc);
-    cluster.set_placement(PlacementSettings {
-        min_shards: 1,
-        max_tenants_per_shard: 512,
-        dead_after_secs: DEAD_AFTER_SECS,
-    });
-    for id in 1..=6 {
-        cluster.start_node(id).await;
-    }
+    let mut cluster = start_all(&layout, 1).await;
     let router = start_inproc_router(&cluster, "us-east", |_| {}).await;
     let client: TesseraClient = client(&router.local_addr().to_string()).await;
     let acked = Arc::new(std::sync::Mutex::new(load_initial(&client, "local").await));

@@ -147,7 +147,7 @@ impl EntityRows {
         let mut rows: Vec<(usize, std::ops::Range<usize>)> =
             Vec::with_capacity(candidates.len() * kinds.0.len());
         // User, space and user×space keys depend on the candidate's space alone.
-        let mut shared: HashMap<(usize, &str), usize, foldhash::fast::RandomState> =
+        let mut shared: HashMap<(usize, &str), usize, foldhash::fast::FixedState> =
             HashMap::default();
         let mut of_candidate = Vec::with_capacity(candidates.len() * kinds.0.len());
         for c in candidates.iter() {
