@@ -200,7 +200,8 @@ start_router_proc() {
     local IFS=,
     spawn "router-$r" "$LOGS/router-$(region_name "$r").log" "$BIN/tessera-router" \
         --listen "$(router_addr "$r")" --region "$(region_name "$r")" \
-        --metrics "127.0.0.1:$((ROUTER_METRICS_PORT + r - 1))" --seeds "${seeds[*]}" "${routes[@]}"
+        --metrics "127.0.0.1:$((ROUTER_METRICS_PORT + r - 1))" --seeds "${seeds[*]}" "${routes[@]}" \
+        --certs "$CDIR/certs" --audit-log "$LOGS/audit-$(region_name "$r").jsonl"
 }
 
 # Waits until CHECK (a command) succeeds, polling; fails after SECS seconds
@@ -343,6 +344,15 @@ write_cluster_json() {
         else
             printf '"chaos_control":null,"chaos_pid":null,\n'
         fi
+        printf '"ca":"%s","admin_key_file":"%s",\n"tenant_keys":{' "$CDIR/certs/ca.pem" "$CDIR/certs/admin.key"
+        sep=""
+        local key
+        for key in "$CDIR"/keys/*.key; do
+            [[ -f "$key" ]] || continue
+            printf '%s"%s":"%s"' "$sep" "$(basename "$key" .key)" "$key"
+            sep=","
+        done
+        printf '},\n'
         if [[ $NODE_ROUTE == yes ]]; then printf '"node_routes":true}\n'; else printf '"node_routes":false}\n'; fi
     } >"$tmp"
     mv "$tmp" "$CDIR/cluster.json"
@@ -446,13 +456,15 @@ cmd_up() {
     done
 
     # A fresh cluster: forget the state of a stopped one.
-    rm -rf "$CDIR/data" "$CDIR/certs" "$CDIR/demo" "$PIDS" "$LOGS" "$CDIR/cluster.json" "$CDIR/links.json"
-    mkdir -p "$CDIR" "$LOGS" "$PIDS" "$CDIR/data"
+    rm -rf "$CDIR/data" "$CDIR/certs" "$CDIR/keys" "$CDIR/demo" "$PIDS" "$LOGS" "$CDIR/cluster.json" "$CDIR/links.json"
+    mkdir -p "$CDIR" "$LOGS" "$PIDS" "$CDIR/data" "$CDIR/keys"
+    chmod 700 "$CDIR/keys"
     printf 'NREGIONS=%s\nNPR=%s\nNODE_ROUTE=%s\nLATENCY=%s\n' "$NREGIONS" "$NPR" "$NODE_ROUTE" "$LATENCY" >"$CDIR/layout.env"
     write_cluster_toml
     write_links_json
     "$BIN/tessera-node" certs --config "$CDIR/cluster.toml" --out "$CDIR/certs" >>"$LOGS/certs.log" 2>&1 ||
         die "generating certificates failed; see $LOGS/certs.log"
+    use_admin_credentials
 
     say "starting $NREGIONS regions x $NPR nodes, $NREGIONS routers$([[ -f $CDIR/links.json ]] && say ", and the latency proxy")..."
     if [[ $NODE_ROUTE == no && $NREGIONS -gt 1 ]]; then
@@ -530,6 +542,13 @@ load_tenant() {
         cli_retry "$log" --region "$home" events "$id" "$dir/events.jsonl" ||
             { warn "loading the events of $id failed; see $log"; return 1; }
     fi
+    # A search/write/features key of the tenant's own, so the tour does not
+    # use the admin key for tenant work (cluster.json lists it).
+    if [[ ! -s "$CDIR/keys/$id.key" ]]; then
+        cli_retry "$log" --region "$home" keys create --tenant "$id" --scopes search,write,features \
+            --name demo --out "$CDIR/keys/$id.key" ||
+            { warn "creating the key of $id failed; see $log"; return 1; }
+    fi
     : >"$dir.ok"
     printf '  %-10s %5s docs  p=%s  %-34s %2ss\n' "$id" "$ndocs" "$parts" "$regs ($survival)" $((SECONDS - t0))
 }
@@ -563,6 +582,7 @@ load_demo() {
     done
     for dir in "${all[@]}"; do [[ -f "$dir.ok" ]] || failed=1; done
     ((failed == 0)) || return 1
+    write_cluster_json
     say "demo set loaded in $((SECONDS - t0))s"
 }
 
@@ -684,6 +704,18 @@ cmd_start() {
     write_cluster_json
     say "node $1 is serving again on $(node_ip "$1"):$GRPC_PORT (pid $(recorded_pid "node-$1"))"
 }
+
+# The script's own CLI calls (readiness checks, demo loading) use the
+# bootstrap admin key and trust the cluster CA; users get them through
+# cluster.json.
+use_admin_credentials() {
+    if [[ -f "$CDIR/certs/admin.key" ]]; then
+        TESSERA_CA="$CDIR/certs/ca.pem"
+        TESSERA_API_KEY=$(<"$CDIR/certs/admin.key")
+        export TESSERA_CA TESSERA_API_KEY
+    fi
+}
+use_admin_credentials
 
 NODE_ROUTE=no
 ROUTER_HAS_NODE_ROUTE=no

@@ -28,9 +28,10 @@ use serde::Serialize;
 use tessera_client::TesseraClient;
 use tessera_proto::pb;
 use tessera_proto::pb::node_client::NodeClient;
+use tessera_proto::transport::{self, PeerIdentity};
 use tessera_proto::{NodeId, ShardId};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::control::ProxySet;
 use crate::error::{ChaosError, Result};
@@ -229,6 +230,10 @@ pub struct Cluster {
     proxies: Arc<ProxySet>,
     procs: tokio::sync::Mutex<BTreeMap<Proc, ManagedProcess>>,
     node_channels: BTreeMap<NodeId, Channel>,
+    /// The cluster CA (PEM) routers' TLS certificates chain to.
+    ca_pem: String,
+    /// The bootstrap admin key the harness drives routers with.
+    admin_key: String,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -362,9 +367,17 @@ impl Cluster {
         )
         .await?;
 
+        // The harness observes nodes as a router would: with the router
+        // certificate (nodes refuse callers without one), and drives routers
+        // with the bootstrap admin key over TLS.
+        let identity = PeerIdentity::load(&certs, "router")?;
+        let admin_key = std::fs::read_to_string(certs.join("admin.key"))?
+            .trim()
+            .to_string();
         let mut node_channels = BTreeMap::new();
         for n in &nodes {
-            let endpoint = Endpoint::from_shared(format!("http://{}", n.grpc))
+            let endpoint = identity
+                .node_endpoint(&n.grpc.to_string())
                 .map_err(|e| ChaosError::Cluster(format!("node address {}: {e}", n.grpc)))?
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true);
@@ -379,6 +392,8 @@ impl Cluster {
             proxies,
             procs: tokio::sync::Mutex::new(BTreeMap::new()),
             node_channels,
+            ca_pem: identity.ca_pem.clone(),
+            admin_key,
         };
         {
             let mut procs = cluster.procs.lock().await;
@@ -451,6 +466,16 @@ impl Cluster {
             args.push("--node-route".into());
             args.push(format!("{id}={addr}"));
         }
+        args.extend([
+            "--certs".to_string(),
+            self.path.join("certs").display().to_string(),
+            "--audit-log".to_string(),
+            self.path
+                .join("logs")
+                .join(format!("audit-{}.jsonl", r.index))
+                .display()
+                .to_string(),
+        ]);
         let mut spec = ProcessSpec::new(
             format!("router-{}", r.index),
             self.opts.bin_dir.join("tessera-router"),
@@ -551,12 +576,15 @@ impl Cluster {
             .routers
             .get(k)
             .ok_or_else(|| ChaosError::Cluster(format!("no router {k}")))?;
-        let channel = Endpoint::from_shared(format!("http://{}", r.addr))
+        let channel = transport::router_endpoint(&r.addr.to_string(), &self.ca_pem)
             .map_err(|e| ChaosError::Cluster(format!("router address {}: {e}", r.addr)))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        Ok(TesseraClient::from_channel(channel).with_timeout(timeout))
+        TesseraClient::from_channel(channel)
+            .with_timeout(timeout)
+            .with_api_key(&self.admin_key)
+            .map_err(|e| ChaosError::Cluster(format!("admin key: {e}")))
     }
 
     /// `Status` of node `id`, within the observer deadline.

@@ -24,7 +24,20 @@ async fn main() {
 }
 
 async fn tour(addr: &str) -> Result<(), ClientError> {
-    let client = TesseraClient::connect(addr).await?;
+    // The cluster script's CA and admin key (see docs/security.md).
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_string())
+    };
+    let creds = tessera_client::Credentials {
+        ca_pem: read(".cluster/certs/ca.pem"),
+        api_key: std::env::var("TESSERA_API_KEY")
+            .ok()
+            .or_else(|| read(".cluster/certs/admin.key")),
+        user_token: None,
+    };
+    let client = TesseraClient::connect_with(addr, &creds).await?;
 
     let tenant = format!("quickstart-{}", std::process::id());
     let spec = TenantSpec::new(&tenant, ["us-east", "eu-west"]).home("us-east");

@@ -6,7 +6,9 @@ use std::time::Duration;
 use tessera_proto::pb;
 use tessera_proto::pb::feature_router_client::FeatureRouterClient;
 use tessera_proto::pb::router_client::RouterClient;
-use tonic::transport::{Channel, Endpoint};
+use tessera_proto::{keys, transport};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
 
 /// Largest message exchanged with the router (a batch of large documents).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -18,33 +20,99 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection (HTTP/2 multiplexes concurrent calls).
 #[derive(Debug, Clone)]
 pub struct TesseraClient {
-    inner: RouterClient<Channel>,
+    pub(crate) inner: RouterClient<Channel>,
     /// The feature store service on the same connection.
     pub(crate) features: FeatureRouterClient<Channel>,
     timeout: Duration,
+    /// `Bearer tsk_...`, sent with every call.
+    api_key: Option<MetadataValue<Ascii>>,
+    /// A signed user token for tenants that require one.
+    user_token: Option<MetadataValue<Ascii>>,
+}
+
+/// How to reach a router and prove who is calling.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// The cluster CA (PEM) to verify the router with; `None` connects in
+    /// plaintext, which only a router started with `--insecure` accepts.
+    pub ca_pem: Option<String>,
+    /// The API key (`tsk_...`).
+    pub api_key: Option<String>,
+    /// A signed user token (JWT) for the acting user.
+    pub user_token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("Credentials")
+            .field("tls", &self.ca_pem.is_some())
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "user_token",
+                &self.user_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl TesseraClient {
-    /// Connects to the router at `addr` (`host:port` or `http://host:port`).
+    /// Connects in plaintext and without a key to the router at `addr`
+    /// (`host:port`): only for a router started with `--insecure`, and then
+    /// every call still needs [`Self::with_api_key`].
     pub async fn connect(addr: impl AsRef<str>) -> Result<Self, ClientError> {
+        Self::connect_with(addr, &Credentials::default()).await
+    }
+
+    /// Connects to the router at `addr` (`host:port`) over TLS when
+    /// `creds.ca_pem` is set, sending `creds.api_key` with every call.
+    pub async fn connect_with(
+        addr: impl AsRef<str>,
+        creds: &Credentials,
+    ) -> Result<Self, ClientError> {
         let addr = addr.as_ref();
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
         let connect_err = |reason: String| ClientError::Connect {
             addr: addr.to_string(),
             reason,
         };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::InvalidInput(format!("router address {addr:?}: {e}")))?
+        let endpoint = match &creds.ca_pem {
+            Some(ca) => transport::router_endpoint(addr, ca),
+            None => transport::plaintext_endpoint(addr),
+        }
+        .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .connect()
             .await
             .map_err(|e| connect_err(error_chain(&e)))?;
-        Ok(Self::from_channel(channel))
+        let mut client = Self::from_channel(channel);
+        if let Some(key) = &creds.api_key {
+            client = client.with_api_key(key)?;
+        }
+        if let Some(token) = &creds.user_token {
+            client = client.with_user_token(token)?;
+        }
+        Ok(client)
+    }
+
+    /// Sends `key` (`tsk_...`) with every call.
+    pub fn with_api_key(mut self, key: &str) -> Result<Self, ClientError> {
+        let value = MetadataValue::try_from(format!("Bearer {}", key.trim())).map_err(|_| {
+            ClientError::InvalidInput("the API key has characters a header cannot carry".into())
+        })?;
+        self.api_key = Some(value);
+        Ok(self)
+    }
+
+    /// Sends a signed user token (JWT) with every call, for tenants that
+    /// require one for the acting user.
+    pub fn with_user_token(mut self, token: &str) -> Result<Self, ClientError> {
+        let value = MetadataValue::try_from(token.trim()).map_err(|_| {
+            ClientError::InvalidInput("the user token has characters a header cannot carry".into())
+        })?;
+        self.user_token = Some(value);
+        Ok(self)
     }
 
     /// Wraps an existing channel (custom TLS, interceptors, tests).
@@ -57,6 +125,8 @@ impl TesseraClient {
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             timeout: DEFAULT_TIMEOUT,
+            api_key: None,
+            user_token: None,
         }
     }
 
@@ -78,6 +148,14 @@ impl TesseraClient {
     pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.set_timeout(self.timeout);
+        if let Some(key) = &self.api_key {
+            r.metadata_mut()
+                .insert(keys::AUTHORIZATION_HEADER, key.clone());
+        }
+        if let Some(token) = &self.user_token {
+            r.metadata_mut()
+                .insert(keys::USER_TOKEN_HEADER, token.clone());
+        }
         r
     }
 

@@ -46,6 +46,17 @@ pub struct ClusterFile {
     /// Nodes.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
+    /// The cluster CA certificate (path), which routers' TLS certificates
+    /// chain to. Absent: routers serve plaintext (`--insecure`).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// The file holding the cluster-level admin key.
+    #[serde(default)]
+    pub admin_key_file: Option<String>,
+    /// Per tenant, the file holding that tenant's key (search, write,
+    /// features), so that tenant commands do not use the admin key.
+    #[serde(default)]
+    pub tenant_keys: std::collections::BTreeMap<String, String>,
 }
 
 impl ClusterFile {
@@ -64,6 +75,16 @@ impl ClusterFile {
     /// Parses the file's text.
     pub fn parse(text: &str) -> Result<Self, String> {
         serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The key file for a command on `tenant` (`None`: a cluster-level
+    /// command): that tenant's key when the file has one, else the admin
+    /// key.
+    pub fn key_file_for(&self, tenant: Option<&str>) -> Option<&str> {
+        tenant
+            .and_then(|t| self.tenant_keys.get(t))
+            .or(self.admin_key_file.as_ref())
+            .map(String::as_str)
     }
 
     /// The router of `region`, or the first router when no region is given.

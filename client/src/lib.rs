@@ -1,10 +1,15 @@
 //! Async, typed Rust client for a Tessera cluster, through a router.
 //!
 //! ```no_run
-//! use tessera_client::{SearchQuery, TenantSpec, TesseraClient};
+//! use tessera_client::{Credentials, SearchQuery, TenantSpec, TesseraClient};
 //!
 //! # async fn demo() -> Result<(), tessera_client::ClientError> {
-//! let client = TesseraClient::connect("127.0.0.1:7300").await?;
+//! let creds = Credentials {
+//!     ca_pem: Some(std::fs::read_to_string(".cluster/certs/ca.pem").unwrap_or_default()),
+//!     api_key: Some(std::fs::read_to_string(".cluster/certs/admin.key").unwrap_or_default()),
+//!     user_token: None,
+//! };
+//! let client = TesseraClient::connect_with("127.0.0.1:7300", &creds).await?;
 //! client.create_tenant(&TenantSpec::new("acme", ["us-east", "eu-west"])).await?;
 //! let put = client
 //!     .put_documents("acme", vec![br#"{"id":"p-1","title":"Deploy runbook","version":1}"#.to_vec()], vec![], "")
@@ -35,11 +40,12 @@ pub mod error;
 pub mod eval;
 pub mod experiments;
 pub mod features;
+pub mod keys;
 pub mod parquet_rows;
 pub mod train;
 pub mod types;
 
-pub use client::TesseraClient;
+pub use client::{Credentials, TesseraClient};
 pub use error::{exit, ClientError, ErrorClass};
 pub use types::*;
 

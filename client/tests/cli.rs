@@ -215,6 +215,56 @@ impl Router for FakeRouter {
         }))
     }
 
+    async fn create_key(
+        &self,
+        r: Request<CreateKeyRequest>,
+    ) -> Result<Response<CreateKeyResponse>, Status> {
+        require_test_key(&r)?;
+        let req = r.into_inner();
+        Ok(Response::new(CreateKeyResponse {
+            key: "tsk_00000000000000aa_secret".into(),
+            info: Some(ApiKeyInfo {
+                id: "00000000000000aa".into(),
+                tenant: req.tenant,
+                scopes: req.scopes,
+                name: req.name,
+                ..Default::default()
+            }),
+            epoch: 10,
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        r: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        require_test_key(&r)?;
+        Ok(Response::new(ListKeysResponse {
+            keys: vec![ApiKeyInfo {
+                id: "00000000000000aa".into(),
+                tenant: "acme".into(),
+                scopes: vec!["search".into()],
+                ..Default::default()
+            }],
+        }))
+    }
+
+    async fn revoke_key(
+        &self,
+        r: Request<RevokeKeyRequest>,
+    ) -> Result<Response<SecurityResponse>, Status> {
+        require_test_key(&r)?;
+        Ok(Response::new(SecurityResponse { epoch: 11 }))
+    }
+
+    async fn set_user_tokens(
+        &self,
+        r: Request<SetUserTokensRequest>,
+    ) -> Result<Response<SecurityResponse>, Status> {
+        require_test_key(&r)?;
+        Ok(Response::new(SecurityResponse { epoch: 12 }))
+    }
+
     async fn status(
         &self,
         _r: Request<RouterStatusRequest>,
@@ -272,6 +322,65 @@ fn start_router() -> SocketAddr {
     rx.recv().expect("router address")
 }
 
+/// The fake's key checks: key management needs `Bearer tsk_test` (what the
+/// CLI sends from --api-key), so a test can see the key reach the router.
+fn require_test_key<T>(r: &Request<T>) -> Result<(), Status> {
+    match r
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("Bearer tsk_test") => Ok(()),
+        Some(_) => Err(Status::permission_denied(
+            "fake: that key may not manage keys",
+        )),
+        None => Err(Status::unauthenticated("fake: no API key")),
+    }
+}
+
+#[test]
+fn keys_commands_send_the_key_and_refusals_exit_4() {
+    let addr = start_router();
+    let none = tessera(Some(addr), &["keys", "list"], None);
+    assert_eq!(none.status.code(), Some(4), "{none:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&none.stderr).trim().lines().count(),
+        1
+    );
+    let wrong = tessera(
+        Some(addr),
+        &["--api-key", "tsk_other", "keys", "list"],
+        None,
+    );
+    assert_eq!(wrong.status.code(), Some(4), "{wrong:?}");
+    let listed = tessera(
+        Some(addr),
+        &["--api-key", "tsk_test", "keys", "list", "--json"],
+        None,
+    );
+    assert_eq!(listed.status.code(), Some(0), "{listed:?}");
+    assert_eq!(json_out(&listed)[0]["tenant"], json!("acme"));
+    let created = tessera(
+        Some(addr),
+        &[
+            "--api-key",
+            "tsk_test",
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--scopes",
+            "search,write",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(created.status.code(), Some(0), "{created:?}");
+    let v = json_out(&created);
+    assert_eq!(v["key"], json!("tsk_00000000000000aa_secret"));
+    assert_eq!(v["info"]["scopes"], json!(["search", "write"]));
+}
+
 fn tessera(addr: Option<SocketAddr>, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     if let Some(a) = addr {
@@ -279,6 +388,8 @@ fn tessera(addr: Option<SocketAddr>, args: &[&str], stdin: Option<&str>) -> Outp
     }
     cmd.args(args)
         .env_remove("TESSERA_ROUTER")
+        .env_remove("TESSERA_API_KEY")
+        .env_remove("TESSERA_CA")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

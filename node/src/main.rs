@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use tessera_node::index::IndexConfig;
+use tessera_node::meta::keys::{ensure_bootstrap_key, load_bootstrap_record, BOOTSTRAP_KEY_FILE};
 use tessera_node::raft::network::{generate_cluster_certs, NodeTls};
 use tessera_node::{ClusterConfig, NodeConfig, RaftTuning, TesseraNode};
 
@@ -35,7 +36,7 @@ enum Command {
         /// Data directory (RocksDB and tantivy indexes); created if missing.
         #[arg(long)]
         data: PathBuf,
-        /// Directory with ca.pem and node-<id>.pem/.key (see `certs`).
+        /// Directory with ca.pem, node-<id>.pem/.key and admin.json (see `certs`).
         #[arg(long)]
         certs: PathBuf,
         /// Join a running cluster: register this node through the peers in --config (the
@@ -46,7 +47,9 @@ enum Command {
         #[command(flatten)]
         tuning: Tuning,
     },
-    /// Generate the cluster CA (reused if present) and a certificate per node of --config.
+    /// Generate the cluster CA (reused if present), a certificate per node of --config, the
+    /// routers' certificate (router.pem) and the bootstrap admin key (admin.key, admin.json).
+    /// Existing valid files are kept, so running it again is safe.
     Certs {
         /// The cluster file whose nodes get certificates.
         #[arg(long)]
@@ -89,10 +92,12 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             generate_cluster_certs(&out, &nodes)
                 .with_context(|| format!("writing certificates to {}", out.display()))?;
+            let key_id = ensure_bootstrap_key(&out)?;
             println!(
-                "wrote certificates for {} nodes to {}",
+                "wrote certificates for {} nodes and the routers to {}; bootstrap admin key {key_id} in {}",
                 nodes.len(),
-                out.display()
+                out.display(),
+                out.join(BOOTSTRAP_KEY_FILE).display()
             );
             Ok(())
         }
@@ -132,7 +137,12 @@ async fn run(
             certs.display()
         )
     })?;
+    let bootstrap_key = load_bootstrap_record(&certs)?;
+    if bootstrap_key.is_none() {
+        tracing::warn!(dir = %certs.display(), "no admin.json: this node adds no bootstrap admin key");
+    }
     let node = TesseraNode::start(NodeConfig {
+        bootstrap_key,
         id,
         cluster,
         data_dir: data,

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_proto::transport::PeerIdentity;
 use tessera_proto::{NodeId, ShardId, META_GROUP};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -70,6 +71,9 @@ pub struct NodeConfig {
     /// The node joins a running cluster: it never bootstraps the meta group, and asks its
     /// peers to add it to the map (after which it receives replicas by rebalancing).
     pub join: bool,
+    /// The bootstrap admin key's record (see `meta::keys`): the meta leader
+    /// adds it to a map that has never held it.
+    pub bootstrap_key: Option<tessera_proto::keys::KeyRecord>,
 }
 
 /// The state shared by the gRPC service and the control loops.
@@ -90,6 +94,11 @@ pub struct NodeInner {
     routes: Routes,
     /// Joining a running cluster (see [`NodeConfig::join`]).
     join: bool,
+    /// This node's certificate, presented when it calls other nodes' gRPC
+    /// (mutual TLS; see `tessera_proto::transport`).
+    peers: PeerIdentity,
+    /// See [`NodeConfig::bootstrap_key`].
+    bootstrap_key: Option<tessera_proto::keys::KeyRecord>,
 }
 
 /// A running node. Dropping it does not stop it; call `shutdown`.
@@ -137,6 +146,8 @@ impl TesseraNode {
             index_config: config.index,
             data_dir: config.data_dir,
             join: config.join,
+            peers: config.tls.identity(),
+            bootstrap_key: config.bootstrap_key,
         });
         inner.open_meta_group().await?;
         let map = inner.meta.map();
@@ -334,6 +345,26 @@ impl NodeInner {
         self.open_group(shard, GroupData::Shard(data), limit).await
     }
 
+    /// The identity this node dials its peers with.
+    pub fn peers(&self) -> &PeerIdentity {
+        &self.peers
+    }
+
+    /// A client of the node whose gRPC listens at `addr`, over mutual TLS
+    /// with this node's certificate. Connects now, so an unreachable peer
+    /// is an error here rather than on the first call.
+    pub async fn peer_client(
+        &self,
+        addr: &str,
+    ) -> Result<tessera_proto::pb::node_client::NodeClient<tonic::transport::Channel>, String> {
+        let endpoint = self.peers.node_endpoint(addr).map_err(|e| e.to_string())?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach node at {addr}: {e}"))?;
+        Ok(tessera_proto::pb::node_client::NodeClient::new(channel))
+    }
+
     /// Proposes a meta command on the local meta group. When this node does
     /// not lead the meta group the error names the leader, if known.
     pub async fn propose_meta(
@@ -448,12 +479,7 @@ async fn join_if_unlisted(node: &NodeInner) {
     };
     for peer in node.cluster.nodes.iter().filter(|n| n.id != node.id) {
         let ask = async {
-            let mut c = tessera_proto::pb::node_client::NodeClient::connect(format!(
-                "http://{}",
-                peer.grpc
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
+            let mut c = node.peer_client(&peer.grpc.to_string()).await?;
             c.join_cluster(request.clone())
                 .await
                 .map_err(|e| e.message().to_string())
@@ -507,6 +533,14 @@ async fn drive_meta_once(
             )))
             .await
             .map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(key) = &node.bootstrap_key {
+        // Present as a tombstone counts: a revoked bootstrap key stays revoked.
+        if !map.keys.contains_key(&key.id) {
+            raft.client_write(Request::Meta(MetaCommand::PutKey(key.clone())))
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     let membership = metrics.membership_config.membership().clone();
@@ -666,10 +700,7 @@ async fn complete_swap(
                 .get(&l)
                 .map(|n| n.grpc_addr.clone())
                 .ok_or_else(|| format!("meta leader {l} has no known address"))?;
-            let mut client =
-                tessera_proto::pb::node_client::NodeClient::connect(format!("http://{addr}"))
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let mut client = node.peer_client(&addr).await?;
             client
                 .swap_replica(tessera_proto::pb::SwapReplicaRequest {
                     shard,

@@ -8,7 +8,9 @@
 pub mod document;
 pub mod event;
 pub mod ids;
+pub mod keys;
 pub mod limits;
+pub mod transport;
 
 /// Generated protobuf messages and tonic services (package `tessera.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -36,6 +36,12 @@ pub struct Backend {
     rr_turn: AtomicUsize,
     /// The experiment log, when configured.
     pub impressions: Option<crate::impressions::ImpressionLog>,
+    /// API key checks (see [`crate::auth`]).
+    pub auth: crate::auth::Auth,
+    /// Signed user token checks.
+    pub tokens: crate::auth::tokens::TokenVerifier,
+    /// The audit log of admin and key operations, when configured.
+    pub audit: Option<crate::auth::audit::AuditLog>,
 }
 
 impl Backend {
@@ -49,7 +55,7 @@ impl Backend {
         cfg: RouterConfig,
         impressions: Option<crate::impressions::ImpressionLog>,
     ) -> Self {
-        let pool = Arc::new(NodePool::new(Duration::from_secs(1)));
+        let pool = Arc::new(NodePool::new(Duration::from_secs(1), cfg.identity.clone()));
         let map = Arc::new(MapCache::with_routes(
             cfg.seeds.clone(),
             Arc::clone(&pool),
@@ -62,6 +68,9 @@ impl Backend {
             high_water: Mutex::new(HashMap::new()),
             rr_turn: AtomicUsize::new(0),
             impressions,
+            auth: crate::auth::Auth::new(),
+            tokens: Default::default(),
+            audit: None,
             cfg,
             map,
             pool,

@@ -61,6 +61,16 @@ pub struct RouterConfig {
     /// Where searches under an experiment and clicks citing them are logged (JSON lines, see
     /// `impressions`); `None` = not logged.
     pub impression_log: Option<std::path::PathBuf>,
+    /// The router's cluster certificate (`router.pem`): presented to nodes,
+    /// which refuse callers without one, and served on the client port.
+    /// `None` only for router tests against fake, plaintext nodes.
+    pub identity: Option<tessera_proto::transport::PeerIdentity>,
+    /// Serve the client port in plaintext (`--insecure`): for local
+    /// experiments only, and said so in the log at startup.
+    pub insecure: bool,
+    /// Where admin and key operations are logged (JSON lines, see
+    /// `auth::audit`); `None` = not logged.
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 impl RouterConfig {
@@ -85,6 +95,9 @@ impl RouterConfig {
             map_poll_interval: Duration::from_secs(10),
             node_routes: BTreeMap::new(),
             impression_log: None,
+            identity: None,
+            insecure: false,
+            audit_log: None,
         }
     }
 }

@@ -20,6 +20,7 @@ use tessera_proto::{partition_of, Event, NodeId, ShardId};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Need;
 use crate::backend::Backend;
 use crate::deadline::Deadline;
 use crate::error::RouterError;
@@ -28,6 +29,7 @@ use crate::session::SessionToken;
 use crate::topology::Topology;
 use crate::validate;
 use crate::write::not_leader_hint;
+use tessera_proto::keys::Scope;
 use tessera_proto::limits::MAX_BATCH_OPS;
 
 /// Rounds of "your map is stale" answers a write of events retries, refreshing the map each time.
@@ -324,6 +326,15 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::ApplyFeaturesRequest>,
     ) -> Result<Response<pb::ApplyFeaturesResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
+        let tenant_name = request.get_ref().tenant.clone();
+        crate::auth::guard::authorize(
+            &self.backend,
+            "apply_features",
+            request.metadata(),
+            Need::tenant(&tenant_name, Scope::Features),
+            deadline,
+        )
+        .await?;
         let req = request.into_inner();
         let tenant = self
             .tenant(&req.tenant, deadline)
@@ -358,6 +369,15 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::ListFeaturesRequest>,
     ) -> Result<Response<pb::ListFeaturesResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
+        let tenant_name = request.get_ref().tenant.clone();
+        crate::auth::guard::authorize(
+            &self.backend,
+            "list_features",
+            request.metadata(),
+            Need::tenant(&tenant_name, Scope::Features),
+            deadline,
+        )
+        .await?;
         let req = request.into_inner();
         let tenant = self
             .tenant(&req.tenant, deadline)
@@ -385,6 +405,15 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::PutEventsRequest>,
     ) -> Result<Response<pb::PutEventsResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
+        let tenant_name = request.get_ref().tenant.clone();
+        crate::auth::guard::authorize(
+            &self.backend,
+            "put_events",
+            request.metadata(),
+            Need::tenant(&tenant_name, Scope::Write),
+            deadline,
+        )
+        .await?;
         let req = request.into_inner();
         let mut token = SessionToken::decode(&req.session).map_err(to_status)?;
         // Validate everything first: one bad line and nothing is written.
@@ -430,6 +459,15 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::OnlineFeaturesRequest>,
     ) -> Result<Response<pb::OnlineFeaturesResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
+        let tenant_name = request.get_ref().tenant.clone();
+        crate::auth::guard::authorize(
+            &self.backend,
+            "online_features",
+            request.metadata(),
+            Need::tenant(&tenant_name, Scope::Features),
+            deadline,
+        )
+        .await?;
         let req = request.into_inner();
         let session = SessionToken::decode(&req.token).map_err(to_status)?;
         let tenant = self
@@ -462,6 +500,15 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::HistoricalFeaturesRequest>,
     ) -> Result<Response<pb::HistoricalFeaturesResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
+        let tenant_name = request.get_ref().tenant.clone();
+        crate::auth::guard::authorize(
+            &self.backend,
+            "historical_features",
+            request.metadata(),
+            Need::tenant(&tenant_name, Scope::Features),
+            deadline,
+        )
+        .await?;
         let req = request.into_inner();
         let session = SessionToken::decode(&req.token).map_err(to_status)?;
         let tenant = self

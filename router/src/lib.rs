@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backend;
 pub mod breaker;
 pub mod config;

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tessera_proto::transport::PeerIdentity;
 use tessera_router::config::parse_node_route;
 use tessera_router::{Router, RouterConfig, SelectionPolicy};
 
@@ -58,6 +59,19 @@ struct Args {
     /// --impressions`. Off by default.
     #[arg(long, value_name = "PATH")]
     impression_log: Option<std::path::PathBuf>,
+    /// Directory with the cluster CA (ca.pem) and the router certificate (router.pem,
+    /// router.key), as `tessera-node certs` writes them. Nodes accept only callers with a
+    /// cluster certificate, and the client port serves TLS with it.
+    #[arg(long, value_name = "DIR")]
+    certs: std::path::PathBuf,
+    /// Serve the client port in PLAINTEXT (nodes are still reached over mutual TLS). For
+    /// local experiments only: API keys and documents then cross the network unencrypted.
+    #[arg(long)]
+    insecure: bool,
+    /// Append every admin and key operation (who, what, when, outcome) to this JSON Lines
+    /// file. Default: audit.jsonl in the current directory.
+    #[arg(long, value_name = "PATH", default_value = "audit.jsonl")]
+    audit_log: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -83,6 +97,14 @@ async fn main() -> anyhow::Result<()> {
     cfg.default_read_timeout = Duration::from_millis(args.read_timeout_ms);
     cfg.default_write_timeout = Duration::from_millis(args.write_timeout_ms);
     cfg.impression_log = args.impression_log;
+    cfg.identity = Some(PeerIdentity::load(&args.certs, "router").with_context(|| {
+        format!(
+            "loading the router certificate from {}",
+            args.certs.display()
+        )
+    })?);
+    cfg.insecure = args.insecure;
+    cfg.audit_log = Some(args.audit_log);
     for (id, addr) in args.node_routes {
         if let Some(old) = cfg.node_routes.insert(id, addr.clone()) {
             anyhow::bail!("--node-route given twice for node {id} ({old} and {addr})");

@@ -206,7 +206,10 @@ mod tests {
 
     #[test]
     fn only_newer_epochs_replace_the_map() {
-        let cache = MapCache::new(vec![], Arc::new(NodePool::new(Duration::from_secs(1))));
+        let cache = MapCache::new(
+            vec![],
+            Arc::new(NodePool::new(Duration::from_secs(1), None)),
+        );
         assert_eq!(cache.current().epoch(), 0);
         assert!(cache.apply(sample_map()));
         let mut older = sample_map();

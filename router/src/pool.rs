@@ -6,7 +6,8 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::time::Duration;
 use tessera_proto::pb::node_client::NodeClient;
-use tonic::transport::{Channel, Endpoint};
+use tessera_proto::transport::{self, PeerIdentity};
+use tonic::transport::Channel;
 
 /// Largest message accepted from or sent to a node (a document is at most
 /// 1 MiB of body; batches are split below this).
@@ -17,15 +18,20 @@ pub const MAX_NODE_MESSAGE: usize = 16 * 1024 * 1024;
 pub struct NodePool {
     channels: RwLock<HashMap<String, Channel>>,
     connect_timeout: Duration,
+    /// The router's cluster certificate, presented to nodes (mutual TLS).
+    /// `None` dials plaintext, which only the fake nodes of router tests
+    /// accept: real nodes refuse it.
+    identity: Option<PeerIdentity>,
 }
 
 impl NodePool {
     /// An empty pool. `connect_timeout` bounds TCP connection setup, which
     /// matters for black-holed nodes that never refuse.
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, identity: Option<PeerIdentity>) -> Self {
         NodePool {
             channels: RwLock::new(HashMap::new()),
             connect_timeout,
+            identity,
         }
     }
 
@@ -43,18 +49,16 @@ impl NodePool {
         if let Some(ch) = self.channels.read().get(addr) {
             return Ok(ch.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| RouterError::Internal(format!("bad node address {addr:?}: {e}")))?
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(3))
-            .keep_alive_while_idle(true);
+        let endpoint = match &self.identity {
+            Some(identity) => identity.node_endpoint(addr),
+            None => transport::plaintext_endpoint(addr),
+        }
+        .map_err(|e| RouterError::Internal(format!("node address {addr:?}: {e}")))?
+        .connect_timeout(self.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true);
         let ch = self
             .channels
             .write()

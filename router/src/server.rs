@@ -64,7 +64,16 @@ impl Router {
             })?),
             None => None,
         };
-        let backend = Arc::new(Backend::with_impressions(config, impressions));
+        let audit = match &config.audit_log {
+            Some(path) => Some(crate::auth::audit::AuditLog::open(path).map_err(|e| {
+                RouterError::Startup(format!("cannot open the audit log {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let client_tls = client_port_tls(&config)?;
+        let mut backend = Backend::with_impressions(config, impressions);
+        backend.audit = audit;
+        let backend = Arc::new(backend);
 
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(Arc::clone(&backend.map).run_watch()));
@@ -89,8 +98,14 @@ impl Router {
             .max_decoding_message_size(MAX_API_MESSAGE)
             .max_encoding_message_size(MAX_API_MESSAGE);
         let (tx, rx) = oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = client_tls {
+            builder = builder.tls_config(tls).map_err(|e| {
+                RouterError::Startup(format!("the client port's TLS configuration: {e}"))
+            })?;
+        }
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
                 .tcp_nodelay(true)
                 .add_service(service)
                 .add_service(features)
@@ -167,6 +182,31 @@ impl Drop for RouterHandle {
         }
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+    }
+}
+
+/// The client port's TLS, or `None` for plaintext, which is allowed only
+/// with `--insecure` (and logged as such) or in router tests without
+/// certificates.
+fn client_port_tls(
+    config: &RouterConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, RouterError> {
+    tessera_proto::transport::install_crypto_provider();
+    match (&config.identity, config.insecure) {
+        (Some(identity), false) => Ok(Some(identity.router_server_tls())),
+        (Some(_), true) => {
+            tracing::warn!(
+                "--insecure: the client port serves PLAINTEXT; API keys and documents cross the \
+                 network unencrypted. Use it for local experiments only."
+            );
+            Ok(None)
+        }
+        (None, _) => {
+            tracing::warn!(
+                "no router certificate: nodes and clients are reached in PLAINTEXT (router tests only)"
+            );
+            Ok(None)
         }
     }
 }

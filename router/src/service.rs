@@ -2,6 +2,8 @@
 //! admission control, resolves the tenant in the cached map and then reads
 //! or writes through the [`Backend`].
 
+use crate::auth::guard::check_acting_user;
+use crate::auth::{Caller, Need};
 use crate::backend::Backend;
 use crate::config::SelectionPolicy;
 use crate::deadline::{as_timeout_ms, Deadline};
@@ -17,9 +19,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_proto::keys::{self, KeyRecord, Scope};
 use tessera_proto::limits::{MAX_BATCH_OPS, MAX_PAGE_SIZE};
 use tessera_proto::pb::node_client::NodeClient;
 use tessera_proto::pb::router_server::Router as RouterApi;
+use tessera_proto::pb::{
+    CreateKeyRequest, CreateKeyResponse, ListKeysRequest, ListKeysResponse, PutKeyRequest,
+    RevokeKeyRequest, SecurityResponse, SetUserTokensRequest,
+};
 use tessera_proto::pb::{
     CreateTenantRequest, CreateTenantResponse, DeleteOp, DrainNodeRequest, DrainNodeResponse,
     GetRequest, GetTenantRequest, GetTenantResponse, GlobalStats, Hit, ItemKind, ItemRejection,
@@ -218,6 +225,33 @@ impl RouterService {
             c.default_write_timeout,
             c.max_timeout,
         )
+    }
+
+    /// Authenticates the caller and checks that it may do `need`.
+    async fn guard<T>(
+        &self,
+        rpc: &'static str,
+        request: &Request<T>,
+        need: Need<'_>,
+        deadline: Deadline,
+    ) -> Result<Caller, Status> {
+        crate::auth::guard::authorize(&self.backend, rpc, request.metadata(), need, deadline).await
+    }
+
+    /// Writes the outcome of an admin operation to the audit log.
+    fn audited<T>(
+        &self,
+        rpc: &str,
+        caller: &Caller,
+        target: &str,
+        result: Result<Response<T>, Status>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        };
+        crate::auth::guard::audit(&self.backend, rpc, Some(caller), target, &outcome);
+        result
     }
 
     /// Admission, metrics and error conversion around one RPC.
@@ -784,6 +818,118 @@ impl RouterService {
         )))
     }
 
+    /// Generates a key, stores its hash through the meta group, and returns
+    /// its text: the only time anyone sees it.
+    async fn create_key_inner(
+        &self,
+        req: CreateKeyRequest,
+        deadline: Deadline,
+    ) -> Result<CreateKeyResponse, RouterError> {
+        let scopes = req
+            .scopes
+            .iter()
+            .map(|s| keys::Scope::parse(s))
+            .collect::<Result<std::collections::BTreeSet<_>, _>>()
+            .map_err(|e| RouterError::InvalidArgument(e.to_string()))?;
+        KeyRecord::validate_grant(&req.tenant, &scopes)
+            .map_err(|e| RouterError::InvalidArgument(e.to_string()))?;
+        if !req.tenant.is_empty() {
+            self.tenant(&req.tenant, deadline).await?;
+        }
+        let new = keys::generate().map_err(|e| RouterError::Internal(e.to_string()))?;
+        let record = KeyRecord {
+            id: new.id.clone(),
+            tenant: req.tenant,
+            scopes,
+            hash: new.hash,
+            name: req.name,
+            created_ms: crate::auth::audit::now_ms(),
+            revoked_ms: 0,
+        };
+        let put = PutKeyRequest {
+            key: Some(record.to_proto(true)),
+        };
+        let resp = self
+            .via_meta(
+                "create key",
+                put,
+                deadline,
+                |r: &SecurityResponse| r.epoch,
+                |mut c, r| async move { c.put_key(r).await },
+            )
+            .await?;
+        Ok(CreateKeyResponse {
+            key: new.token,
+            info: Some(record.to_proto(false)),
+            epoch: resp.epoch,
+        })
+    }
+
+    /// Every key (of one tenant, when named), without hashes.
+    async fn list_keys_inner(
+        &self,
+        tenant: String,
+        deadline: Deadline,
+    ) -> Result<ListKeysResponse, RouterError> {
+        let topo = self.backend.map.ready(deadline).await?;
+        let mut keys: Vec<_> = topo
+            .keys()
+            .filter(|k| tenant.is_empty() || k.tenant == tenant)
+            .map(|k| k.to_proto(false))
+            .collect();
+        keys.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(ListKeysResponse { keys })
+    }
+
+    /// Revokes a key through the meta group; every router refuses it once
+    /// its map has the new epoch (this one before answering).
+    async fn revoke_key_inner(
+        &self,
+        req: RevokeKeyRequest,
+        deadline: Deadline,
+    ) -> Result<SecurityResponse, RouterError> {
+        keys::parse(&format!("{}{}_x", keys::KEY_PREFIX, req.id)).map_err(|_| {
+            RouterError::InvalidArgument(format!("{:?} is not a key id (16 hex digits)", req.id))
+        })?;
+        self.via_meta(
+            "revoke key",
+            req,
+            deadline,
+            |r: &SecurityResponse| r.epoch,
+            |mut c, r| async move { c.revoke_key(r).await },
+        )
+        .await
+    }
+
+    /// Sets a tenant's user-token policy through the meta group.
+    async fn set_user_tokens_inner(
+        &self,
+        req: SetUserTokensRequest,
+        deadline: Deadline,
+    ) -> Result<SecurityResponse, RouterError> {
+        let policy = req.policy.as_ref().ok_or_else(|| {
+            RouterError::InvalidArgument("a user-token policy is required".into())
+        })?;
+        if !policy.public_key_pem.is_empty() {
+            jsonwebtoken::DecodingKey::from_ed_pem(policy.public_key_pem.as_bytes()).map_err(
+                |e| {
+                    RouterError::InvalidArgument(format!(
+                        "the user-token public key must be an Ed25519 public key in PEM: {e}"
+                    ))
+                },
+            )?;
+        }
+        self.tenant(&policy.tenant, deadline).await?;
+        self.via_meta(
+            "set user tokens",
+            req,
+            deadline,
+            |r: &SecurityResponse| r.epoch,
+            |mut c, r| async move { c.set_user_tokens(r).await },
+        )
+        .await
+    }
+
     /// Starts (or follows) a drain, or an undrain, on the meta group, through any node.
     async fn drain_node_inner(
         &self,
@@ -1235,13 +1381,19 @@ impl RouterApi for RouterService {
         request: Request<CreateTenantRequest>,
     ) -> Result<Response<CreateTenantResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
+        let target = request.get_ref().id.clone();
+        let caller = self
+            .guard("create_tenant", &request, Need::admin(), deadline)
+            .await?;
         let req = request.into_inner();
-        self.run(
-            "create_tenant",
-            None,
-            self.create_tenant_inner(req, deadline),
-        )
-        .await
+        let result = self
+            .run(
+                "create_tenant",
+                None,
+                self.create_tenant_inner(req, deadline),
+            )
+            .await;
+        self.audited("create_tenant", &caller, &target, result)
     }
 
     async fn drain_node(
@@ -1249,9 +1401,15 @@ impl RouterApi for RouterService {
         request: Request<DrainNodeRequest>,
     ) -> Result<Response<DrainNodeResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
+        let target = format!("node {}", request.get_ref().node);
+        let caller = self
+            .guard("drain_node", &request, Need::admin(), deadline)
+            .await?;
         let req = request.into_inner();
-        self.run("drain_node", None, self.drain_node_inner(req, deadline))
-            .await
+        let result = self
+            .run("drain_node", None, self.drain_node_inner(req, deadline))
+            .await;
+        self.audited("drain_node", &caller, &target, result)
     }
 
     async fn move_tenant(
@@ -1259,14 +1417,19 @@ impl RouterApi for RouterService {
         request: Request<MoveTenantRequest>,
     ) -> Result<Response<CreateTenantResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
+        let tenant = request.get_ref().id.clone();
+        let caller = self
+            .guard("move_tenant", &request, Need::admin_on(&tenant), deadline)
+            .await?;
         let req = request.into_inner();
-        let tenant = req.id.clone();
-        self.run(
-            "move_tenant",
-            Some(&tenant),
-            self.move_tenant_inner(req, deadline),
-        )
-        .await
+        let result = self
+            .run(
+                "move_tenant",
+                Some(&tenant),
+                self.move_tenant_inner(req, deadline),
+            )
+            .await;
+        self.audited("move_tenant", &caller, &tenant, result)
     }
 
     async fn resize_tenant(
@@ -1274,14 +1437,19 @@ impl RouterApi for RouterService {
         request: Request<ResizeTenantRequest>,
     ) -> Result<Response<CreateTenantResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
+        let tenant = request.get_ref().id.clone();
+        let caller = self
+            .guard("resize_tenant", &request, Need::admin_on(&tenant), deadline)
+            .await?;
         let req = request.into_inner();
-        let tenant = req.id.clone();
-        self.run(
-            "resize_tenant",
-            Some(&tenant),
-            self.resize_tenant_inner(req, deadline),
-        )
-        .await
+        let result = self
+            .run(
+                "resize_tenant",
+                Some(&tenant),
+                self.resize_tenant_inner(req, deadline),
+            )
+            .await;
+        self.audited("resize_tenant", &caller, &tenant, result)
     }
 
     async fn get_tenant(
@@ -1289,8 +1457,10 @@ impl RouterApi for RouterService {
         request: Request<GetTenantRequest>,
     ) -> Result<Response<GetTenantResponse>, Status> {
         let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        let tenant = request.get_ref().id.clone();
+        self.guard("get_tenant", &request, Need::any_on(&tenant), deadline)
+            .await?;
         let req = request.into_inner();
-        let tenant = req.id.clone();
         self.run(
             "get_tenant",
             Some(&tenant),
@@ -1304,8 +1474,15 @@ impl RouterApi for RouterService {
         request: Request<PutDocumentsRequest>,
     ) -> Result<Response<PutDocumentsResponse>, Status> {
         let deadline = self.write_deadline(&request, request.get_ref().timeout_ms);
+        let tenant = request.get_ref().tenant.clone();
+        self.guard(
+            "put_documents",
+            &request,
+            Need::tenant(&tenant, Scope::Write),
+            deadline,
+        )
+        .await?;
         let req = request.into_inner();
-        let tenant = req.tenant.clone();
         self.run(
             "put_documents",
             Some(&tenant),
@@ -1319,8 +1496,15 @@ impl RouterApi for RouterService {
         request: Request<PutGroupsRequest>,
     ) -> Result<Response<PutGroupsResponse>, Status> {
         let deadline = self.write_deadline(&request, request.get_ref().timeout_ms);
+        let tenant = request.get_ref().tenant.clone();
+        self.guard(
+            "put_groups",
+            &request,
+            Need::tenant(&tenant, Scope::Write),
+            deadline,
+        )
+        .await?;
         let req = request.into_inner();
-        let tenant = req.tenant.clone();
         self.run(
             "put_groups",
             Some(&tenant),
@@ -1334,8 +1518,21 @@ impl RouterApi for RouterService {
         request: Request<RouterSearchRequest>,
     ) -> Result<Response<RouterSearchResponse>, Status> {
         let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        let tenant = request.get_ref().tenant.clone();
+        self.guard(
+            "search",
+            &request,
+            Need::tenant(&tenant, Scope::Search),
+            deadline,
+        )
+        .await?;
+        check_acting_user(
+            &self.backend,
+            request.metadata(),
+            &tenant,
+            &request.get_ref().user,
+        )?;
         let req = request.into_inner();
-        let tenant = req.tenant.clone();
         self.run("search", Some(&tenant), self.search_inner(req, deadline))
             .await
     }
@@ -1345,8 +1542,21 @@ impl RouterApi for RouterService {
         request: Request<RouterGetRequest>,
     ) -> Result<Response<RouterGetResponse>, Status> {
         let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        let tenant = request.get_ref().tenant.clone();
+        self.guard(
+            "get",
+            &request,
+            Need::tenant(&tenant, Scope::Search),
+            deadline,
+        )
+        .await?;
+        check_acting_user(
+            &self.backend,
+            request.metadata(),
+            &tenant,
+            &request.get_ref().user,
+        )?;
         let req = request.into_inner();
-        let tenant = req.tenant.clone();
         self.run("get", Some(&tenant), self.get_inner(req, deadline))
             .await
     }
@@ -1356,7 +1566,103 @@ impl RouterApi for RouterService {
         request: Request<RouterStatusRequest>,
     ) -> Result<Response<RouterStatusResponse>, Status> {
         let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        self.guard("status", &request, Need::admin(), deadline)
+            .await?;
         self.run("status", None, self.status_inner(deadline)).await
+    }
+
+    async fn create_key(
+        &self,
+        request: Request<CreateKeyRequest>,
+    ) -> Result<Response<CreateKeyResponse>, Status> {
+        let deadline = self.write_deadline(&request, 0);
+        let target = key_target(&request.get_ref().tenant);
+        let caller = self
+            .guard("create_key", &request, Need::admin(), deadline)
+            .await?;
+        let req = request.into_inner();
+        let result = self
+            .run("create_key", None, self.create_key_inner(req, deadline))
+            .await;
+        let target = match &result {
+            Ok(r) => format!(
+                "{target} key {}",
+                r.get_ref().info.as_ref().map_or("", |i| i.id.as_str())
+            ),
+            Err(_) => target,
+        };
+        self.audited("create_key", &caller, &target, result)
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let deadline = self.read_deadline(&request, 0);
+        let target = key_target(&request.get_ref().tenant);
+        let caller = self
+            .guard("list_keys", &request, Need::admin(), deadline)
+            .await?;
+        let tenant = request.into_inner().tenant;
+        let result = self
+            .run("list_keys", None, self.list_keys_inner(tenant, deadline))
+            .await;
+        self.audited("list_keys", &caller, &target, result)
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<RevokeKeyRequest>,
+    ) -> Result<Response<SecurityResponse>, Status> {
+        let deadline = self.write_deadline(&request, 0);
+        let target = format!("key {}", request.get_ref().id);
+        let caller = self
+            .guard("revoke_key", &request, Need::admin(), deadline)
+            .await?;
+        let req = request.into_inner();
+        let result = self
+            .run("revoke_key", None, self.revoke_key_inner(req, deadline))
+            .await;
+        self.audited("revoke_key", &caller, &target, result)
+    }
+
+    async fn set_user_tokens(
+        &self,
+        request: Request<SetUserTokensRequest>,
+    ) -> Result<Response<SecurityResponse>, Status> {
+        let deadline = self.write_deadline(&request, 0);
+        let tenant = request
+            .get_ref()
+            .policy
+            .as_ref()
+            .map(|p| p.tenant.clone())
+            .unwrap_or_default();
+        let caller = self
+            .guard(
+                "set_user_tokens",
+                &request,
+                Need::admin_on(&tenant),
+                deadline,
+            )
+            .await?;
+        let req = request.into_inner();
+        let result = self
+            .run(
+                "set_user_tokens",
+                None,
+                self.set_user_tokens_inner(req, deadline),
+            )
+            .await;
+        self.audited("set_user_tokens", &caller, &tenant, result)
+    }
+}
+
+/// How audit lines name the owner of keys: a tenant or the cluster.
+fn key_target(tenant: &str) -> String {
+    if tenant.is_empty() {
+        "cluster".to_string()
+    } else {
+        format!("tenant {tenant}")
     }
 }
 

@@ -5,7 +5,8 @@
 
 use crate::select::Replica;
 use std::collections::{BTreeMap, HashMap};
-use tessera_proto::pb::{ClusterMap, NodeInfo, ShardInfo, TenantInfo};
+use tessera_proto::keys::KeyRecord;
+use tessera_proto::pb::{ClusterMap, NodeInfo, ShardInfo, TenantInfo, UserTokenPolicy};
 use tessera_proto::{partition_of, NodeId, ShardId};
 
 /// The cluster map, indexed by id.
@@ -15,6 +16,10 @@ pub struct Topology {
     nodes: HashMap<NodeId, NodeInfo>,
     shards: HashMap<ShardId, ShardInfo>,
     tenants: HashMap<String, TenantInfo>,
+    /// API keys by id (hashes; revoked ones as tombstones).
+    keys: HashMap<String, KeyRecord>,
+    /// User-token policies by tenant.
+    user_tokens: HashMap<String, UserTokenPolicy>,
     map: ClusterMap,
 }
 
@@ -30,8 +35,40 @@ impl Topology {
                 .iter()
                 .map(|t| (t.id.clone(), t.clone()))
                 .collect(),
+            keys: map
+                .keys
+                .iter()
+                .filter_map(|k| match KeyRecord::from_proto(k) {
+                    Ok(r) => Some((r.id.clone(), r)),
+                    Err(e) => {
+                        // Dropping it refuses the key: the safe direction.
+                        tracing::warn!(key = %k.id, error = %e, "ignoring an unreadable key record");
+                        None
+                    }
+                })
+                .collect(),
+            user_tokens: map
+                .user_tokens
+                .iter()
+                .map(|p| (p.tenant.clone(), p.clone()))
+                .collect(),
             map,
         }
+    }
+
+    /// The key with public id `id`, live or revoked.
+    pub fn key(&self, id: &str) -> Option<&KeyRecord> {
+        self.keys.get(id)
+    }
+
+    /// Every key record, for `keys list`.
+    pub fn keys(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.keys.values()
+    }
+
+    /// The tenant's user-token policy, if it set one.
+    pub fn user_token_policy(&self, tenant: &str) -> Option<&UserTokenPolicy> {
+        self.user_tokens.get(tenant)
     }
 
     /// Indexes `map`, reaching the nodes named in `routes` at the given
@@ -243,6 +280,8 @@ pub(crate) mod tests {
                 },
             ],
             placement: None,
+            keys: Vec::new(),
+            user_tokens: Vec::new(),
         }
     }
 

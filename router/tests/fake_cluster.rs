@@ -453,6 +453,27 @@ impl Node for FakeNode {
     ) -> Result<Response<tessera_proto::pb::DropResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn put_key(
+        &self,
+        _r: Request<tessera_proto::pb::PutKeyRequest>,
+    ) -> Result<Response<tessera_proto::pb::SecurityResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn revoke_key(
+        &self,
+        _r: Request<tessera_proto::pb::RevokeKeyRequest>,
+    ) -> Result<Response<tessera_proto::pb::SecurityResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn set_user_tokens(
+        &self,
+        _r: Request<tessera_proto::pb::SetUserTokensRequest>,
+    ) -> Result<Response<tessera_proto::pb::SecurityResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 /// Four fake nodes (1, 2 in us-east; 3 in eu-west; 4 in ap-south), shards 1
@@ -524,6 +545,8 @@ async fn start(tweak: impl FnOnce(&mut RouterConfig)) -> Harness {
             },
         ],
         placement: None,
+        keys: vec![test_key_record()],
+        user_tokens: Vec::new(),
     };
     let (tx, _) = watch::channel(map);
     let cluster = Arc::new(Cluster {
@@ -561,6 +584,8 @@ async fn start(tweak: impl FnOnce(&mut RouterConfig)) -> Harness {
     let client = TesseraClient::connect(router.local_addr().to_string())
         .await
         .expect("client connects")
+        .with_api_key(&test_key().token)
+        .expect("key header")
         .with_timeout(Duration::from_secs(5));
     Harness {
         cluster,
@@ -754,9 +779,19 @@ async fn breaker_opens_on_a_failing_node_and_closes_when_it_returns() {
             .expect("fails over");
         assert!(page.served_by.iter().all(|s| s.node != 1));
     }
-    let mut raw = RouterClient::connect(format!("http://{}", h.router.local_addr()))
-        .await
-        .expect("raw");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", h.router.local_addr()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("raw");
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", test_key().token)
+        .parse()
+        .expect("header");
+    let mut raw = RouterClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    });
     let breaker_of_1 = |st: &RouterStatusResponse| {
         st.nodes
             .iter()
@@ -941,4 +976,27 @@ async fn tenants_are_created_and_visible_at_once() {
         2,
         "memberships go to every shard of the tenant"
     );
+}
+
+/// One cluster-level key with every scope, generated once per test binary
+/// (argon2 is slow), that the fake map lists and the harness's clients send:
+/// the router authenticates against fake nodes' maps exactly as against
+/// real ones.
+fn test_key() -> &'static tessera_proto::keys::NewKey {
+    static KEY: std::sync::OnceLock<tessera_proto::keys::NewKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| tessera_proto::keys::generate().expect("test key"))
+}
+
+fn test_key_record() -> tessera_proto::pb::ApiKeyInfo {
+    let key = test_key();
+    tessera_proto::keys::KeyRecord {
+        id: key.id.clone(),
+        tenant: String::new(),
+        scopes: tessera_proto::keys::Scope::ALL.into_iter().collect(),
+        hash: key.hash.clone(),
+        name: "fake cluster".into(),
+        created_ms: 1,
+        revoked_ms: 0,
+    }
+    .to_proto(true)
 }

@@ -8,10 +8,12 @@ use std::time::Duration;
 use tessera_chaos::process::ManagedProcess;
 use tessera_node::config::{NodeSpec, RouteSpec};
 use tessera_node::index::IndexConfig;
+use tessera_node::meta::keys::{ensure_bootstrap_key, load_bootstrap_record, BOOTSTRAP_KEY_FILE};
 use tessera_node::raft::network::{generate_cluster_certs, NodeTls};
 use tessera_node::{ClusterConfig, NodeConfig, RaftTuning, TesseraNode};
 use tessera_proto::pb;
 use tessera_proto::pb::node_client::NodeClient;
+use tessera_proto::transport::PeerIdentity;
 use tessera_proto::NodeId;
 use tonic::transport::Channel;
 
@@ -127,6 +129,7 @@ impl TestCluster {
             .map(|n| (n.id, vec![n.raft.ip()]))
             .collect();
         generate_cluster_certs(&certs, &ids).expect("certificates");
+        ensure_bootstrap_key(&certs).expect("bootstrap admin key");
         let config_path = dir.path().join("cluster.toml");
         std::fs::write(&config_path, cluster_toml(&config)).expect("write cluster.toml");
         let slots = config
@@ -206,7 +209,10 @@ impl TestCluster {
             Mode::InProc => {
                 let tls = NodeTls::load(&self.certs, id).expect("node tls");
                 let (cluster, join) = self.config_of(id);
+                let bootstrap_key =
+                    load_bootstrap_record(&self.certs).expect("bootstrap admin record");
                 let node = TesseraNode::start(NodeConfig {
+                    bootstrap_key,
                     id,
                     cluster,
                     data_dir: self.data_dir(id),
@@ -342,9 +348,37 @@ impl TestCluster {
         self.spec(id).grpc
     }
 
-    /// A fresh gRPC client to node `id`.
+    /// The directory with the cluster CA, the certificates and the
+    /// bootstrap admin key.
+    pub fn certs_dir(&self) -> &std::path::Path {
+        &self.certs
+    }
+
+    /// The routers' certificate: what tests present to nodes, as a router
+    /// would (nodes refuse callers without a cluster certificate).
+    pub fn router_identity(&self) -> PeerIdentity {
+        PeerIdentity::load(&self.certs, "router").expect("router certificate")
+    }
+
+    /// The bootstrap admin key's text (every scope, cluster-level).
+    pub fn admin_key(&self) -> String {
+        std::fs::read_to_string(self.certs.join(BOOTSTRAP_KEY_FILE))
+            .expect("bootstrap admin key")
+            .trim()
+            .to_string()
+    }
+
+    /// The cluster CA certificate (PEM).
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.certs.join("ca.pem")).expect("ca.pem")
+    }
+
+    /// A fresh gRPC client to node `id`, over mutual TLS with the router
+    /// certificate.
     pub async fn client(&self, id: NodeId) -> Result<NodeClient<Channel>, String> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc(id)))
+        let endpoint = self
+            .router_identity()
+            .node_endpoint(&self.grpc(id).to_string())
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(20));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tessera_chaos::process::ManagedProcess;
 use tessera_chaos::{LinkControl, TcpLinkProxy};
-use tessera_client::TesseraClient;
+use tessera_client::{Credentials, TesseraClient};
 use tessera_proto::pb;
 use tessera_proto::pb::router_client::RouterClient;
 use tessera_proto::NodeId;
@@ -99,6 +99,76 @@ pub fn seeds(cluster: &TestCluster) -> String {
         .join(",")
 }
 
+/// What a test needs to reach one router: the CA that signed its TLS
+/// certificate, the certificate directory (for the CLI's `--ca`) and the
+/// cluster's admin key.
+#[derive(Clone)]
+pub struct RouterAccess {
+    /// Directory holding `ca.pem`.
+    pub certs: PathBuf,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
+    /// The bootstrap admin key.
+    pub admin_key: String,
+}
+
+/// Access details of every router this test process started, by address:
+/// helpers given only an address (`client`, `raw_client`, `cli`) find the
+/// CA and key here. Addresses are unique per cluster (each has its own
+/// 127.A.B.x range, in-process routers their own port).
+static ACCESS: std::sync::LazyLock<
+    parking_lot::Mutex<std::collections::HashMap<String, RouterAccess>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Records how to reach the router at `addr` of `cluster`.
+pub fn register_router(cluster: &TestCluster, addr: &str) {
+    ACCESS.lock().insert(
+        addr.to_string(),
+        RouterAccess {
+            certs: cluster.certs_dir().to_path_buf(),
+            ca_pem: cluster.ca_pem(),
+            admin_key: cluster.admin_key(),
+        },
+    );
+}
+
+/// How to reach the router at `addr`, if this process started it.
+pub fn access(addr: &str) -> Option<RouterAccess> {
+    ACCESS.lock().get(addr).cloned()
+}
+
+/// Credentials for the router at `addr` with `key` (the admin key when
+/// `None`); plaintext and keyless for routers this process did not start.
+pub fn credentials(addr: &str, key: Option<&str>) -> Credentials {
+    match access(addr) {
+        Some(a) => Credentials {
+            ca_pem: Some(a.ca_pem),
+            api_key: Some(key.map_or(a.admin_key, str::to_string)),
+            user_token: None,
+        },
+        None => Credentials {
+            api_key: key.map(str::to_string),
+            ..Credentials::default()
+        },
+    }
+}
+
+/// The flags that make a `tessera-router` process a secure member of
+/// `cluster`: its certificate directory and an audit log.
+pub fn router_security_args(cluster: &TestCluster, k: u8) -> Vec<String> {
+    vec![
+        "--certs".into(),
+        cluster.certs_dir().display().to_string(),
+        "--audit-log".into(),
+        cluster
+            .dir
+            .path()
+            .join(format!("audit-{k}.jsonl"))
+            .display()
+            .to_string(),
+    ]
+}
+
 /// Starts router number `k` (1-based) of `region` as a process, seeded with
 /// every node, plus `extra` flags; waits until it has a cluster map that
 /// lists every node.
@@ -119,11 +189,13 @@ pub async fn spawn_router(
         .arg(seeds(cluster))
         .arg("--region")
         .arg(region)
+        .args(router_security_args(cluster, k))
         .args(extra)
         .stdout(out)
         .stderr(err);
     let proc =
         ManagedProcess::spawn(format!("router-{k}"), &mut cmd).expect("spawn tessera-router");
+    register_router(cluster, &addr.to_string());
     let r = RouterProc {
         region: region.to_string(),
         addr,
@@ -148,8 +220,16 @@ pub async fn start_inproc_router(
         .map(|n| n.grpc.to_string())
         .collect();
     let mut cfg = RouterConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), seeds, region);
+    cfg.identity = Some(cluster.router_identity());
+    cfg.audit_log = Some(
+        cluster
+            .dir
+            .path()
+            .join(format!("audit-inproc-{region}.jsonl")),
+    );
     edit(&mut cfg);
     let handle = Router::start(cfg).await.expect("router starts");
+    register_router(cluster, &handle.local_addr().to_string());
     wait_router_ready(&handle.local_addr().to_string(), cluster.config.nodes.len()).await;
     handle
 }
@@ -176,35 +256,75 @@ pub async fn wait_router_ready(addr: &str, nodes: usize) {
     .await
 }
 
-/// A typed client of the router at `addr`.
+/// A typed client of the router at `addr`, with the cluster's admin key.
 pub async fn client(addr: &str) -> TesseraClient {
+    client_with_key(addr, None).await
+}
+
+/// A typed client of the router at `addr` presenting `key` (the admin key
+/// when `None`).
+pub async fn client_with_key(addr: &str, key: Option<&str>) -> TesseraClient {
     let addr = addr.to_string();
+    let creds = credentials(&addr, key);
     eventually(SETTLE, &format!("a connection to router {addr}"), || {
-        let addr = addr.clone();
-        async move { TesseraClient::connect(&addr).await.map(Some) }
+        let (addr, creds) = (addr.clone(), creds.clone());
+        async move { TesseraClient::connect_with(&addr, &creds).await.map(Some) }
     })
     .await
 }
 
+/// Adds `authorization: Bearer <key>` to every call of a raw client.
+#[derive(Clone)]
+pub struct WithKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for WithKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut()
+                .insert(tessera_proto::keys::AUTHORIZATION_HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A raw router client that sends a key with every call.
+pub type RawRouter =
+    RouterClient<tonic::service::interceptor::InterceptedService<Channel, WithKey>>;
+
 /// A raw gRPC client of the router at `addr` (for fields the typed client
-/// does not expose: replica selection, breaker states).
-pub async fn raw_client(addr: &str) -> Result<RouterClient<Channel>, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+/// does not expose: replica selection, breaker states), with the admin key.
+pub async fn raw_client(addr: &str) -> Result<RawRouter, tonic::transport::Error> {
+    raw_client_with_key(addr, None).await
+}
+
+/// A raw gRPC client of the router at `addr` presenting `key` (the admin
+/// key when `None`; nothing for a router this process did not start).
+pub async fn raw_client_with_key(
+    addr: &str,
+    key: Option<&str>,
+) -> Result<RawRouter, tonic::transport::Error> {
+    let creds = credentials(addr, key);
+    let endpoint = match &creds.ca_pem {
+        Some(ca) => tessera_proto::transport::router_endpoint(addr, ca),
+        None => tessera_proto::transport::plaintext_endpoint(addr),
+    }
+    .expect("router endpoint");
+    let header = creds.api_key.as_ref().map(|k| {
+        tonic::metadata::MetadataValue::try_from(format!("Bearer {k}")).expect("key header")
+    });
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .connect()
         .await?;
-    Ok(RouterClient::new(channel)
+    Ok(RouterClient::with_interceptor(channel, WithKey(header))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
 }
 
 /// Breaker state of `node` as the router at `addr` reports it.
-pub async fn breaker_state(
-    router: &mut RouterClient<Channel>,
-    node: NodeId,
-) -> Result<String, String> {
+pub async fn breaker_state(router: &mut RawRouter, node: NodeId) -> Result<String, String> {
     let st = router
         .status(pb::RouterStatusRequest { timeout_ms: 2_000 })
         .await
@@ -237,10 +357,19 @@ pub fn node_route_args(id: NodeId, proxy: &TcpLinkProxy) -> Vec<String> {
 }
 
 /// Runs the `tessera` CLI with `args` and returns its output (exit code,
-/// stdout, stderr).
+/// stdout, stderr). With `--router ADDR` of a router this process started,
+/// the CLI gets the cluster CA and the admin key through the environment.
 pub async fn cli(args: &[&str]) -> Output {
-    tokio::process::Command::new(sibling_binary("tessera"))
-        .args(args)
+    let router = args
+        .windows(2)
+        .find(|w| w[0] == "--router")
+        .and_then(|w| access(w[1]));
+    let mut cmd = tokio::process::Command::new(sibling_binary("tessera"));
+    if let Some(a) = router {
+        cmd.env("TESSERA_CA", a.certs.join("ca.pem"))
+            .env("TESSERA_API_KEY", a.admin_key);
+    }
+    cmd.args(args)
         .kill_on_drop(true)
         .output()
         .await
@@ -289,7 +418,7 @@ pub async fn put_all(
 /// One search through a raw router client with an explicit replica
 /// selection policy (the benchmarks' and tests' override).
 pub async fn search_with(
-    router: &mut RouterClient<Channel>,
+    router: &mut RawRouter,
     tenant: &str,
     query: &str,
     limit: u32,

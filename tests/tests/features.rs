@@ -48,7 +48,9 @@ const FEATURES: [&str; 4] = [
 ];
 
 async fn features(cluster: &TestCluster, id: u64) -> Result<FeaturesClient<Channel>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.grpc(id)))
+    let channel = cluster
+        .router_identity()
+        .node_endpoint(&cluster.grpc(id).to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(20))

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_proto::pb::node_client::NodeClient;
 use tessera_proto::{pb, NodeId};
 use tokio::sync::watch;
 
@@ -48,7 +47,7 @@ async fn check_nodes(node: &NodeInner, last_ok: &mut HashMap<NodeId, Instant>) {
         .collect();
     let probes = watched
         .iter()
-        .map(|n| async move { (n.id, answers(&n.grpc_addr).await) });
+        .map(|n| async move { (n.id, answers(node, &n.grpc_addr).await) });
     let now = Instant::now();
     for (id, ok) in futures::future::join_all(probes).await {
         let since = last_ok.entry(id).or_insert(now);
@@ -66,9 +65,9 @@ async fn check_nodes(node: &NodeInner, last_ok: &mut HashMap<NodeId, Instant>) {
     }
 }
 
-async fn answers(addr: &str) -> bool {
+async fn answers(node: &NodeInner, addr: &str) -> bool {
     let probe = async {
-        let mut c = NodeClient::connect(format!("http://{addr}")).await.ok()?;
+        let mut c = node.peer_client(addr).await.ok()?;
         c.status(pb::StatusRequest {}).await.ok()
     };
     matches!(

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_proto::pb::node_client::NodeClient;
 use tessera_proto::{pb, ShardId};
 use tokio::sync::watch;
 
@@ -105,7 +104,7 @@ async fn check_once(node: &NodeInner) -> Result<(), String> {
     }
     let mut sizes: BTreeMap<ShardId, Vec<pb::TenantSize>> = BTreeMap::new();
     for shard in hosting_shards(&map) {
-        match query_sizes(&map, shard).await {
+        match query_sizes(node, &map, shard).await {
             Ok(s) => {
                 sizes.insert(shard, s);
             }
@@ -184,7 +183,11 @@ fn most_over(map: &ClusterMap, sizes: &BTreeMap<ShardId, Vec<pb::TenantSize>>) -
 }
 
 /// A shard's tenant sizes from the first of its voters that answers.
-async fn query_sizes(map: &ClusterMap, shard: ShardId) -> Result<Vec<pb::TenantSize>, String> {
+async fn query_sizes(
+    node: &NodeInner,
+    map: &ClusterMap,
+    shard: ShardId,
+) -> Result<Vec<pb::TenantSize>, String> {
     let voters = map
         .shards
         .get(&shard)
@@ -196,9 +199,7 @@ async fn query_sizes(map: &ClusterMap, shard: ShardId) -> Result<Vec<pb::TenantS
             continue;
         };
         let query = async {
-            let mut c = NodeClient::connect(format!("http://{addr}"))
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut c = node.peer_client(&addr).await?;
             c.tenant_sizes(pb::TenantSizesRequest { shard })
                 .await
                 .map(|r| r.into_inner().tenants)

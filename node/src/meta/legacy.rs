@@ -72,6 +72,8 @@ pub fn decode(bytes: &[u8]) -> Result<ClusterMap, String> {
         settings: PlacementSettings::default(),
         node_states: BTreeMap::new(),
         growth: Default::default(),
+        keys: BTreeMap::new(),
+        user_tokens: BTreeMap::new(),
     })
 }
 

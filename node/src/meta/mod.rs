@@ -8,6 +8,7 @@
 
 pub mod detector;
 pub mod growth;
+pub mod keys;
 pub mod legacy;
 pub mod mover;
 pub mod moves;
@@ -174,6 +175,12 @@ pub struct ClusterMap {
     /// When tenants double their partitions by themselves (see [`growth`]).
     #[serde(default)]
     pub growth: growth::GrowthSettings,
+    /// API keys by id, revoked ones included as tombstones (see [`keys`]).
+    #[serde(default)]
+    pub keys: BTreeMap<String, tessera_proto::keys::KeyRecord>,
+    /// Per-tenant user-token policies (see [`keys`]).
+    #[serde(default)]
+    pub user_tokens: BTreeMap<String, keys::UserTokenPolicy>,
 }
 
 /// A request to create a tenant, as validated by `apply`.
@@ -232,6 +239,13 @@ pub enum MetaCommand {
     /// Replaces the automatic-growth rule (the meta leader proposes its
     /// config's `[growth]`).
     ConfigureGrowthRule(growth::GrowthSettings),
+    /// Adds an API key (its hash; see [`keys`]).
+    PutKey(tessera_proto::keys::KeyRecord),
+    /// Revokes an API key at `at_ms` (Unix milliseconds, set by the proposer
+    /// so that every replica records the same time).
+    RevokeKey { id: String, at_ms: u64 },
+    /// Sets a tenant's user-token policy.
+    SetUserTokens(keys::UserTokenPolicy),
 }
 
 /// The result of a meta command.
@@ -281,6 +295,9 @@ impl ClusterMap {
             MetaCommand::ConfigureGrowthRule(settings) => Ok(self.configure_growth(settings)),
             MetaCommand::UndrainNode(node) => self.undrain_node(*node),
             MetaCommand::Rebalance { max_swaps } => self.rebalance(*max_swaps),
+            MetaCommand::PutKey(key) => self.put_key(key),
+            MetaCommand::RevokeKey { id, at_ms } => self.revoke_key(id, *at_ms),
+            MetaCommand::SetUserTokens(policy) => self.set_user_tokens(policy),
         };
         result.unwrap_or_else(MetaOutcome::Rejected)
     }
@@ -498,6 +515,12 @@ impl ClusterMap {
                 min_shards: self.settings.min_shards,
                 max_tenants_per_shard: self.settings.max_tenants_per_shard,
             }),
+            keys: self.keys.values().map(|k| k.to_proto(true)).collect(),
+            user_tokens: self
+                .user_tokens
+                .values()
+                .map(keys::policy_to_proto)
+                .collect(),
         }
     }
 }

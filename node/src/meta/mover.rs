@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tessera_proto::pb::features_client::FeaturesClient;
 use tessera_proto::pb::node_client::NodeClient;
+use tessera_proto::transport::PeerIdentity;
 use tessera_proto::{pb, Document, ShardId, META_GROUP};
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -74,7 +75,8 @@ async fn drive(node: &NodeInner, map: &ClusterMap, tenant: &TenantEntry) -> Resu
                 if resize.copied.contains(&source) {
                     continue;
                 }
-                let (copied, floors) = copy_shard(map, tenant, resize, source).await?;
+                let (copied, floors) =
+                    copy_shard(node.peers(), map, tenant, resize, source).await?;
                 tracing::info!(tenant = %tenant.id, source, copied, "copied a shard's moving rows");
                 let floors = floors.into_iter().collect();
                 record(node, tenant, resize, ResizeStep::Copied { source, floors }).await?;
@@ -96,7 +98,7 @@ async fn drive(node: &NodeInner, map: &ClusterMap, tenant: &TenantEntry) -> Resu
                     fence: map.epoch.max(resize.fence),
                     to: resize.to.clone(),
                 };
-                let out = on_leader(map, shard, |c| {
+                let out = on_leader(node.peers(), map, shard, |c| {
                     let req = req.clone();
                     async move { NodeClient::new(c).drop(req).await }
                 })
@@ -135,6 +137,7 @@ async fn record(
 /// Returns the number of documents (and tombstones) copied and, per
 /// destination shard, the log index of the last copy written there.
 async fn copy_shard(
+    peers: &PeerIdentity,
     map: &ClusterMap,
     tenant: &TenantEntry,
     resize: &Resize,
@@ -145,7 +148,7 @@ async fn copy_shard(
         shard: source,
         fence: resize.fence,
     };
-    let fenced = on_leader(map, source, |c| {
+    let fenced = on_leader(peers, map, source, |c| {
         let req = fence_req.clone();
         async move { NodeClient::new(c).fence(req).await }
     })
@@ -167,7 +170,7 @@ async fn copy_shard(
             limit: PAGE,
             to: resize.to.clone(),
         };
-        let page = on_leader(map, source, |c| {
+        let page = on_leader(peers, map, source, |c| {
             let req = req.clone();
             async move { NodeClient::new(c).export(req).await }
         })
@@ -175,7 +178,7 @@ async fn copy_shard(
         copied += page.docs_json.len() + page.tombstones.len();
         let writes = route_page(tenant, resize, &new_shards, &page)?;
         for (shard, write) in writes {
-            let out = on_leader(map, shard, |c| {
+            let out = on_leader(peers, map, shard, |c| {
                 let req = write.clone();
                 async move { NodeClient::new(c).write(req).await }
             })
@@ -191,6 +194,7 @@ async fn copy_shard(
     }
     let first_source = Resize::sources(&tenant.partitions).first() == Some(&source);
     let features = FeatureCopy {
+        peers,
         map,
         tenant,
         resize,
@@ -216,6 +220,7 @@ async fn copy_shard(
 /// resize send every event to both placements themselves. Imports skip rows already present,
 /// so a copy redone after a crash changes nothing.
 struct FeatureCopy<'a> {
+    peers: &'a PeerIdentity,
     map: &'a ClusterMap,
     tenant: &'a TenantEntry,
     resize: &'a Resize,
@@ -243,7 +248,7 @@ impl FeatureCopy<'_> {
                 doc_rows,
                 before_epoch: self.resize.fence,
             };
-            let page = on_leader(self.map, self.source, |c| {
+            let page = on_leader(self.peers, self.map, self.source, |c| {
                 let req = req.clone();
                 async move { FeaturesClient::new(c).export_events(req).await }
             })
@@ -276,7 +281,7 @@ impl FeatureCopy<'_> {
                     registry_version: page.registry_version,
                     timeout_ms: CALL_TIMEOUT.as_millis() as u32,
                 };
-                let out = on_leader(self.map, shard, |c| {
+                let out = on_leader(self.peers, self.map, shard, |c| {
                     let req = req.clone();
                     async move { FeaturesClient::new(c).import_events(req).await }
                 })
@@ -384,7 +389,12 @@ impl Item {
 
 /// Calls `call` on the leader of `shard`: tries its voters in turn (a
 /// follower answers "not leader" at once), for a bounded number of rounds.
-async fn on_leader<T, F, Fut>(map: &ClusterMap, shard: ShardId, mut call: F) -> Result<T, String>
+async fn on_leader<T, F, Fut>(
+    peers: &PeerIdentity,
+    map: &ClusterMap,
+    shard: ShardId,
+    mut call: F,
+) -> Result<T, String>
 where
     F: FnMut(Channel) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -400,7 +410,7 @@ where
             let Some(addr) = map.nodes.get(v).map(|n| n.grpc_addr.clone()) else {
                 continue;
             };
-            let endpoint = match Channel::from_shared(format!("http://{addr}")) {
+            let endpoint = match peers.node_endpoint(&addr) {
                 Ok(e) => e,
                 Err(e) => {
                     last = format!("node {v} at {addr}: {e}");

@@ -7,6 +7,7 @@
 //! for input the caller must fix.
 
 pub mod features;
+mod keys;
 mod membership;
 mod rank;
 pub mod resize;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::pb;
 use tessera_proto::pb::node_server::{Node, NodeServer};
+use tessera_proto::transport::Role;
 use tessera_proto::{ShardId, META_GROUP};
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
@@ -61,13 +63,24 @@ pub async fn serve(
     .max_decoding_message_size(64 * 1024 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
     let features = tessera_proto::pb::features_server::FeaturesServer::new(NodeService {
-        node,
+        node: node.clone(),
         shutdown: shutdown.clone(),
         acl_cache,
     })
     .max_decoding_message_size(64 * 1024 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
-    let result = tonic::transport::Server::builder()
+    let service = cluster_only(service);
+    let features = cluster_only(features);
+    tessera_proto::transport::install_crypto_provider();
+    let mut builder =
+        match tonic::transport::Server::builder().tls_config(node.peers().node_server_tls()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("gRPC server not started: bad TLS configuration: {e}");
+                return;
+            }
+        };
+    let result = builder
         .add_service(service)
         .add_service(features)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -78,6 +91,21 @@ pub async fn serve(
         tracing::error!("gRPC server stopped: {e}");
     }
 }
+
+/// Wraps a service so that only callers with a node or router certificate
+/// reach it: the handshake already required a certificate from the cluster
+/// CA, and this checks its role (see `tessera_proto::transport`).
+fn cluster_only<S>(
+    service: S,
+) -> tonic::service::interceptor::InterceptedService<S, impl tonic::service::Interceptor + Clone> {
+    tonic::service::interceptor::InterceptedService::new(
+        service,
+        tessera_proto::transport::require_role(CLUSTER_ROLES),
+    )
+}
+
+/// Who may call a node: its peers, and routers.
+const CLUSTER_ROLES: &[Role] = &[Role::Node, Role::Router];
 
 /// The gRPC handlers.
 pub struct NodeService {
@@ -250,11 +278,12 @@ fn collection_stats(g: &pb::GlobalStats) -> CollectionStats {
 }
 
 async fn connect(
+    node: &NodeInner,
     addr: &str,
 ) -> Result<pb::node_client::NodeClient<tonic::transport::Channel>, Status> {
-    pb::node_client::NodeClient::connect(format!("http://{addr}"))
+    node.peer_client(addr)
         .await
-        .map_err(|e| Status::unavailable(format!("cannot reach meta leader at {addr}: {e}")))
+        .map_err(|e| Status::unavailable(format!("meta leader: {e}")))
 }
 
 /// The committed index: on the leader, the highest index a majority of
@@ -652,6 +681,27 @@ impl Node for NodeService {
         self.drop_inner(request.into_inner()).await
     }
 
+    async fn put_key(
+        &self,
+        request: Request<pb::PutKeyRequest>,
+    ) -> Result<Response<pb::SecurityResponse>, Status> {
+        self.put_key_inner(request.into_inner()).await
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::SecurityResponse>, Status> {
+        self.revoke_key_inner(request.into_inner()).await
+    }
+
+    async fn set_user_tokens(
+        &self,
+        request: Request<pb::SetUserTokensRequest>,
+    ) -> Result<Response<pb::SecurityResponse>, Status> {
+        self.set_user_tokens_inner(request.into_inner()).await
+    }
+
     async fn add_learner(
         &self,
         request: Request<pb::AddLearnerRequest>,
@@ -671,7 +721,7 @@ impl Node for NodeService {
             Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
             Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
                 let addr = self.leader_addr(l)?;
-                let mut client = connect(&addr).await?;
+                let mut client = connect(&self.node, &addr).await?;
                 client.add_learner(req).await
             }
             Err(e) => Err(self.propose_error(e)),

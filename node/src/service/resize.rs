@@ -83,7 +83,7 @@ impl NodeService {
             Ok(RaftResponse::Meta(outcome)) => answer(outcome).map(Response::new),
             Ok(other) => Err(internal(format!("unexpected meta response {other:?}"))),
             Err(ProposeError::NotLeader { leader: Some(l) }) if l != self.node.id => {
-                let client = connect(&self.leader_addr(l)?).await?;
+                let client = connect(&self.node, &self.leader_addr(l)?).await?;
                 forward(client, req).await
             }
             Err(e) => Err(self.propose_error(e)),

@@ -23,6 +23,25 @@ pub struct Cli {
     /// Deadline of each request, in ms (propagated to the nodes).
     #[arg(long, global = true, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// API key (tsk_...). Default: from the cluster file, the key of the command's tenant,
+    /// else the admin key.
+    #[arg(long, global = true, env = "TESSERA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// File holding the API key (as `keys create --out` writes it).
+    #[arg(long, global = true, conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
+    /// The cluster CA (PEM) the router's TLS certificate is checked against. Default: the
+    /// cluster file's. Without one the CLI connects in plaintext (routers run with --insecure).
+    #[arg(long, global = true, env = "TESSERA_CA")]
+    pub ca: Option<PathBuf>,
+    /// A signed user token (JWT) for the acting user, for tenants that require one.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_USER_TOKEN",
+        hide_env_values = true
+    )]
+    pub user_token: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -139,6 +158,78 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Manage API keys (needs a cluster-level key with the admin scope).
+    Keys {
+        /// Which key command.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key. Its text is printed once (or written to --out): store it now.
+    Create {
+        /// The tenant the key acts for; omit for a cluster-level key.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// What it may do: search, write, features, admin (admin only without --tenant).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// A label shown by `keys list`.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Write the key's text to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print {"key":"...","info":{...}}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets), revoked ones included.
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id; every router refuses it within the map watch delay.
+    Revoke {
+        /// The key id (the 16 hex digits after tsk_).
+        id: String,
+    },
+    /// Require (or stop requiring) signed user tokens for a tenant's searches and gets.
+    UserTokens {
+        /// Tenant.
+        tenant: String,
+        /// The Ed25519 public key (PEM) that verifies the tenant's tokens.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Refuse searches and gets whose user comes without a valid token.
+        #[arg(long)]
+        required: bool,
+    },
+}
+
+impl Command {
+    /// The tenant the command acts on, which picks its key from the cluster
+    /// file; `None` for cluster-level commands.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Command::Put(a) | Command::Groups(a) => Some(&a.tenant),
+            Command::Search(a) => Some(&a.tenant),
+            Command::Delete { tenant, .. }
+            | Command::Get { tenant, .. }
+            | Command::Events { tenant, .. } => Some(tenant),
+            Command::Tenant {
+                command: TenantCommand::Show { id, .. },
+            } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// `admin` subcommands.

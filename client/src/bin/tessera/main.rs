@@ -2,6 +2,7 @@
 
 mod cli;
 mod eval_cmd;
+mod keys_cmd;
 mod run;
 mod train_cmd;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tessera_client::bulk::{BulkError, BulkOptions, BulkProgress, BulkReport, LineKind};
 use tessera_client::cluster_file::ClusterFile;
 use tessera_client::{
-    exit, ClientError, SearchPage, SearchQuery, TenantSpec, TenantView, TesseraClient,
+    exit, ClientError, Credentials, SearchPage, SearchQuery, TenantSpec, TenantView, TesseraClient,
 };
 use tokio::io::{AsyncBufRead, BufReader};
 
@@ -50,12 +50,48 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 }
 
 /// `--router`, else the cluster file's router (of `--region`).
-fn router_addr(cli: &Cli) -> Result<String, Failure> {
+fn router_addr(cli: &Cli, file: Option<&ClusterFile>) -> Result<String, Failure> {
     if let Some(r) = &cli.router {
         return Ok(r.clone());
     }
-    let file = ClusterFile::load(&cli.cluster)?;
+    let file = match file {
+        Some(f) => f,
+        None => &ClusterFile::load(&cli.cluster)?,
+    };
     Ok(file.router_for(cli.region.as_deref())?.to_string())
+}
+
+/// Reads a file of secrets or certificates, naming it on failure.
+fn read_text(path: &std::path::Path, what: &str) -> Result<String, Failure> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| bad_input(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+/// The CA, key and user token to connect with: flags and environment first,
+/// then the cluster file (its CA; the key of the command's tenant, or the
+/// admin key).
+fn credentials(cli: &Cli, file: Option<&ClusterFile>) -> Result<Credentials, Failure> {
+    let ca_path = cli.ca.clone().or_else(|| {
+        file.and_then(|f| f.ca.clone())
+            .map(std::path::PathBuf::from)
+    });
+    let ca_pem = ca_path
+        .map(|p| read_text(&p, "CA certificate"))
+        .transpose()?;
+    let api_key = match (&cli.api_key, &cli.api_key_file) {
+        (Some(k), _) => Some(k.trim().to_string()),
+        (None, Some(path)) => Some(read_text(path, "API key file")?),
+        (None, None) => file
+            .and_then(|f| f.key_file_for(cli.command.tenant()))
+            .map(|p| read_text(std::path::Path::new(p), "API key file"))
+            .transpose()?,
+    };
+    Ok(Credentials {
+        ca_pem,
+        api_key,
+        user_token: cli.user_token.clone(),
+    })
 }
 
 /// Runs the command.
@@ -70,8 +106,14 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             return crate::eval_cmd::impressions(args);
         }
     }
-    let addr = router_addr(&cli)?;
-    let client = TesseraClient::connect(&addr)
+    // The cluster file, when there is one to read: --router alone needs none.
+    let file = match (&cli.router, cli.cluster.exists()) {
+        (Some(_), false) => None,
+        _ => Some(ClusterFile::load(&cli.cluster)?),
+    };
+    let addr = router_addr(&cli, file.as_ref())?;
+    let creds = credentials(&cli, file.as_ref())?;
+    let client = TesseraClient::connect_with(&addr, &creds)
         .await?
         .with_timeout(Duration::from_millis(cli.timeout_ms));
     match cli.command {
@@ -98,6 +140,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Keys { command } => crate::keys_cmd::keys(&client, command).await,
         Command::Put(args) => load(&client, args, LineKind::Documents).await,
         Command::Groups(args) => load(&client, args, LineKind::Groups).await,
         Command::Delete {

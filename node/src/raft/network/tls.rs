@@ -36,6 +36,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
+use tessera_proto::transport::{PeerIdentity, Role, ROUTER_SERVER_NAME};
 
 /// ALPN protocol id of the node-to-node Raft transport. Both sides must
 /// agree on it; bumping the suffix makes incompatible nodes fail the
@@ -159,6 +160,16 @@ impl std::fmt::Debug for NodeTls {
 }
 
 impl NodeTls {
+    /// The same material as the gRPC layer's identity (node certificates
+    /// serve and call gRPC as well as Raft).
+    pub fn identity(&self) -> PeerIdentity {
+        PeerIdentity {
+            ca_pem: self.ca_pem.clone(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+
     /// Loads `ca.pem`, `node-<id>.pem` and `node-<id>.key` from `dir` (as
     /// written by [`generate_cluster_certs`]) and checks that they fit
     /// together, so a bad file is reported at startup, by name, rather than
@@ -241,7 +252,7 @@ pub fn generate_cluster_certs(
         let key_path = out_dir.join(node_key_file(*id));
         let node_name = format!("node-{id}");
         let ip_names: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
-        let mut names: Vec<&str> = vec![SERVER_NAME, &node_name];
+        let mut names: Vec<&str> = vec![SERVER_NAME, &node_name, Role::Node.san()];
         names.extend(ip_names.iter().map(String::as_str));
 
         if exists(&cert_path)? && exists(&key_path)? {
@@ -265,6 +276,39 @@ pub fn generate_cluster_certs(
         write_file(&cert_path, &cert_pem, false)?;
         tracing::info!(node = id, path = %cert_path.display(), "issued node certificate");
     }
+    issue_router_cert(&ca, &checker, out_dir)?;
+    Ok(())
+}
+
+/// File name of the routers' certificate inside the certificate directory.
+pub const ROUTER_CERT_FILE: &str = "router.pem";
+/// File name of the routers' private key inside the certificate directory.
+pub const ROUTER_KEY_FILE: &str = "router.key";
+
+/// Writes `router.pem`/`router.key` unless a valid pair exists: the
+/// certificate routers present to nodes (role router) and to clients on
+/// their TLS port (`tessera-router`, `localhost`, the loopback addresses).
+/// Every local router shares it; a deployment issues one per router host.
+fn issue_router_cert(ca: &Ca, checker: &ChainChecker, out_dir: &Path) -> Result<(), TlsError> {
+    let cert_path = out_dir.join(ROUTER_CERT_FILE);
+    let key_path = out_dir.join(ROUTER_KEY_FILE);
+    let names = [ROUTER_SERVER_NAME, "localhost", Role::Router.san()];
+    if exists(&cert_path)?
+        && exists(&key_path)?
+        && existing_node_cert_ok(checker, &cert_path, &key_path, &names).is_ok()
+    {
+        return Ok(());
+    }
+    let loopback = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    let (cert_pem, key_pem) = ca.issue_named("router", &names, &loopback)?;
+    let certs = parse_certs(&cert_pem, &cert_path.display().to_string())?;
+    checker.check_chain(&cert_path.display().to_string(), &certs, &names)?;
+    write_file(&key_path, &key_pem, true)?;
+    write_file(&cert_path, &cert_pem, false)?;
+    tracing::info!(path = %cert_path.display(), "issued router certificate");
     Ok(())
 }
 
@@ -434,9 +478,23 @@ impl Ca {
         })
     }
 
-    /// Issues a certificate for node `id`; returns (cert PEM, key PEM).
+    /// Issues a certificate for node `id` (role node); returns (cert PEM,
+    /// key PEM).
     fn issue(&self, id: u64, ips: &[IpAddr]) -> Result<(String, String), TlsError> {
-        let what = node_cert_file(id);
+        let name = format!("node-{id}");
+        self.issue_named(&name, &[SERVER_NAME, &name, Role::Node.san()], ips)
+    }
+
+    /// Issues a certificate with common name `cn` valid for the DNS names
+    /// `dns` (the first entries of its subject alternative names, role
+    /// names included) and the addresses `ips`.
+    fn issue_named(
+        &self,
+        cn: &str,
+        dns: &[&str],
+        ips: &[IpAddr],
+    ) -> Result<(String, String), TlsError> {
+        let what = format!("{cn}.pem");
         let generate_err = |source| TlsError::Generate {
             what: what.clone(),
             source,
@@ -444,7 +502,7 @@ impl Ca {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, ORGANIZATION);
-        dn.push(DnType::CommonName, format!("node-{id}"));
+        dn.push(DnType::CommonName, cn);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -453,10 +511,10 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        params.subject_alt_names = vec![
-            SanType::DnsName(SERVER_NAME.try_into().map_err(generate_err)?),
-            SanType::DnsName(format!("node-{id}").try_into().map_err(generate_err)?),
-        ];
+        params.subject_alt_names = dns
+            .iter()
+            .map(|n| Ok(SanType::DnsName((*n).try_into().map_err(generate_err)?)))
+            .collect::<Result<Vec<_>, TlsError>>()?;
         for ip in ips {
             let san = SanType::IpAddress(*ip);
             if !params.subject_alt_names.contains(&san) {
