@@ -275,7 +275,7 @@ pub async fn client_with_key(addr: &str, key: Option<&str>) -> TesseraClient {
 
 /// Adds `authorization: Bearer <key>` to every call of a raw client.
 #[derive(Clone)]
-pub struct WithKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub struct WithKey(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for WithKey {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {

@@ -188,7 +188,6 @@ impl Rpc {
                     memberships: vec![pb::Membership {
                         user: "u:intruder".into(),
                         groups: vec!["g:eng".into()],
-                        ..Default::default()
                     }],
                     ..Default::default()
                 })
@@ -681,12 +680,13 @@ async fn a_revoked_key_is_refused_by_every_router_and_tenants_cannot_see_each_ot
     );
 
     admin.revoke_key(&id).await.expect("revoke");
+    let (ca, key) = (&fx.ca, &key);
     for addr in [&fx.addr, &other_addr] {
         eventually(
             SETTLE,
             &format!("router {addr} to refuse the revoked key"),
             || async move {
-                let (mut r, mut f) = raw(addr, &fx.ca, Some(&key)).await;
+                let (mut r, mut f) = raw(addr, ca, Some(key)).await;
                 match Rpc::Search.call(&mut r, &mut f, "acme").await {
                     Err(Code::Unauthenticated) => Ok(Some(())),
                     other => Err(format!("still {other:?}")),
