@@ -29,8 +29,14 @@
 #               Debian's redis-server if missing, starts it on 127.0.0.1 and stops
 #               it by pid (docs/bench/rerank.md). Knobs: BENCH_RERANK_QUERIES
 #               (1000; quick 400), BENCH_REDIS_PORT (6391).
+#   security    search p50/p99 and queries/s at 1, 8, 64 clients through a secured
+#               cluster (TLS client port, API key per request, mutual TLS router ->
+#               node) vs an --unsecured twin running beside it (plaintext, no checks),
+#               sides alternating query by query (docs/bench/security.md). Knobs:
+#               BENCH_SECURITY_DOCS (20000; quick 5000), BENCH_SECURITY_QUERIES
+#               (1000; quick 400), BENCH_SECURITY_REQUESTS (2000; quick 600).
 #   report      renders docs/bench/RESULTS.md and docs/bench/plots/*.svg from
-#               whatever results exist (and includes write/router/acl/rerank.md)
+#               whatever results exist (and includes write/router/acl/rerank/security.md)
 #
 # BENCH_NO_BUILD=1 skips the build (the release binaries are already fresh);
 # BENCH_BIN=DIR runs the binaries in DIR instead (no build).
@@ -58,7 +64,7 @@ for a in "$@"; do
   esac
 done
 if [ ${#sections[@]} -eq 0 ]; then
-  sections=(core docs tenants partitions write router acl rerank report)
+  sections=(core docs tenants partitions write router acl rerank security report)
 fi
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -170,7 +176,17 @@ bench_report() {
   suite report --out "$root/docs/bench/RESULTS.md" --plots "$root/docs/bench/plots" \
     --label "$(pick quick full)" \
     --include "$root/docs/bench/write.md" --include "$root/docs/bench/router.md" \
-    --include "$root/docs/bench/acl.md" --include "$root/docs/bench/rerank.md"
+    --include "$root/docs/bench/acl.md" --include "$root/docs/bench/rerank.md" \
+    --include "$root/docs/bench/security.md"
+}
+
+bench_security() {
+  build
+  log "security: TLS + keys vs an --unsecured twin (docs/bench/security.md)"
+  suite security --docs "${BENCH_SECURITY_DOCS:-$(pick 5000 20000)}" \
+    --queries "${BENCH_SECURITY_QUERIES:-$(pick 400 1000)}" --clients 1,8,64 \
+    --requests "${BENCH_SECURITY_REQUESTS:-$(pick 600 2000)}" --rounds 3 \
+    --out "$root/docs/bench/security.md"
 }
 
 bench_rerank() {
@@ -233,8 +249,9 @@ for s in "${sections[@]}"; do
     router) bench_router ;;
     acl) bench_acl ;;
     rerank) bench_rerank ;;
+    security) bench_security ;;
     report) bench_report ;;
-    *) echo "bench.sh: unknown section '$s' (known: core docs tenants partitions write router acl rerank report)" >&2; exit 2 ;;
+    *) echo "bench.sh: unknown section '$s' (known: core docs tenants partitions write router acl rerank security report)" >&2; exit 2 ;;
   esac
   log "$s took $(( $(date +%s) - t0 )) s"
 done

@@ -22,6 +22,11 @@ for arg in "$@"; do
 done
 
 scripts/setup.sh
+# Python clients are tested too (tests/python): grpcio and its code generator.
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+    echo "test.sh: installing grpcio and grpcio-tools for the Python client tests" >&2
+    python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
 export CARGO_TERM_COLOR=never
 

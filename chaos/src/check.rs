@@ -490,3 +490,61 @@ pub async fn check_store(
     }
     out
 }
+
+/// The residency check (`tessera admin check-residency`) after heal.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResidencyCheck {
+    /// Replicas checked (placed in the map and hosted by nodes).
+    pub replicas: u32,
+    /// Every replica outside its tenant's regions, one line each.
+    pub violations: Vec<String>,
+    /// Why the check could not be completed, if it could not.
+    pub error: Option<String>,
+}
+
+/// Runs the router's residency check until every node answers it (nodes
+/// just restarted by the heal may need a moment), for at most `within`.
+pub async fn residency(cluster: &Cluster, within: Duration) -> ResidencyCheck {
+    let deadline = Instant::now() + within;
+    let client = match cluster.router_client(0, Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(e) => {
+            return ResidencyCheck {
+                error: Some(format!("no router to ask: {e}")),
+                ..ResidencyCheck::default()
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let outcome = client.check_residency().await;
+        let retry = Instant::now() < deadline;
+        match outcome {
+            Ok(r) if r.unreachable.is_empty() || !retry => {
+                return ResidencyCheck {
+                    replicas: r.replicas,
+                    violations: r
+                        .violations
+                        .iter()
+                        .map(|v| {
+                            format!(
+                                "tenant {} shard {} on node {} in {} ({})",
+                                v.tenant, v.shard, v.node, v.region, v.seen_in
+                            )
+                        })
+                        .collect(),
+                    error: (!r.unreachable.is_empty())
+                        .then(|| format!("nodes {:?} never answered", r.unreachable)),
+                }
+            }
+            Err(e) if !retry => {
+                return ResidencyCheck {
+                    error: Some(e.to_string()),
+                    ..ResidencyCheck::default()
+                }
+            }
+            _ => {}
+        }
+    }
+}

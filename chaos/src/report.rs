@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::check::{ShardConvergence, StoreCheck};
+use crate::check::{ResidencyCheck, ShardConvergence, StoreCheck};
 use crate::history::{OnlineFindings, OpStatus, ReadSample, Snapshot};
 use crate::nemesis::AppliedFault;
 
@@ -328,6 +328,8 @@ pub struct Report {
     pub cluster_dir: Option<String>,
     /// Tenants' shards, replicas and leaders at the start.
     pub placement: Vec<ShardPlacement>,
+    /// The residency check after heal.
+    pub residency: ResidencyCheck,
 }
 
 impl Report {
@@ -444,6 +446,15 @@ impl Report {
                 .collect();
             v.push(format!("replicas did not converge: {}", bad.join("; ")));
         }
+        if let Some(first) = self.residency.violations.first() {
+            v.push(format!(
+                "{} replicas outside their tenant's regions (first: {first})",
+                self.residency.violations.len()
+            ));
+        }
+        if let Some(e) = &self.residency.error {
+            v.push(format!("residency check incomplete: {e}"));
+        }
         for e in &self.heal_errors {
             v.push(format!("heal failed: {e}"));
         }
@@ -499,6 +510,7 @@ impl Report {
             && self.store.acl_missing.count == 0
             && self.store.index_stalled.count == 0
             && self.online.rejected_writes.count == 0
+            && self.residency.violations.is_empty()
     }
 
     /// A few lines for a human.
@@ -577,6 +589,16 @@ impl Report {
             self.store.acl_searches,
             self.store.acl_leaks.count,
             self.store.acl_missing.count
+        );
+        let _ = writeln!(
+            s,
+            "  residency: {} replicas checked, {} outside their tenant's regions{}",
+            self.residency.replicas,
+            self.residency.violations.len(),
+            self.residency
+                .error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (incomplete: {e})"))
         );
         let _ = writeln!(
             s,
@@ -746,5 +768,24 @@ mod tests {
         let t = table(&[r]);
         assert_eq!(t.lines().count(), 3);
         assert!(t.contains("| 1500 |") && t.contains("FAIL"), "{t}");
+    }
+
+    #[test]
+    fn residency_violations_and_an_incomplete_check_fail_the_run() {
+        let mut r = Report::default();
+        r.residency.violations = vec!["tenant a shard 3 on node 7 in eu (node)".into()];
+        r.finalize();
+        assert!(!r.safety_ok());
+        assert!(r
+            .violations
+            .iter()
+            .any(|v| v.starts_with("1 replicas outside") && v.contains("node 7")));
+        let mut r = Report::default();
+        r.residency.error = Some("nodes [2] never answered".into());
+        r.finalize();
+        assert!(r
+            .violations
+            .iter()
+            .any(|v| v.contains("residency check incomplete")));
     }
 }

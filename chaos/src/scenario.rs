@@ -593,6 +593,7 @@ async fn run_on(
         check::index_lag(cluster, &shards, Instant::now() + Duration::from_secs(30)).await;
     let snap = history.snapshot();
     let store = check::check_store(cluster, &tenants, &shards, &convergence, &lagging, &snap).await;
+    let residency = check::residency(cluster, Duration::from_secs(30)).await;
 
     let router_region = |k: usize| cluster.routers().get(k).map_or(usize::MAX, |r| r.region);
     let mut report = Report {
@@ -611,6 +612,7 @@ async fn run_on(
         store,
         online: snap.findings.clone(),
         placement,
+        residency,
         ..Report::default()
     };
     report.finalize();

@@ -42,6 +42,7 @@ pub mod experiments;
 pub mod features;
 pub mod keys;
 pub mod parquet_rows;
+pub mod residency;
 pub mod train;
 pub mod types;
 

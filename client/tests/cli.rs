@@ -265,6 +265,28 @@ impl Router for FakeRouter {
         Ok(Response::new(SecurityResponse { epoch: 12 }))
     }
 
+    /// A cluster with one violation: tenant `acme` (us-east only) has a
+    /// replica of shard 3 on node 7 in eu-west.
+    async fn check_residency(
+        &self,
+        r: Request<tessera_proto::pb::CheckResidencyRequest>,
+    ) -> Result<Response<tessera_proto::pb::CheckResidencyResponse>, Status> {
+        require_test_key(&r)?;
+        Ok(Response::new(tessera_proto::pb::CheckResidencyResponse {
+            epoch: 12,
+            shards: 4,
+            replicas: 12,
+            violations: vec![tessera_proto::pb::ResidencyViolation {
+                tenant: "acme".into(),
+                shard: 3,
+                node: 7,
+                region: "eu-west".into(),
+                seen_in: "node".into(),
+            }],
+            unreachable: Vec::new(),
+        }))
+    }
+
     async fn status(
         &self,
         _r: Request<RouterStatusRequest>,
@@ -379,6 +401,39 @@ fn keys_commands_send_the_key_and_refusals_exit_4() {
     let v = json_out(&created);
     assert_eq!(v["key"], json!("tsk_00000000000000aa_secret"));
     assert_eq!(v["info"]["scopes"], json!(["search", "write"]));
+}
+
+#[test]
+fn check_residency_prints_each_violation_and_exits_1() {
+    let addr = start_router();
+    let out = tessera(
+        Some(addr),
+        &["--api-key", "tsk_test", "admin", "check-residency"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("12 replicas checked, 1 outside")
+            && stdout.contains("tenant acme shard 3 on node 7 in eu-west (seen in the node)"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("residency violated"));
+    let json = tessera(
+        Some(addr),
+        &[
+            "--api-key",
+            "tsk_test",
+            "admin",
+            "check-residency",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(json.status.code(), Some(1));
+    assert_eq!(json_out(&json)["violations"][0]["node"], json!(7));
+    let keyless = tessera(Some(addr), &["admin", "check-residency"], None);
+    assert_eq!(keyless.status.code(), Some(4), "{keyless:?}");
 }
 
 fn tessera(addr: Option<SocketAddr>, args: &[&str], stdin: Option<&str>) -> Output {

@@ -44,6 +44,12 @@ enum Command {
         /// lists this node and at least one running peer.
         #[arg(long)]
         join: bool,
+        /// BENCHMARK BASELINE ONLY: serve and dial node gRPC in plaintext, with no
+        /// certificate or role check, so that `scripts/bench.sh security` can measure what
+        /// mutual TLS costs. Anyone who reaches the port may export or drop any shard; refused
+        /// unless this node's gRPC address is loopback. Raft (QUIC) keeps its TLS.
+        #[arg(long)]
+        unsecured: bool,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -107,8 +113,9 @@ async fn main() -> anyhow::Result<()> {
             data,
             certs,
             join,
+            unsecured,
             tuning,
-        } => run(config, id, data, certs, join, tuning).await,
+        } => run(config, id, data, certs, join, unsecured, tuning).await,
     }
 }
 
@@ -118,6 +125,7 @@ async fn run(
     data: PathBuf,
     certs: PathBuf,
     join: bool,
+    unsecured: bool,
     tuning: Tuning,
 ) -> anyhow::Result<()> {
     let cluster = ClusterConfig::load(&config)?;
@@ -125,6 +133,12 @@ async fn run(
         .node(id)
         .with_context(|| format!("node {id} is not in {}", config.display()))?
         .clone();
+    if unsecured && !spec.grpc.ip().is_loopback() {
+        anyhow::bail!(
+            "--unsecured is for benchmarks on one machine: node {id}'s gRPC address {} is not loopback",
+            spec.grpc
+        );
+    }
     if let Some(addr) = spec.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -157,6 +171,7 @@ async fn run(
             ..IndexConfig::default()
         },
         join,
+        unsecured_grpc: unsecured,
     })
     .await?;
     println!("tessera-node {id} serving gRPC on {}", node.grpc_addr());

@@ -74,6 +74,10 @@ pub struct NodeConfig {
     /// The bootstrap admin key's record (see `meta::keys`): the meta leader
     /// adds it to a map that has never held it.
     pub bootstrap_key: Option<tessera_proto::keys::KeyRecord>,
+    /// Serve and dial node gRPC in plaintext with no role check
+    /// (`--unsecured`): only for the benchmark that measures what mutual
+    /// TLS costs, and refused by the binary unless gRPC listens on loopback.
+    pub unsecured_grpc: bool,
 }
 
 /// The state shared by the gRPC service and the control loops.
@@ -146,7 +150,11 @@ impl TesseraNode {
             index_config: config.index,
             data_dir: config.data_dir,
             join: config.join,
-            peers: config.tls.identity(),
+            peers: if config.unsecured_grpc {
+                config.tls.identity().unsecured_baseline()
+            } else {
+                config.tls.identity()
+            },
             bootstrap_key: config.bootstrap_key,
         });
         inner.open_meta_group().await?;

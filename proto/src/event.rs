@@ -55,6 +55,13 @@ pub struct Event {
     /// the feature store ignores the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impression: Option<String>,
+    /// What makes a retried or duplicated event count once: each shard
+    /// applies an id at most once. Absent, the id is derived from every
+    /// other field ([`derived_event_id`]), so two identical events in the
+    /// same millisecond count once; give them distinct ids when both are
+    /// real.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// An event after validation, with its time in epoch milliseconds.
@@ -66,6 +73,35 @@ pub struct ValidEvent {
     pub space: String,
     pub event_ts_ms: i64,
     pub value: f64,
+    /// The event's id, given or derived (see [`Event::id`]).
+    pub id: String,
+}
+
+/// The id of an event sent without one: a digest of everything it says
+/// (kind, user, doc, space, time, value, impression), so a resent copy has
+/// the same id and any real difference gives another.
+pub fn derived_event_id(
+    kind: EventKind,
+    user: &str,
+    doc: &str,
+    space: &str,
+    event_ts_ms: i64,
+    value: f64,
+    impression: Option<&str>,
+) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [kind.as_str(), user, doc, space, impression.unwrap_or("")] {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(&event_ts_ms.to_be_bytes());
+    h.update(&value.to_bits().to_be_bytes());
+    let digest = h.finalize();
+    let hex: String = digest.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("d-{hex}")
 }
 
 impl Event {
@@ -116,6 +152,27 @@ impl Event {
                 "value {value} is not a finite number within ±{MAX_EVENT_VALUE_ABS} (MAX_EVENT_VALUE_ABS)"
             )));
         }
+        let id = match &self.id {
+            Some(id) => {
+                check_len("id (MAX_ID_BYTES)", id, MAX_ID_BYTES)?;
+                if id.is_empty() || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                    return Err(DocumentError::BadName {
+                        field: "id",
+                        value: id.clone(),
+                    });
+                }
+                id.clone()
+            }
+            None => derived_event_id(
+                self.kind,
+                &self.user,
+                &self.doc,
+                &self.space,
+                event_ts_ms,
+                value,
+                self.impression.as_deref(),
+            ),
+        };
         Ok(ValidEvent {
             kind: self.kind,
             user: self.user.clone(),
@@ -123,6 +180,7 @@ impl Event {
             space: self.space.clone(),
             event_ts_ms,
             value,
+            id,
         })
     }
 }
@@ -166,6 +224,27 @@ mod tests {
         assert_eq!(e.kind, EventKind::View);
         assert_eq!(e.event_ts_ms, 1_767_225_601_000);
         assert_eq!(e.value, 1.0);
+    }
+
+    #[test]
+    fn ids_are_kept_or_derived_from_every_field() {
+        let line = |extra: &str| {
+            format!(
+                r#"{{"kind":"view","user":"u:alice","doc":"p-17","space":"ENG","ts":"2026-01-01T00:00:01Z"{extra}}}"#
+            )
+        };
+        let given = Event::from_json_bytes(line(r#","id":"evt-1""#).as_bytes()).expect("valid");
+        assert_eq!(given.id, "evt-1");
+        let a = Event::from_json_bytes(line("").as_bytes()).expect("valid");
+        let b = Event::from_json_bytes(line("").as_bytes()).expect("valid");
+        assert_eq!(a.id, b.id, "a resent event has the same id");
+        assert!(a.id.starts_with("d-") && a.id.len() == 34, "{}", a.id);
+        let other = Event::from_json_bytes(line(r#","value":2"#).as_bytes()).expect("valid");
+        assert_ne!(a.id, other.id, "another value is another event");
+        for bad in [r#","id":"" "#, r#","id":"a b""#] {
+            let err = Event::from_json_bytes(line(bad).as_bytes()).expect_err("bad id");
+            assert!(err.to_string().contains("id"), "{err}");
+        }
     }
 
     #[test]

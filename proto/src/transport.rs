@@ -97,6 +97,11 @@ pub struct PeerIdentity {
     pub cert_pem: String,
     /// This member's PKCS#8 private key (PEM).
     pub key_pem: String,
+    /// Benchmark baselines only (`--unsecured`): dial and serve node gRPC in
+    /// plaintext with no certificate or role check, so `scripts/bench.sh`
+    /// can measure what security costs in the same run. The binaries allow
+    /// it only on loopback addresses.
+    pub unsecured: bool,
 }
 
 impl std::fmt::Debug for PeerIdentity {
@@ -123,7 +128,14 @@ impl PeerIdentity {
             ca_pem: read("ca.pem".to_string())?,
             cert_pem: read(format!("{name}.pem"))?,
             key_pem: read(format!("{name}.key"))?,
+            unsecured: false,
         })
+    }
+
+    /// The same identity, used in plaintext (see [`Self::unsecured`]).
+    pub fn unsecured_baseline(mut self) -> Self {
+        self.unsecured = true;
+        self
     }
 
     /// The TLS configuration of a node's gRPC port: its own certificate, and
@@ -149,6 +161,9 @@ impl PeerIdentity {
     /// An endpoint to the node at `addr` (`host:port`) that verifies the
     /// node against the cluster CA and presents this identity.
     pub fn node_endpoint(&self, addr: &str) -> Result<Endpoint, TransportError> {
+        if self.unsecured {
+            return plaintext_endpoint(addr);
+        }
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
@@ -166,8 +181,9 @@ pub fn router_endpoint(addr: &str, ca_pem: &str) -> Result<Endpoint, TransportEr
     tls_endpoint(addr, tls)
 }
 
-/// A plaintext endpoint: a router started with `--insecure`, or the fake
-/// nodes of router unit tests. Nothing in a real cluster accepts it.
+/// A plaintext endpoint: a router started with `--insecure`, the fake
+/// nodes of router unit tests, or an `--unsecured` benchmark baseline.
+/// Nothing in a secured cluster accepts it.
 pub fn plaintext_endpoint(addr: &str) -> Result<Endpoint, TransportError> {
     let uri = with_scheme(addr, "http");
     Endpoint::from_shared(uri).map_err(|e| TransportError::Address {

@@ -68,6 +68,11 @@ pub struct RouterConfig {
     /// Serve the client port in plaintext (`--insecure`): for local
     /// experiments only, and said so in the log at startup.
     pub insecure: bool,
+    /// BENCHMARK BASELINE ONLY (`--unsecured`): plaintext everywhere and
+    /// no API key checks, every caller acting as a cluster admin, so that
+    /// `scripts/bench.sh security` measures what TLS and keys cost in the
+    /// same run. The binary allows it only on a loopback listen address.
+    pub unsecured: bool,
     /// Where admin and key operations are logged (JSON lines, see
     /// `auth::audit`); `None` = not logged.
     pub audit_log: Option<std::path::PathBuf>,
@@ -97,6 +102,7 @@ impl RouterConfig {
             impression_log: None,
             identity: None,
             insecure: false,
+            unsecured: false,
             audit_log: None,
         }
     }

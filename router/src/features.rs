@@ -69,6 +69,21 @@ impl FeatureRouterService {
         }
     }
 
+    /// Authorises `rpc` with `scope` on the tenant the request names, and
+    /// hands back its body.
+    async fn authorized<T: NamesTenant>(
+        &self,
+        rpc: &'static str,
+        request: Request<T>,
+        scope: Scope,
+        deadline: Deadline,
+    ) -> Result<T, Status> {
+        let need = Need::tenant(request.get_ref().tenant(), scope);
+        crate::auth::guard::authorize(&self.backend, rpc, request.metadata(), need, deadline)
+            .await?;
+        Ok(request.into_inner())
+    }
+
     fn deadline<T>(&self, req: &Request<T>, timeout_ms: u32) -> Deadline {
         let c = &self.backend.cfg;
         Deadline::for_request(
@@ -326,16 +341,9 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::ApplyFeaturesRequest>,
     ) -> Result<Response<pb::ApplyFeaturesResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
-        let tenant_name = request.get_ref().tenant.clone();
-        crate::auth::guard::authorize(
-            &self.backend,
-            "apply_features",
-            request.metadata(),
-            Need::tenant(&tenant_name, Scope::Features),
-            deadline,
-        )
-        .await?;
-        let req = request.into_inner();
+        let req = self
+            .authorized("apply_features", request, Scope::Features, deadline)
+            .await?;
         let tenant = self
             .tenant(&req.tenant, deadline)
             .await
@@ -369,16 +377,9 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::ListFeaturesRequest>,
     ) -> Result<Response<pb::ListFeaturesResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
-        let tenant_name = request.get_ref().tenant.clone();
-        crate::auth::guard::authorize(
-            &self.backend,
-            "list_features",
-            request.metadata(),
-            Need::tenant(&tenant_name, Scope::Features),
-            deadline,
-        )
-        .await?;
-        let req = request.into_inner();
+        let req = self
+            .authorized("list_features", request, Scope::Features, deadline)
+            .await?;
         let tenant = self
             .tenant(&req.tenant, deadline)
             .await
@@ -405,16 +406,9 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::PutEventsRequest>,
     ) -> Result<Response<pb::PutEventsResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
-        let tenant_name = request.get_ref().tenant.clone();
-        crate::auth::guard::authorize(
-            &self.backend,
-            "put_events",
-            request.metadata(),
-            Need::tenant(&tenant_name, Scope::Write),
-            deadline,
-        )
-        .await?;
-        let req = request.into_inner();
+        let req = self
+            .authorized("put_events", request, Scope::Write, deadline)
+            .await?;
         let mut token = SessionToken::decode(&req.session).map_err(to_status)?;
         // Validate everything first: one bad line and nothing is written.
         let mut rejected: Vec<pb::ItemRejectionF> = Vec::new();
@@ -459,16 +453,9 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::OnlineFeaturesRequest>,
     ) -> Result<Response<pb::OnlineFeaturesResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
-        let tenant_name = request.get_ref().tenant.clone();
-        crate::auth::guard::authorize(
-            &self.backend,
-            "online_features",
-            request.metadata(),
-            Need::tenant(&tenant_name, Scope::Features),
-            deadline,
-        )
-        .await?;
-        let req = request.into_inner();
+        let req = self
+            .authorized("online_features", request, Scope::Features, deadline)
+            .await?;
         let session = SessionToken::decode(&req.token).map_err(to_status)?;
         let tenant = self
             .tenant(&req.tenant, deadline)
@@ -500,16 +487,9 @@ impl FeatureRouter for FeatureRouterService {
         request: Request<pb::HistoricalFeaturesRequest>,
     ) -> Result<Response<pb::HistoricalFeaturesResponse>, Status> {
         let deadline = self.deadline(&request, request.get_ref().timeout_ms);
-        let tenant_name = request.get_ref().tenant.clone();
-        crate::auth::guard::authorize(
-            &self.backend,
-            "historical_features",
-            request.metadata(),
-            Need::tenant(&tenant_name, Scope::Features),
-            deadline,
-        )
-        .await?;
-        let req = request.into_inner();
+        let req = self
+            .authorized("historical_features", request, Scope::Features, deadline)
+            .await?;
         let session = SessionToken::decode(&req.token).map_err(to_status)?;
         let tenant = self
             .tenant(&req.tenant, deadline)
@@ -565,3 +545,27 @@ impl FeatureRouter for FeatureRouterService {
         }))
     }
 }
+
+/// A feature request that names the tenant it acts on, so one helper can
+/// authorise all of them.
+trait NamesTenant {
+    fn tenant(&self) -> &str;
+}
+
+macro_rules! names_tenant {
+    ($($t:ty),*) => {
+        $(impl NamesTenant for $t {
+            fn tenant(&self) -> &str {
+                &self.tenant
+            }
+        })*
+    };
+}
+
+names_tenant!(
+    pb::ApplyFeaturesRequest,
+    pb::ListFeaturesRequest,
+    pb::PutEventsRequest,
+    pb::OnlineFeaturesRequest,
+    pb::HistoricalFeaturesRequest
+);

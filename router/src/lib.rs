@@ -25,6 +25,7 @@ pub mod map_cache;
 pub mod merge;
 pub mod pool;
 pub mod read;
+pub mod residency;
 pub mod select;
 pub mod server;
 pub mod service;

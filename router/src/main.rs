@@ -68,6 +68,11 @@ struct Args {
     /// local experiments only: API keys and documents then cross the network unencrypted.
     #[arg(long)]
     insecure: bool,
+    /// BENCHMARK BASELINE ONLY: plaintext on every port and to the nodes (which must run
+    /// with `--unsecured` too) and NO API KEY CHECKS, so that `scripts/bench.sh security`
+    /// can measure what TLS and keys cost. Refused unless --listen is a loopback address.
+    #[arg(long)]
+    unsecured: bool,
     /// Append every admin and key operation (who, what, when, outcome) to this JSON Lines
     /// file. Default: audit.jsonl in the current directory.
     #[arg(long, value_name = "PATH", default_value = "audit.jsonl")]
@@ -97,13 +102,25 @@ async fn main() -> anyhow::Result<()> {
     cfg.default_read_timeout = Duration::from_millis(args.read_timeout_ms);
     cfg.default_write_timeout = Duration::from_millis(args.write_timeout_ms);
     cfg.impression_log = args.impression_log;
-    cfg.identity = Some(PeerIdentity::load(&args.certs, "router").with_context(|| {
+    let identity = PeerIdentity::load(&args.certs, "router").with_context(|| {
         format!(
             "loading the router certificate from {}",
             args.certs.display()
         )
-    })?);
+    })?;
+    if args.unsecured && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--unsecured is for benchmarks on one machine: --listen {} is not loopback",
+            args.listen
+        );
+    }
+    cfg.identity = Some(if args.unsecured {
+        identity.unsecured_baseline()
+    } else {
+        identity
+    });
     cfg.insecure = args.insecure;
+    cfg.unsecured = args.unsecured;
     cfg.audit_log = Some(args.audit_log);
     for (id, addr) in args.node_routes {
         if let Some(old) = cfg.node_routes.insert(id, addr.clone()) {

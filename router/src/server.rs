@@ -193,6 +193,13 @@ fn client_port_tls(
     config: &RouterConfig,
 ) -> Result<Option<tonic::transport::ServerTlsConfig>, RouterError> {
     tessera_proto::transport::install_crypto_provider();
+    if config.unsecured {
+        tracing::warn!(
+            "--unsecured: PLAINTEXT everywhere and NO API KEY CHECKS; every caller is a cluster \
+             admin (benchmark baselines only)"
+        );
+        return Ok(None);
+    }
     match (&config.identity, config.insecure) {
         (Some(identity), false) => Ok(Some(identity.router_server_tls())),
         (Some(_), true) => {

@@ -24,8 +24,9 @@ use tessera_proto::limits::{MAX_BATCH_OPS, MAX_PAGE_SIZE};
 use tessera_proto::pb::node_client::NodeClient;
 use tessera_proto::pb::router_server::Router as RouterApi;
 use tessera_proto::pb::{
-    CreateKeyRequest, CreateKeyResponse, ListKeysRequest, ListKeysResponse, PutKeyRequest,
-    RevokeKeyRequest, SecurityResponse, SetUserTokensRequest,
+    CheckResidencyRequest, CheckResidencyResponse, CreateKeyRequest, CreateKeyResponse,
+    ListKeysRequest, ListKeysResponse, PutKeyRequest, RevokeKeyRequest, SecurityResponse,
+    SetUserTokensRequest, StatusResponse,
 };
 use tessera_proto::pb::{
     CreateTenantRequest, CreateTenantResponse, DeleteOp, DrainNodeRequest, DrainNodeResponse,
@@ -382,8 +383,12 @@ impl RouterService {
                 tenant.id
             )));
         }
-        let global_stats = if shards.len() > 1 {
-            let parts = futures::future::try_join_all(shards.iter().map(|&shard| {
+        // Statistics over one complete copy of the tenant (see
+        // `Topology::complete_shards`), sent whenever more than one shard is
+        // read or a resize runs, so scores do not shift at its cut-over.
+        let complete = Topology::complete_shards(tenant);
+        let global_stats = if shards.len() > 1 || tenant.resize.is_some() {
+            let parts = futures::future::try_join_all(complete.iter().map(|&shard| {
                 self.shard_stats(
                     scope,
                     shard,
@@ -453,7 +458,9 @@ impl RouterService {
         for (shard, out) in results {
             served.push(served_by(&self.backend, shard, &out, out.value.applied));
             more |= out.value.hits.len() >= ask as usize;
-            total += out.value.total_matches;
+            if complete.contains(&shard) {
+                total += out.value.total_matches;
+            }
             if variant.is_empty() {
                 variant = out.value.variant;
             }
@@ -656,9 +663,10 @@ impl RouterService {
             deadline,
         };
         // While a resize runs both placements hold the moving documents:
-        // count the current placement's shards only.
+        // count one complete copy only (the old placement loses documents
+        // as it drops them).
         let parts = futures::future::try_join_all(
-            Topology::current_shards(&tenant)
+            Topology::complete_shards(&tenant)
                 .into_iter()
                 .map(|shard| self.shard_stats(&scope, shard, "", None, 0)),
         )
@@ -1271,8 +1279,13 @@ impl RouterService {
         }
     }
 
-    async fn status_inner(&self, deadline: Deadline) -> Result<RouterStatusResponse, RouterError> {
-        let topo = self.backend.map.ready(deadline).await?;
+    /// Every node's own status (`None`: it did not answer within a second
+    /// or the deadline).
+    async fn probe_nodes(
+        &self,
+        topo: &Topology,
+        deadline: Deadline,
+    ) -> HashMap<NodeId, Option<StatusResponse>> {
         let probes = topo.nodes().into_iter().map(|n| {
             let id = n.id;
             let addr = n.grpc_addr.clone();
@@ -1289,10 +1302,46 @@ impl RouterService {
                 }
             }
         });
-        let answers: HashMap<NodeId, Option<_>> = futures::future::join_all(probes)
+        futures::future::join_all(probes)
             .await
             .into_iter()
-            .collect();
+            .collect()
+    }
+
+    /// The residency check over the freshest map and every node's hosted
+    /// groups (see `residency`).
+    async fn check_residency_inner(
+        &self,
+        deadline: Deadline,
+    ) -> Result<CheckResidencyResponse, RouterError> {
+        // The freshest map (a map never loaded would check nothing).
+        self.backend.map.ready(deadline).await?;
+        let topo = self.backend.map.refresh(deadline).await;
+        let answers = self.probe_nodes(&topo, deadline).await;
+        let mut hosted = BTreeMap::new();
+        let mut unreachable = Vec::new();
+        for (node, st) in answers {
+            match st {
+                Some(st) => {
+                    hosted.insert(node, st.groups.iter().map(|g| g.group).collect());
+                }
+                None => unreachable.push(node),
+            }
+        }
+        unreachable.sort_unstable();
+        let found = crate::residency::check(topo.map(), &hosted);
+        Ok(CheckResidencyResponse {
+            epoch: topo.epoch(),
+            shards: found.shards,
+            replicas: found.replicas,
+            violations: found.violations,
+            unreachable,
+        })
+    }
+
+    async fn status_inner(&self, deadline: Deadline) -> Result<RouterStatusResponse, RouterError> {
+        let topo = self.backend.map.ready(deadline).await?;
+        let answers = self.probe_nodes(&topo, deadline).await;
         let now = Instant::now();
         let nodes = topo
             .nodes()
@@ -1382,18 +1431,11 @@ impl RouterApi for RouterService {
     ) -> Result<Response<CreateTenantResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
         let target = request.get_ref().id.clone();
-        let caller = self
-            .guard("create_tenant", &request, Need::admin(), deadline)
-            .await?;
-        let req = request.into_inner();
-        let result = self
-            .run(
-                "create_tenant",
-                None,
-                self.create_tenant_inner(req, deadline),
-            )
-            .await;
-        self.audited("create_tenant", &caller, &target, result)
+        let call = Call::admin("create_tenant", Need::admin(), None);
+        self.serve_admin(call, &target, request, deadline, |req| {
+            self.create_tenant_inner(req, deadline)
+        })
+        .await
     }
 
     async fn drain_node(
@@ -1402,14 +1444,11 @@ impl RouterApi for RouterService {
     ) -> Result<Response<DrainNodeResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
         let target = format!("node {}", request.get_ref().node);
-        let caller = self
-            .guard("drain_node", &request, Need::admin(), deadline)
-            .await?;
-        let req = request.into_inner();
-        let result = self
-            .run("drain_node", None, self.drain_node_inner(req, deadline))
-            .await;
-        self.audited("drain_node", &caller, &target, result)
+        let call = Call::admin("drain_node", Need::admin(), None);
+        self.serve_admin(call, &target, request, deadline, |req| {
+            self.drain_node_inner(req, deadline)
+        })
+        .await
     }
 
     async fn move_tenant(
@@ -1418,18 +1457,11 @@ impl RouterApi for RouterService {
     ) -> Result<Response<CreateTenantResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
         let tenant = request.get_ref().id.clone();
-        let caller = self
-            .guard("move_tenant", &request, Need::admin_on(&tenant), deadline)
-            .await?;
-        let req = request.into_inner();
-        let result = self
-            .run(
-                "move_tenant",
-                Some(&tenant),
-                self.move_tenant_inner(req, deadline),
-            )
-            .await;
-        self.audited("move_tenant", &caller, &tenant, result)
+        let call = Call::admin("move_tenant", Need::admin_on(&tenant), Some(&tenant));
+        self.serve_admin(call, &tenant, request, deadline, |req| {
+            self.move_tenant_inner(req, deadline)
+        })
+        .await
     }
 
     async fn resize_tenant(
@@ -1438,18 +1470,11 @@ impl RouterApi for RouterService {
     ) -> Result<Response<CreateTenantResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
         let tenant = request.get_ref().id.clone();
-        let caller = self
-            .guard("resize_tenant", &request, Need::admin_on(&tenant), deadline)
-            .await?;
-        let req = request.into_inner();
-        let result = self
-            .run(
-                "resize_tenant",
-                Some(&tenant),
-                self.resize_tenant_inner(req, deadline),
-            )
-            .await;
-        self.audited("resize_tenant", &caller, &tenant, result)
+        let call = Call::admin("resize_tenant", Need::admin_on(&tenant), Some(&tenant));
+        self.serve_admin(call, &tenant, request, deadline, |req| {
+            self.resize_tenant_inner(req, deadline)
+        })
+        .await
     }
 
     async fn get_tenant(
@@ -1458,14 +1483,10 @@ impl RouterApi for RouterService {
     ) -> Result<Response<GetTenantResponse>, Status> {
         let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
         let tenant = request.get_ref().id.clone();
-        self.guard("get_tenant", &request, Need::any_on(&tenant), deadline)
-            .await?;
-        let req = request.into_inner();
-        self.run(
-            "get_tenant",
-            Some(&tenant),
-            self.get_tenant_inner(req, deadline),
-        )
+        let call = Call::data("get_tenant", Need::any_on(&tenant), &tenant);
+        self.serve(call, request, deadline, |req| {
+            self.get_tenant_inner(req, deadline)
+        })
         .await
     }
 
@@ -1475,19 +1496,14 @@ impl RouterApi for RouterService {
     ) -> Result<Response<PutDocumentsResponse>, Status> {
         let deadline = self.write_deadline(&request, request.get_ref().timeout_ms);
         let tenant = request.get_ref().tenant.clone();
-        self.guard(
+        let call = Call::data(
             "put_documents",
-            &request,
             Need::tenant(&tenant, Scope::Write),
-            deadline,
-        )
-        .await?;
-        let req = request.into_inner();
-        self.run(
-            "put_documents",
-            Some(&tenant),
-            self.put_documents_inner(req, deadline),
-        )
+            &tenant,
+        );
+        self.serve(call, request, deadline, |req| {
+            self.put_documents_inner(req, deadline)
+        })
         .await
     }
 
@@ -1497,19 +1513,10 @@ impl RouterApi for RouterService {
     ) -> Result<Response<PutGroupsResponse>, Status> {
         let deadline = self.write_deadline(&request, request.get_ref().timeout_ms);
         let tenant = request.get_ref().tenant.clone();
-        self.guard(
-            "put_groups",
-            &request,
-            Need::tenant(&tenant, Scope::Write),
-            deadline,
-        )
-        .await?;
-        let req = request.into_inner();
-        self.run(
-            "put_groups",
-            Some(&tenant),
-            self.put_groups_inner(req, deadline),
-        )
+        let call = Call::data("put_groups", Need::tenant(&tenant, Scope::Write), &tenant);
+        self.serve(call, request, deadline, |req| {
+            self.put_groups_inner(req, deadline)
+        })
         .await
     }
 
@@ -1518,23 +1525,16 @@ impl RouterApi for RouterService {
         request: Request<RouterSearchRequest>,
     ) -> Result<Response<RouterSearchResponse>, Status> {
         let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
-        let tenant = request.get_ref().tenant.clone();
-        self.guard(
-            "search",
-            &request,
-            Need::tenant(&tenant, Scope::Search),
-            deadline,
-        )
-        .await?;
-        check_acting_user(
-            &self.backend,
-            request.metadata(),
-            &tenant,
-            &request.get_ref().user,
-        )?;
-        let req = request.into_inner();
-        self.run("search", Some(&tenant), self.search_inner(req, deadline))
-            .await
+        let (tenant, user) = (
+            request.get_ref().tenant.clone(),
+            request.get_ref().user.clone(),
+        );
+        let call =
+            Call::data("search", Need::tenant(&tenant, Scope::Search), &tenant).acting(&user);
+        self.serve(call, request, deadline, |req| {
+            self.search_inner(req, deadline)
+        })
+        .await
     }
 
     async fn get(
@@ -1542,22 +1542,12 @@ impl RouterApi for RouterService {
         request: Request<RouterGetRequest>,
     ) -> Result<Response<RouterGetResponse>, Status> {
         let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
-        let tenant = request.get_ref().tenant.clone();
-        self.guard(
-            "get",
-            &request,
-            Need::tenant(&tenant, Scope::Search),
-            deadline,
-        )
-        .await?;
-        check_acting_user(
-            &self.backend,
-            request.metadata(),
-            &tenant,
-            &request.get_ref().user,
-        )?;
-        let req = request.into_inner();
-        self.run("get", Some(&tenant), self.get_inner(req, deadline))
+        let (tenant, user) = (
+            request.get_ref().tenant.clone(),
+            request.get_ref().user.clone(),
+        );
+        let call = Call::data("get", Need::tenant(&tenant, Scope::Search), &tenant).acting(&user);
+        self.serve(call, request, deadline, |req| self.get_inner(req, deadline))
             .await
     }
 
@@ -1566,9 +1556,21 @@ impl RouterApi for RouterService {
         request: Request<RouterStatusRequest>,
     ) -> Result<Response<RouterStatusResponse>, Status> {
         let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
-        self.guard("status", &request, Need::admin(), deadline)
-            .await?;
-        self.run("status", None, self.status_inner(deadline)).await
+        let call = Call::admin("status", Need::admin(), None);
+        self.serve(call, request, deadline, |_| self.status_inner(deadline))
+            .await
+    }
+
+    async fn check_residency(
+        &self,
+        request: Request<CheckResidencyRequest>,
+    ) -> Result<Response<CheckResidencyResponse>, Status> {
+        let deadline = self.read_deadline(&request, request.get_ref().timeout_ms);
+        let call = Call::admin("check_residency", Need::admin(), None);
+        self.serve(call, request, deadline, |_| {
+            self.check_residency_inner(deadline)
+        })
+        .await
     }
 
     async fn create_key(
@@ -1584,6 +1586,7 @@ impl RouterApi for RouterService {
         let result = self
             .run("create_key", None, self.create_key_inner(req, deadline))
             .await;
+        // The audit line names the new key, which exists only now.
         let target = match &result {
             Ok(r) => format!(
                 "{target} key {}",
@@ -1600,14 +1603,11 @@ impl RouterApi for RouterService {
     ) -> Result<Response<ListKeysResponse>, Status> {
         let deadline = self.read_deadline(&request, 0);
         let target = key_target(&request.get_ref().tenant);
-        let caller = self
-            .guard("list_keys", &request, Need::admin(), deadline)
-            .await?;
-        let tenant = request.into_inner().tenant;
-        let result = self
-            .run("list_keys", None, self.list_keys_inner(tenant, deadline))
-            .await;
-        self.audited("list_keys", &caller, &target, result)
+        let call = Call::admin("list_keys", Need::admin(), None);
+        self.serve_admin(call, &target, request, deadline, |req| {
+            self.list_keys_inner(req.tenant, deadline)
+        })
+        .await
     }
 
     async fn revoke_key(
@@ -1616,14 +1616,11 @@ impl RouterApi for RouterService {
     ) -> Result<Response<SecurityResponse>, Status> {
         let deadline = self.write_deadline(&request, 0);
         let target = format!("key {}", request.get_ref().id);
-        let caller = self
-            .guard("revoke_key", &request, Need::admin(), deadline)
-            .await?;
-        let req = request.into_inner();
-        let result = self
-            .run("revoke_key", None, self.revoke_key_inner(req, deadline))
-            .await;
-        self.audited("revoke_key", &caller, &target, result)
+        let call = Call::admin("revoke_key", Need::admin(), None);
+        self.serve_admin(call, &target, request, deadline, |req| {
+            self.revoke_key_inner(req, deadline)
+        })
+        .await
     }
 
     async fn set_user_tokens(
@@ -1637,23 +1634,104 @@ impl RouterApi for RouterService {
             .as_ref()
             .map(|p| p.tenant.clone())
             .unwrap_or_default();
-        let caller = self
-            .guard(
-                "set_user_tokens",
-                &request,
-                Need::admin_on(&tenant),
-                deadline,
-            )
-            .await?;
-        let req = request.into_inner();
+        let call = Call::admin("set_user_tokens", Need::admin_on(&tenant), None);
+        self.serve_admin(call, &tenant, request, deadline, |req| {
+            self.set_user_tokens_inner(req, deadline)
+        })
+        .await
+    }
+}
+
+/// What one public RPC needs before its work runs: the caller's grant, the
+/// tenant it is admitted (rate-limited) under, and the acting user whose
+/// signed token is checked where the tenant requires one.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    rpc: &'static str,
+    need: Need<'a>,
+    tenant: Option<&'a str>,
+    acting_user: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    /// An RPC on one tenant's data.
+    fn data(rpc: &'static str, need: Need<'a>, tenant: &'a str) -> Self {
+        Self {
+            rpc,
+            need,
+            tenant: Some(tenant),
+            acting_user: None,
+        }
+    }
+
+    /// An administrative RPC (admitted under `tenant` when it targets one).
+    fn admin(rpc: &'static str, need: Need<'a>, tenant: Option<&'a str>) -> Self {
+        Self {
+            rpc,
+            need,
+            tenant,
+            acting_user: None,
+        }
+    }
+
+    /// The same RPC acting for `user` (search and get).
+    fn acting(self, user: &'a str) -> Self {
+        Self {
+            acting_user: Some(user),
+            ..self
+        }
+    }
+}
+
+impl RouterService {
+    /// Authorises `call`, checks the acting user's token, then runs `work`
+    /// under admission control and metrics.
+    async fn serve<Req, T, Fut>(
+        &self,
+        call: Call<'_>,
+        request: Request<Req>,
+        deadline: Deadline,
+        work: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: Future<Output = Result<T, RouterError>>,
+    {
+        self.authorize(call, &request, deadline).await?;
+        self.run(call.rpc, call.tenant, work(request.into_inner()))
+            .await
+    }
+
+    /// [`Self::serve`] for administrative RPCs: the outcome, success or
+    /// failure, goes to the audit log against `target`.
+    async fn serve_admin<Req, T, Fut>(
+        &self,
+        call: Call<'_>,
+        target: &str,
+        request: Request<Req>,
+        deadline: Deadline,
+        work: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: Future<Output = Result<T, RouterError>>,
+    {
+        let caller = self.authorize(call, &request, deadline).await?;
         let result = self
-            .run(
-                "set_user_tokens",
-                None,
-                self.set_user_tokens_inner(req, deadline),
-            )
+            .run(call.rpc, call.tenant, work(request.into_inner()))
             .await;
-        self.audited("set_user_tokens", &caller, &tenant, result)
+        self.audited(call.rpc, &caller, target, result)
+    }
+
+    async fn authorize<Req>(
+        &self,
+        call: Call<'_>,
+        request: &Request<Req>,
+        deadline: Deadline,
+    ) -> Result<Caller, Status> {
+        let caller = self.guard(call.rpc, request, call.need, deadline).await?;
+        if let (Some(tenant), Some(user)) = (call.tenant, call.acting_user) {
+            check_acting_user(&self.backend, request.metadata(), tenant, user)?;
+        }
+        Ok(caller)
     }
 }
 

@@ -141,6 +141,46 @@ impl Topology {
         }
     }
 
+    /// Shards that together hold exactly one copy of every document of the
+    /// tenant, for BM25 statistics and match counts, so that neither counts
+    /// a moving document twice and a document scores the same on either
+    /// placement and on every page of a search paged across the cut-over.
+    ///
+    /// While a resize copies, that is the old placement. Once shards drop,
+    /// each old partition is counted on its old shard until that shard has
+    /// dropped (until then it still holds the partition whole), then on the
+    /// new shards it split into: new partition `q` holds part of old
+    /// partition `q % old` (`partition_of` is a hash modulo the count, and
+    /// counts only grow by multiples).
+    pub fn complete_shards(tenant: &TenantInfo) -> Vec<ShardId> {
+        let old = Self::current_shards(tenant);
+        let Some(r) = tenant.resize.as_ref().filter(|r| r.phase != "copying") else {
+            return old;
+        };
+        let n_old = tenant.partitions.len();
+        if n_old == 0 || r.to.is_empty() || r.to.len() % n_old != 0 {
+            return old;
+        }
+        let mut out: Vec<ShardId> = Vec::with_capacity(r.to.len());
+        let mut add = |s: ShardId| {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        };
+        for (p, &shard) in tenant.partitions.iter().enumerate() {
+            if r.dropped.contains(&shard) {
+                for (q, &child) in r.to.iter().enumerate() {
+                    if q % n_old == p {
+                        add(child);
+                    }
+                }
+            } else {
+                add(shard);
+            }
+        }
+        out
+    }
+
     /// The shards of the current placement, each once.
     pub fn current_shards(tenant: &TenantInfo) -> Vec<ShardId> {
         let mut out: Vec<ShardId> = Vec::with_capacity(tenant.partitions.len());
@@ -283,6 +323,43 @@ pub(crate) mod tests {
             keys: Vec::new(),
             user_tokens: Vec::new(),
         }
+    }
+
+    #[test]
+    fn statistics_count_each_old_partition_once_until_its_shard_drops() {
+        let mut t = TenantInfo {
+            partitions: vec![1, 2],
+            resize: Some(tessera_proto::pb::ResizeInfo {
+                to: vec![1, 2, 11, 12],
+                phase: "copying".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(Topology::complete_shards(&t), vec![1, 2], "copying: old");
+        let set = |t: &mut TenantInfo, phase: &str, dropped: Vec<u64>| {
+            if let Some(r) = t.resize.as_mut() {
+                r.phase = phase.into();
+                r.dropped = dropped;
+            }
+        };
+        set(&mut t, "dropping", vec![]);
+        assert_eq!(
+            Topology::complete_shards(&t),
+            vec![1, 2],
+            "nothing dropped yet"
+        );
+        set(&mut t, "dropping", vec![2]);
+        assert_eq!(
+            Topology::complete_shards(&t),
+            vec![1, 2, 12],
+            "old partition 1 now lives on new partitions 1 and 3"
+        );
+        set(&mut t, "dropping", vec![1, 2]);
+        assert_eq!(Topology::complete_shards(&t), vec![1, 11, 2, 12]);
+        t.partitions = vec![1, 2, 11, 12];
+        t.resize = None;
+        assert_eq!(Topology::complete_shards(&t), vec![1, 2, 11, 12]);
     }
 
     #[test]

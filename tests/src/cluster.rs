@@ -66,6 +66,9 @@ pub struct TestCluster {
     /// Nodes left out of the cluster file the others start with; they join a running
     /// cluster (see [`Self::hold_back`]).
     held_back: BTreeMap<NodeId, NodeSpec>,
+    /// Nodes serve gRPC in plaintext (`--unsecured`): only the benchmark
+    /// that measures what security costs sets it (see [`Self::unsecured`]).
+    unsecured: bool,
 }
 
 /// An IP base unique to this test process and cluster: 127.A.B.x.
@@ -147,7 +150,15 @@ impl TestCluster {
             index: IndexConfig::default(),
             extra_args: BTreeMap::new(),
             held_back: BTreeMap::new(),
+            unsecured: false,
         }
+    }
+
+    /// Makes nodes started after this call serve and dial gRPC in
+    /// plaintext with no certificate checks (`--unsecured`), and this
+    /// harness reach them so: the baseline of `bench_suite security`.
+    pub fn unsecured(&mut self) {
+        self.unsecured = true;
     }
 
     /// Sets the `[placement]` knobs for nodes started after this call.
@@ -220,6 +231,7 @@ impl TestCluster {
                     raft: RaftTuning::default(),
                     index: self.index.clone(),
                     join,
+                    unsecured_grpc: self.unsecured,
                 })
                 .await
                 .expect("node starts");
@@ -251,6 +263,7 @@ impl TestCluster {
                     .arg("--certs")
                     .arg(&self.certs)
                     .args(join.then_some("--join"))
+                    .args(self.unsecured.then_some("--unsecured"))
                     .args(self.extra_args.get(&id).cloned().unwrap_or_default())
                     .stdout(log)
                     .stderr(err);
@@ -376,8 +389,9 @@ impl TestCluster {
     /// A fresh gRPC client to node `id`, over mutual TLS with the router
     /// certificate.
     pub async fn client(&self, id: NodeId) -> Result<NodeClient<Channel>, String> {
-        let endpoint = self
-            .router_identity()
+        let mut identity = self.router_identity();
+        identity.unsecured = self.unsecured;
+        let endpoint = identity
             .node_endpoint(&self.grpc(id).to_string())
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(2))

@@ -195,7 +195,10 @@ pub async fn spawn_router(
         .stderr(err);
     let proc =
         ManagedProcess::spawn(format!("router-{k}"), &mut cmd).expect("spawn tessera-router");
-    register_router(cluster, &addr.to_string());
+    // An `--unsecured` baseline router is reached in plaintext, keyless.
+    if !extra.iter().any(|a| a == "--unsecured") {
+        register_router(cluster, &addr.to_string());
+    }
     let r = RouterProc {
         region: region.to_string(),
         addr,
@@ -626,4 +629,35 @@ pub async fn apply_features(
             .map_err(|e| e.to_string())
     })
     .await
+}
+
+/// The Prometheus text a `--metrics` endpoint serves (HTTP/1.0 GET, read
+/// to the end), for tests that assert on counters.
+pub async fn scrape_metrics(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .await
+        .map_err(|e| format!("response: {e}"))?;
+    Ok(body)
+}
+
+/// The sum of every sample of counter `name` (all label sets) in Prometheus
+/// text; 0 when absent.
+pub fn counter_total(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

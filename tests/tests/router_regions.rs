@@ -113,6 +113,24 @@ async fn home_region_outage_keeps_reads_and_fails_writes_loudly() {
             .any(|r| region_of(*r).as_deref() == Some("eu-west")),
         "a replica in eu-west: {shard:?}"
     );
+    // The same invariant through the residency API, over every shard of
+    // every tenant, as placed and as hosted by every node.
+    // Nodes open a new shard's group a moment after the map places it.
+    let want = 2 * replicas.len();
+    let report = eventually(
+        SETTLE,
+        "the tenant's replicas checked in the map and on their nodes",
+        || async {
+            let r = us_c.check_residency().await.map_err(|e| e.to_string())?;
+            if r.replicas as usize >= want && r.unreachable.is_empty() {
+                Ok(Some(r))
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(report.violations.is_empty(), "{report:?}");
 
     let docs: Vec<Vec<u8>> = (0..300)
         .map(|i| docs::doc(&format!("p-{i}"), 1, i))

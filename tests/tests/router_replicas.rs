@@ -243,3 +243,97 @@ async fn breaker_opens_on_a_dead_node_and_closes_when_it_returns() {
     })
     .await;
 }
+
+/// Hedging on a real cluster: once the replica a router would read from
+/// first is frozen (SIGSTOP: its sockets stay open, it just never answers),
+/// reads are answered by a hedge to another replica within their deadline,
+/// every one of them, with the right hits; the router says so in `served_by`
+/// and counts the hedges in `tessera_router_hedges_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_replica_is_hedged_around_within_the_deadline() {
+    let mut cluster = TestCluster::start(&Layout::one_region_three_zones(), Mode::Process).await;
+    let metrics = std::net::SocketAddr::new(tessera_tests::routers::spare_ip(&cluster, 9), 9390);
+    let router = spawn_router(
+        &cluster,
+        1,
+        "us-east",
+        &["--metrics".into(), metrics.to_string()],
+    )
+    .await;
+    let c = client(&router.endpoint()).await;
+    create_tenant(&c, &TenantSpec::new("acme", ["us-east"])).await;
+    let docs = (0..200)
+        .map(|i| docs::doc(&format!("p-{i}"), 1, i))
+        .collect();
+    let token = put_all(&c, "acme", docs, 100).await;
+    tessera_tests::routers::wait_indexed(&cluster, "acme").await;
+    let mut raw = raw_client(&router.endpoint()).await.expect("raw client");
+    let search = |query: &str| tessera_proto::pb::RouterSearchRequest {
+        tenant: "acme".into(),
+        user: "u:alice".into(),
+        query: query.into(),
+        limit: 10,
+        token: token.clone(),
+        timeout_ms: 5_000,
+        ..Default::default()
+    };
+    // Warm up: latency estimates for every replica, and the first pick.
+    let mut expected = std::collections::BTreeMap::new();
+    let mut first_pick = 0;
+    for round in 0..20 {
+        for q in QUERIES {
+            let r = raw
+                .search(search(q))
+                .await
+                .expect("warm-up search")
+                .into_inner();
+            first_pick = r.served_by[0].node;
+            if round == 0 {
+                expected.insert(q, r.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>());
+            }
+        }
+    }
+    let hedges_before = tessera_tests::routers::counter_total(
+        &tessera_tests::routers::scrape_metrics(metrics)
+            .await
+            .expect("metrics"),
+        "tessera_router_hedges_total",
+    );
+
+    match cluster.slots.get_mut(&first_pick) {
+        Some(tessera_tests::cluster::NodeSlot::Proc(p)) => p.pause().expect("SIGSTOP"),
+        _ => panic!("node {first_pick} is not a process"),
+    }
+    let mut hedged = 0;
+    for q in QUERIES.iter().cycle().take(30) {
+        let r = raw
+            .search(search(q))
+            .await
+            .unwrap_or_else(|e| panic!("{q:?} with node {first_pick} frozen: {e}"))
+            .into_inner();
+        let served = &r.served_by[0];
+        assert_ne!(served.node, first_pick, "a frozen node answered");
+        hedged += usize::from(served.hedged);
+        let ids: Vec<String> = r.hits.iter().map(|h| h.id.clone()).collect();
+        assert_eq!(
+            Some(&ids),
+            expected.get(q),
+            "{q:?}: the hedge's answer differs"
+        );
+    }
+    match cluster.slots.get_mut(&first_pick) {
+        Some(tessera_tests::cluster::NodeSlot::Proc(p)) => p.resume().expect("SIGCONT"),
+        _ => unreachable!("checked above"),
+    }
+    assert!(hedged >= 1, "no read was answered by a hedge");
+    let hedges_after = tessera_tests::routers::counter_total(
+        &tessera_tests::routers::scrape_metrics(metrics)
+            .await
+            .expect("metrics"),
+        "tessera_router_hedges_total",
+    );
+    assert!(
+        hedges_after > hedges_before,
+        "tessera_router_hedges_total did not grow: {hedges_before} -> {hedges_after}"
+    );
+}

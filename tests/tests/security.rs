@@ -77,6 +77,7 @@ enum Rpc {
     Search,
     Get,
     Status,
+    CheckResidency,
     CreateKey,
     ListKeys,
     RevokeKey,
@@ -88,7 +89,7 @@ enum Rpc {
     HistoricalFeatures,
 }
 
-const ALL_RPCS: [Rpc; 19] = [
+const ALL_RPCS: [Rpc; 20] = [
     Rpc::CreateTenant,
     Rpc::GetTenant,
     Rpc::ResizeTenant,
@@ -99,6 +100,7 @@ const ALL_RPCS: [Rpc; 19] = [
     Rpc::Search,
     Rpc::Get,
     Rpc::Status,
+    Rpc::CheckResidency,
     Rpc::CreateKey,
     Rpc::ListKeys,
     Rpc::RevokeKey,
@@ -120,6 +122,7 @@ impl Rpc {
             | Rpc::MoveTenant
             | Rpc::DrainNode
             | Rpc::Status
+            | Rpc::CheckResidency
             | Rpc::CreateKey
             | Rpc::ListKeys
             | Rpc::RevokeKey
@@ -213,6 +216,10 @@ impl Rpc {
                 .await
                 .map(drop),
             Rpc::Status => r.status(pb::RouterStatusRequest { timeout_ms: 5_000 }).await.map(drop),
+            Rpc::CheckResidency => r
+                .check_residency(pb::CheckResidencyRequest { timeout_ms: 5_000 })
+                .await
+                .map(drop),
             Rpc::CreateKey => r
                 .create_key(pb::CreateKeyRequest {
                     tenant: t,
@@ -433,6 +440,7 @@ async fn node_ports_refuse_plaintext_foreign_certificates_and_api_keys() {
         ca_pem: fx.ca.clone(),
         cert_pem: foreign.cert_pem,
         key_pem: foreign.key_pem,
+        unsecured: false,
     }
     .node_endpoint(&addr)
     .expect("endpoint")

@@ -24,6 +24,9 @@ use tessera_tests::{Layout, TestCluster};
 
 #[path = "../report.rs"]
 mod report;
+#[path = "../security.rs"]
+mod security;
+use security::SecurityShape;
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +100,31 @@ enum Cmd {
         /// Measured queries per partition count.
         #[arg(long, default_value_t = 300)]
         queries: usize,
+    },
+    /// What security costs: the same search load through a secured cluster
+    /// (TLS on the client port, API key checked on every request, mutual TLS
+    /// router → node) and, at the same time on the same machine, through an
+    /// `--unsecured` twin (plaintext, no checks); latency queries alternate
+    /// between the two so noise hits both alike. Writes a Markdown report.
+    Security {
+        /// Documents loaded into each cluster.
+        #[arg(long, default_value_t = 20_000)]
+        docs: usize,
+        /// Measured search queries per side.
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        /// Concurrent client counts for the throughput table.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+        clients: Vec<usize>,
+        /// Searches per concurrency level, side and round.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Throughput rounds per level and side (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// The Markdown report.
+        #[arg(long, default_value = "docs/bench/security.md")]
+        out: PathBuf,
     },
     /// Writes RESULTS.md and the SVG plots from the JSON results.
     Report {
@@ -204,8 +232,25 @@ struct Bench {
 
 impl Bench {
     async fn start() -> Self {
-        let cluster = TestCluster::start(&Layout::one_region_three_zones(), Mode::Process).await;
-        let router = spawn_router(&cluster, 1, "us-east", &[]).await;
+        Self::start_secured(true).await
+    }
+
+    /// `secured = false` is the `--unsecured` baseline of `security`.
+    async fn start_secured(secured: bool) -> Self {
+        let mut cluster = TestCluster::prepare(&Layout::one_region_three_zones(), Mode::Process);
+        if !secured {
+            cluster.unsecured();
+        }
+        let ids: Vec<_> = cluster.slots.keys().copied().collect();
+        for id in ids {
+            cluster.start_node(id).await;
+        }
+        let extra: Vec<String> = if secured {
+            Vec::new()
+        } else {
+            vec!["--unsecured".into()]
+        };
+        let router = spawn_router(&cluster, 1, "us-east", &extra).await;
         let client = client(&router.endpoint())
             .await
             .with_timeout(Duration::from_secs(60));
@@ -688,6 +733,23 @@ async fn main() -> anyhow::Result<()> {
             docs,
             queries,
         } => partitions_curve(&cli, counts, *docs, *queries).await,
+        Cmd::Security {
+            docs,
+            queries,
+            clients,
+            requests,
+            rounds,
+            out,
+        } => {
+            let shape = SecurityShape {
+                docs: *docs,
+                queries: *queries,
+                clients: clients.clone(),
+                requests: *requests,
+                rounds: *rounds,
+            };
+            security::run(&wiki(&cli), &shape, out).await
+        }
         Cmd::Report {
             out,
             plots,

@@ -16,7 +16,7 @@
 //! tenants.json            the manifest (see [`Manifest`])
 //! <tenant>/docs.jsonl     documents, parents before children (DESIGN.md data model)
 //! <tenant>/groups.jsonl   {"user":"u:x","groups":["g:y"]}
-//! <tenant>/events.jsonl   {"kind":"view","user":"u:x","doc":"p-1","space":"ENG","ts":"..."}, in time order
+//! <tenant>/events.jsonl   {"kind":"view","user":"u:x","doc":"p-1","space":"ENG","ts":"...","id":"e0"}, in time order
 //! <tenant>/clicks.jsonl   {"user":"u:x","query":"two words","doc":"p-1","ts":"..."}: searches with a
 //!                         click, in time order after every event, never written as events
 //!                         (see [`sessions`] for the model); `tessera eval --clicks` reads them
@@ -247,6 +247,10 @@ pub struct Event {
     pub space: String,
     /// RFC 3339 time.
     pub ts: String,
+    /// Unique per event (`e<n>`, in time order): times are whole seconds, so
+    /// two real views of one page by one user can share every other field,
+    /// and the feature store counts an event with a repeated id once.
+    pub id: String,
 }
 
 /// Everything generated for one tenant.

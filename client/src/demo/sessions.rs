@@ -265,6 +265,7 @@ mod tests {
             doc: "p-6".into(),
             space: "ENG".into(),
             ts: "2024-01-01T00:00:00Z".into(),
+            id: "e0".into(),
         }];
         (world, docs, events)
     }

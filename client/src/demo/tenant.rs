@@ -573,12 +573,19 @@ fn make_events(config: &DemoConfig, rng: &mut Rng, behaviour: &Behaviour<'_>) ->
                 doc: doc.id.clone(),
                 space: doc.space.clone(),
                 ts: fmt_ts(ts),
+                id: String::new(),
             },
         ));
     }
     // Stable: equal times keep generation order.
     out.sort_by_key(|(ts, _)| *ts);
-    out.into_iter().map(|(_, e)| e).collect()
+    out.into_iter()
+        .enumerate()
+        .map(|(i, (_, e))| Event {
+            id: format!("e{i}"),
+            ..e
+        })
+        .collect()
 }
 
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {

@@ -8,7 +8,9 @@
 //! - `group ++ tenant ++ SEP ++ 'E' ++ entity tag ++ entity ++ SEP ++ order`:
 //!   a raw event, in tie-break order;
 //! - `group ++ tenant ++ SEP ++ 'T' ++ feature ++ SEP ++ entity ++ SEP ++ tile`:
-//!   a tile.
+//!   a tile;
+//! - `group ++ tenant ++ SEP ++ 'I' ++ event id`: the event ids this shard
+//!   has applied, so a retried or duplicated event counts once.
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,6 +41,13 @@ fn tenant_prefix(group: ShardId, tenant: &str, tag: u8) -> Vec<u8> {
 /// The registry row of a tenant.
 pub fn registry_key(group: ShardId, tenant: &str) -> Vec<u8> {
     tenant_prefix(group, tenant, b'R')
+}
+
+/// The marker that `tenant`'s event `id` has been applied on `group`.
+pub fn event_id_key(group: ShardId, tenant: &str, id: &str) -> Vec<u8> {
+    let mut k = tenant_prefix(group, tenant, b'I');
+    k.extend_from_slice(id.as_bytes());
+    k
 }
 
 /// The prefix of one entity's raw events.
@@ -690,6 +699,8 @@ pub struct FeatureApplier {
     registries: HashMap<String, Registry>,
     tiles: HashMap<Vec<u8>, Tile>,
     events: BTreeMap<Vec<u8>, EventRow>,
+    /// Event-id markers written in this call (see [`event_id_key`]).
+    event_ids: HashSet<Vec<u8>>,
     /// Tile prefixes whose persisted rows are being replaced in this call.
     reset: HashSet<Vec<u8>>,
     range_deletes: Vec<(Vec<u8>, Vec<u8>)>,
@@ -747,6 +758,7 @@ impl FeatureApplier {
             registries: HashMap::new(),
             tiles: HashMap::new(),
             events: BTreeMap::new(),
+            event_ids: HashSet::new(),
             reset: HashSet::new(),
             range_deletes: Vec::new(),
             touched: Touched::default(),
@@ -797,7 +809,9 @@ impl FeatureApplier {
     /// tiles of every registered feature they feed. `home[i]` says whether
     /// this shard holds event i's document partition: only then are
     /// doc-keyed rows kept here. `map_epoch` is the sender's cluster map
-    /// epoch (0 = unknown), kept in each row's key.
+    /// epoch (0 = unknown), kept in each row's key. An event whose id this
+    /// shard has applied before (a retried batch, a duplicate line) changes
+    /// nothing; the outcome counts only the events applied now.
     pub fn apply_events(
         &mut self,
         index: u64,
@@ -807,7 +821,12 @@ impl FeatureApplier {
         map_epoch: u64,
     ) -> Result<FeatureOutcome, StorageError> {
         let registry = self.registry(tenant)?;
+        let mut applied = 0u32;
         for (seq, (ev, home)) in events.iter().enumerate() {
+            if !self.mark_event_id(tenant, &ev.id)? {
+                continue;
+            }
+            applied += 1;
             let row = EventRow {
                 order: Order {
                     event_ts: ev.event_ts_ms,
@@ -820,6 +839,7 @@ impl FeatureApplier {
                 doc: ev.doc.clone(),
                 space: ev.space.clone(),
                 value: ev.value,
+                id: ev.id.clone(),
             };
             for kind in Entity::ALL {
                 if kind.doc_keyed() && !home {
@@ -831,8 +851,23 @@ impl FeatureApplier {
         Ok(FeatureOutcome {
             version: registry.version,
             changed: false,
-            events: events.len() as u32,
+            events: applied,
         })
+    }
+
+    /// Records that event `id` is applied here; false when it already was
+    /// (persisted, or earlier in this call). An empty id (rows from before
+    /// ids existed) is never deduplicated.
+    fn mark_event_id(&mut self, tenant: &str, id: &str) -> Result<bool, StorageError> {
+        if id.is_empty() {
+            return Ok(true);
+        }
+        let key = event_id_key(self.store.group, tenant, id);
+        if self.event_ids.contains(&key) || self.store.storage.get(CF_FEATURES, &key)?.is_some() {
+            return Ok(false);
+        }
+        self.event_ids.insert(key);
+        Ok(true)
     }
 
     /// Stores `row` under entity kind `kind` (if the event names that kind's parts) and folds
@@ -896,6 +931,11 @@ impl FeatureApplier {
         let registry = self.registry(tenant)?;
         let mut stored = 0u32;
         for (row, epoch) in &batch.events {
+            // The copy's id is applied here from now on, so a retry of the
+            // batch it came in, sent to this shard later, counts nothing.
+            // (Rows are still imported when the id is known: the shard may
+            // hold only the other kind of rows of that event.)
+            self.mark_event_id(tenant, &row.id)?;
             for kind in Entity::ALL {
                 if kind.doc_keyed() == (batch.rows == RowSet::Doc)
                     && self.add_row(tenant, &registry, kind, row, *epoch, true)?
@@ -1012,6 +1052,9 @@ impl FeatureApplier {
         for (k, v) in &self.events {
             batch.put_cf(cf, k, encode(v)?);
         }
+        for k in &self.event_ids {
+            batch.put_cf(cf, k, b"");
+        }
         for (k, v) in &self.tiles {
             batch.put_cf(cf, k, encode(v)?);
         }
@@ -1020,7 +1063,10 @@ impl FeatureApplier {
 
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.registries.is_empty() && self.events.is_empty() && self.tiles.is_empty()
+        self.registries.is_empty()
+            && self.events.is_empty()
+            && self.tiles.is_empty()
+            && self.event_ids.is_empty()
     }
 }
 

@@ -190,7 +190,10 @@ impl Fixture {
     }
 }
 
+/// A distinct event (its own id, as separate real events have).
 fn ev(kind: EventKind, user: &str, space: &str, doc: &str, ts: i64, value: f64) -> ValidEvent {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     ValidEvent {
         kind,
         user: user.into(),
@@ -198,6 +201,7 @@ fn ev(kind: EventKind, user: &str, space: &str, doc: &str, ts: i64, value: f64) 
         space: space.into(),
         event_ts_ms: ts,
         value,
+        id: format!("e-{n}"),
     }
 }
 
@@ -860,4 +864,121 @@ fn cached_counts_absorb_live_events_exactly() {
         hits > 3 * misses,
         "counts absorbed live events: {hits} hits, {misses} misses"
     );
+}
+
+/// Events exactly once: a shard that receives every batch twice (a client's
+/// retry after a lost acknowledgement), some again much later, and some
+/// events twice within one batch, serves the same value of every feature,
+/// online and offline, as a shard that received each event once; the
+/// duplicate applications report zero events applied.
+#[test]
+fn replayed_batches_and_duplicate_events_change_no_feature_value() {
+    let mut once = Fixture::new(DEFS);
+    let mut twice = Fixture::new(DEFS);
+    let mut rng = StdRng::seed_from_u64(0x1d_e0);
+    let users = ["u:a", "u:b"];
+    let spaces = ["ENG", "OPS"];
+    let docs = ["p-1", "p-2", "p-3"];
+    let kinds = [EventKind::View, EventKind::Edit, EventKind::Click];
+    let mut batches = Vec::new();
+    for step in 1..=30i64 {
+        let clock = step * 400;
+        let batch: Vec<ValidEvent> = (0..4)
+            .map(|_| {
+                ev(
+                    kinds[rng.random_range(0..kinds.len())],
+                    users[rng.random_range(0..users.len())],
+                    spaces[rng.random_range(0..spaces.len())],
+                    docs[rng.random_range(0..docs.len())],
+                    clock - rng.random_range(0..1_500),
+                    f64::from(rng.random_range(1..30)),
+                )
+            })
+            .collect();
+        once.ingest(clock, batch.clone());
+        let mut doubled = batch.clone();
+        doubled.push(batch[0].clone());
+        twice.ingest(clock, doubled);
+        let again = apply_counting(&mut twice, clock + 1, batch.clone());
+        assert_eq!(again, 0, "a retried batch applies nothing");
+        batches.push((clock, batch));
+    }
+    for (clock, batch) in batches.iter().step_by(7) {
+        assert_eq!(apply_counting(&mut twice, clock + 9_000, batch.clone()), 0);
+    }
+    let names: Vec<String> = once.defs.iter().map(|d| d.name.clone()).collect();
+    let mut rows = Vec::new();
+    for t in (0..14_000).step_by(500) {
+        for u in users {
+            for s in spaces {
+                for d in docs {
+                    for name in &names {
+                        let (want, got) = (
+                            once.online(name, (u, s, d), t),
+                            twice.online(name, (u, s, d), t),
+                        );
+                        assert!(
+                            close(want, got),
+                            "{name} for ({u}, {s}, {d}) at {t}: once {want:?}, replayed {got:?}"
+                        );
+                    }
+                    rows.push((u, s, d, t));
+                }
+            }
+        }
+    }
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for as_of_known in [false, true] {
+        let want = once.offline(&name_refs, &rows, as_of_known);
+        let got = twice.offline(&name_refs, &rows, as_of_known);
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert!(
+                w.iter().zip(g).all(|(a, b)| close(*a, *b)),
+                "training row {i} {:?} (as_of_known {as_of_known}): once {w:?}, replayed {g:?}",
+                rows[i]
+            );
+        }
+    }
+}
+
+/// A resize's copy carries event ids: after a shard imports a batch's rows,
+/// the same batch sent to it live (a client retrying across the resize)
+/// changes nothing.
+#[test]
+fn an_imported_event_is_not_counted_again_when_its_batch_is_retried() {
+    let mut source = Fixture::new(DEFS);
+    let batch: Vec<ValidEvent> = (0..5)
+        .map(|i| ev(EventKind::View, "u:a", "ENG", "p-1", 1_000 + i * 100, 1.0))
+        .collect();
+    source.ingest(2_000, batch.clone());
+    let mut dest = Fixture::empty(DEFS);
+    let shared = source.export_all(RowSet::Shared, 0);
+    let doc_rows = source.export_all(RowSet::Doc, 0);
+    assert!(
+        dest.import(RowSet::Shared, shared, DEFS) + dest.import(RowSet::Doc, doc_rows, DEFS) > 0
+    );
+    let before: Vec<Option<f64>> = ["us_views_5s", "doc_viewers_10s", "doc_popularity"]
+        .iter()
+        .map(|n| dest.online(n, ("u:a", "ENG", "p-1"), 2_500))
+        .collect();
+    assert_eq!(before[0], Some(5.0), "the copy counts each view once");
+    assert_eq!(apply_counting(&mut dest, 3_000, batch), 0);
+    let after: Vec<Option<f64>> = ["us_views_5s", "doc_viewers_10s", "doc_popularity"]
+        .iter()
+        .map(|n| dest.online(n, ("u:a", "ENG", "p-1"), 2_500))
+        .collect();
+    assert_eq!(before, after);
+}
+
+/// Applies `events` as one log entry; returns how many the shard applied.
+fn apply_counting(fx: &mut Fixture, ingest_ts: i64, events: Vec<ValidEvent>) -> u32 {
+    let events: Vec<(ValidEvent, bool)> = events.into_iter().map(|e| (e, true)).collect();
+    let mut applied = 0;
+    fx.commit(|a, index| {
+        applied = a
+            .apply_events(index, ingest_ts, TENANT, &events, 0)
+            .expect("apply events")
+            .events;
+    });
+    applied
 }

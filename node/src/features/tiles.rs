@@ -38,6 +38,9 @@ pub struct EventRow {
     pub doc: String,
     pub space: String,
     pub value: f64,
+    /// The event's id (see `tessera_proto::Event::id`); empty for rows
+    /// stored before events had ids.
+    pub id: String,
 }
 
 /// Partial aggregate of one feature, entity and time slice.

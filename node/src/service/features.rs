@@ -70,6 +70,7 @@ fn stored_event(row: EventRow, map_epoch: u64) -> pb::StoredEvent {
         index: row.order.index,
         seq: row.order.seq,
         map_epoch,
+        id: row.id,
     }
 }
 
@@ -89,6 +90,7 @@ fn event_row(e: &pb::StoredEvent) -> Result<(EventRow, u64), Status> {
         doc: e.doc.clone(),
         space: e.space.clone(),
         value: e.value,
+        id: e.id.clone(),
     };
     Ok((row, e.map_epoch))
 }

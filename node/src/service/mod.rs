@@ -69,17 +69,24 @@ pub async fn serve(
     })
     .max_decoding_message_size(64 * 1024 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
-    let service = cluster_only(service);
-    let features = cluster_only(features);
+    let peers = node.peers();
+    let service = cluster_only(service, !peers.unsecured);
+    let features = cluster_only(features, !peers.unsecured);
     tessera_proto::transport::install_crypto_provider();
-    let mut builder =
-        match tonic::transport::Server::builder().tls_config(node.peers().node_server_tls()) {
+    let mut builder = if peers.unsecured {
+        tracing::warn!(
+            "--unsecured: node gRPC serves PLAINTEXT to anyone who connects (benchmark baselines only)"
+        );
+        tonic::transport::Server::builder()
+    } else {
+        match tonic::transport::Server::builder().tls_config(peers.node_server_tls()) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("gRPC server not started: bad TLS configuration: {e}");
                 return;
             }
-        };
+        }
+    };
     let result = builder
         .add_service(service)
         .add_service(features)
@@ -94,14 +101,20 @@ pub async fn serve(
 
 /// Wraps a service so that only callers with a node or router certificate
 /// reach it: the handshake already required a certificate from the cluster
-/// CA, and this checks its role (see `tessera_proto::transport`).
+/// CA, and this checks its role (see `tessera_proto::transport`). With
+/// `enforce` off (an `--unsecured` benchmark baseline) every caller passes.
 fn cluster_only<S>(
     service: S,
+    enforce: bool,
 ) -> tonic::service::interceptor::InterceptedService<S, impl tonic::service::Interceptor + Clone> {
-    tonic::service::interceptor::InterceptedService::new(
-        service,
-        tessera_proto::transport::require_role(CLUSTER_ROLES),
-    )
+    let check = tessera_proto::transport::require_role(CLUSTER_ROLES);
+    tonic::service::interceptor::InterceptedService::new(service, move |req: tonic::Request<()>| {
+        if enforce {
+            check(req)
+        } else {
+            Ok(req)
+        }
+    })
 }
 
 /// Who may call a node: its peers, and routers.

@@ -103,6 +103,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who every caller is on an `--unsecured` benchmark baseline router: a
+    /// cluster-level key with every scope, so the baseline does the same
+    /// work as a secured router minus the checks.
+    pub fn unsecured_baseline() -> Self {
+        Self {
+            key_id: "unsecured".into(),
+            tenant: String::new(),
+            scopes: Scope::ALL.into_iter().collect(),
+        }
+    }
+
     /// Whether this caller may do what `need` says: the scope, on its own
     /// tenant (a cluster-level key acts on every tenant; cluster-level
     /// operations need a cluster-level key).

@@ -112,7 +112,9 @@ pub enum Command {
     /// interval. With --impressions, reads an experiment's router logs.
     Eval(EvalArgs),
     /// Write events (JSON Lines: {"kind":"view","user":"u:a","doc":"p-1","space":"ENG","ts":"..."}).
-    /// One invalid line rejects the whole input; nothing is written.
+    /// One invalid line rejects the whole input; nothing is written. Each event counts once,
+    /// however often it is sent (retries are safe): by its "id" when it has one, otherwise by
+    /// its content, so two identical events in the same millisecond need distinct ids.
     Events {
         /// Tenant.
         tenant: String,
@@ -152,7 +154,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Operate on nodes.
+    /// Operate on nodes; check cluster invariants.
     Admin {
         /// Which admin command.
         #[command(subcommand)]
@@ -254,6 +256,15 @@ pub enum AdminCommand {
     Undrain {
         /// Node id.
         node: u64,
+    },
+    /// Check that no replica of any tenant's shard sits outside the tenant's allowed
+    /// regions, both as the cluster map places replicas and as the nodes really host them.
+    /// Exit 0: the invariant holds; 1: violations (each printed); 3: some node did not
+    /// answer, so what it hosts went unchecked.
+    CheckResidency {
+        /// Print the report as one line of JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -140,6 +140,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Admin {
+            command: AdminCommand::CheckResidency { json },
+        } => check_residency(&client, json).await,
         Command::Keys { command } => crate::keys_cmd::keys(&client, command).await,
         Command::Put(args) => load(&client, args, LineKind::Documents).await,
         Command::Groups(args) => load(&client, args, LineKind::Groups).await,
@@ -280,6 +283,48 @@ fn print_tenant(t: &TenantView) {
 
 /// Starts draining `node` and, unless told not to, follows it until the
 /// node holds no replica.
+/// `tessera admin check-residency`: prints what was checked and every
+/// violation; fails with exit 1 on violations, 3 when a node went unchecked.
+async fn check_residency(client: &TesseraClient, json: bool) -> Result<(), Failure> {
+    let report = client.check_residency().await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "map epoch {}: {} tenant shards, {} replicas checked, {} outside their tenant's regions",
+            report.epoch,
+            report.shards,
+            report.replicas,
+            report.violations.len()
+        );
+        for v in &report.violations {
+            println!(
+                "  tenant {} shard {} on node {} in {} (seen in the {})",
+                v.tenant, v.shard, v.node, v.region, v.seen_in
+            );
+        }
+    }
+    if !report.violations.is_empty() {
+        return Err(Failure {
+            code: exit::OTHER,
+            message: format!(
+                "residency violated: {} replicas outside their tenant's regions",
+                report.violations.len()
+            ),
+        });
+    }
+    if !report.unreachable.is_empty() {
+        return Err(Failure {
+            code: exit::UNAVAILABLE,
+            message: format!(
+                "nodes {:?} did not answer: the replicas they host were not checked; retry",
+                report.unreachable
+            ),
+        });
+    }
+    Ok(())
+}
+
 async fn drain(
     client: &TesseraClient,
     node: u64,

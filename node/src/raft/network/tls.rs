@@ -167,6 +167,7 @@ impl NodeTls {
             ca_pem: self.ca_pem.clone(),
             cert_pem: self.cert_pem.clone(),
             key_pem: self.key_pem.clone(),
+            unsecured: false,
         }
     }
 
