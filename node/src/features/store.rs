@@ -684,6 +684,33 @@ pub struct ExportedEvents {
     pub next: Option<Vec<u8>>,
 }
 
+/// How an event id came to be applied on a shard (the marker's value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdMark {
+    /// Sent to this shard by a router.
+    Live,
+    /// Copied here by a resize's mover.
+    Copied,
+}
+
+impl IdMark {
+    fn byte(self) -> u8 {
+        match self {
+            IdMark::Live => b'L',
+            IdMark::Copied => b'C',
+        }
+    }
+
+    /// Anything but a copy marker counts as live: the stricter reading.
+    fn from_byte(b: Option<u8>) -> Self {
+        if b == Some(b'C') {
+            IdMark::Copied
+        } else {
+            IdMark::Live
+        }
+    }
+}
+
 /// What applying a feature command did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FeatureOutcome {
@@ -700,7 +727,7 @@ pub struct FeatureApplier {
     tiles: HashMap<Vec<u8>, Tile>,
     events: BTreeMap<Vec<u8>, EventRow>,
     /// Event-id markers written in this call (see [`event_id_key`]).
-    event_ids: HashSet<Vec<u8>>,
+    event_ids: HashMap<Vec<u8>, IdMark>,
     /// Tile prefixes whose persisted rows are being replaced in this call.
     reset: HashSet<Vec<u8>>,
     range_deletes: Vec<(Vec<u8>, Vec<u8>)>,
@@ -758,7 +785,7 @@ impl FeatureApplier {
             registries: HashMap::new(),
             tiles: HashMap::new(),
             events: BTreeMap::new(),
-            event_ids: HashSet::new(),
+            event_ids: HashMap::new(),
             reset: HashSet::new(),
             range_deletes: Vec::new(),
             touched: Touched::default(),
@@ -823,7 +850,7 @@ impl FeatureApplier {
         let registry = self.registry(tenant)?;
         let mut applied = 0u32;
         for (seq, (ev, home)) in events.iter().enumerate() {
-            if !self.mark_event_id(tenant, &ev.id)? {
+            if !self.mark_event_id(tenant, &ev.id, IdMark::Live)? {
                 continue;
             }
             applied += 1;
@@ -855,19 +882,35 @@ impl FeatureApplier {
         })
     }
 
-    /// Records that event `id` is applied here; false when it already was
-    /// (persisted, or earlier in this call). An empty id (rows from before
-    /// ids existed) is never deduplicated.
-    fn mark_event_id(&mut self, tenant: &str, id: &str) -> Result<bool, StorageError> {
+    /// Records that event `id` is applied here by `how`; false when its
+    /// rows must not be stored. A live event is skipped once the id is
+    /// known at all. A copied row is skipped only when the event arrived
+    /// live here (that apply stored everything this shard keeps of it); an
+    /// earlier copy of the id is not a reason, since a resize copies an
+    /// event's shared and document rows in separate batches (and rows
+    /// already stored are skipped by key anyway). An empty id (rows from
+    /// before ids existed) is never deduplicated.
+    fn mark_event_id(&mut self, tenant: &str, id: &str, how: IdMark) -> Result<bool, StorageError> {
         if id.is_empty() {
             return Ok(true);
         }
         let key = event_id_key(self.store.group, tenant, id);
-        if self.event_ids.contains(&key) || self.store.storage.get(CF_FEATURES, &key)?.is_some() {
-            return Ok(false);
+        let known = match self.event_ids.get(&key) {
+            Some(m) => Some(*m),
+            None => self
+                .store
+                .storage
+                .get(CF_FEATURES, &key)?
+                .map(|v| IdMark::from_byte(v.first().copied())),
+        };
+        match (known, how) {
+            (Some(_), IdMark::Live) | (Some(IdMark::Live), IdMark::Copied) => Ok(false),
+            (Some(IdMark::Copied), IdMark::Copied) => Ok(true),
+            (None, _) => {
+                self.event_ids.insert(key, how);
+                Ok(true)
+            }
         }
-        self.event_ids.insert(key);
-        Ok(true)
     }
 
     /// Stores `row` under entity kind `kind` (if the event names that kind's parts) and folds
@@ -932,10 +975,12 @@ impl FeatureApplier {
         let mut stored = 0u32;
         for (row, epoch) in &batch.events {
             // The copy's id is applied here from now on, so a retry of the
-            // batch it came in, sent to this shard later, counts nothing.
-            // (Rows are still imported when the id is known: the shard may
-            // hold only the other kind of rows of that event.)
-            self.mark_event_id(tenant, &row.id)?;
+            // batch it came in, sent to this shard later, counts nothing;
+            // and a copy of an event that already arrived here live is not
+            // stored again.
+            if !self.mark_event_id(tenant, &row.id, IdMark::Copied)? {
+                continue;
+            }
             for kind in Entity::ALL {
                 if kind.doc_keyed() == (batch.rows == RowSet::Doc)
                     && self.add_row(tenant, &registry, kind, row, *epoch, true)?
@@ -1052,8 +1097,8 @@ impl FeatureApplier {
         for (k, v) in &self.events {
             batch.put_cf(cf, k, encode(v)?);
         }
-        for k in &self.event_ids {
-            batch.put_cf(cf, k, b"");
+        for (k, mark) in &self.event_ids {
+            batch.put_cf(cf, k, [mark.byte()]);
         }
         for (k, v) in &self.tiles {
             batch.put_cf(cf, k, encode(v)?);

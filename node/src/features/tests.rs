@@ -982,3 +982,26 @@ fn apply_counting(fx: &mut Fixture, ingest_ts: i64, events: Vec<ValidEvent>) -> 
     });
     applied
 }
+
+/// The other order of a resize: the new shard receives a retried batch live
+/// before the mover copies the original from the old shard. The copy is not
+/// stored again (the live apply stored what this shard keeps of it).
+#[test]
+fn a_copy_of_an_event_that_arrived_live_is_not_stored_again() {
+    let mut source = Fixture::new(DEFS);
+    let batch: Vec<ValidEvent> = (0..4)
+        .map(|i| ev(EventKind::View, "u:a", "ENG", "p-1", 1_000 + i * 100, 1.0))
+        .collect();
+    source.ingest(2_000, batch.clone());
+    let mut dest = Fixture::new(DEFS);
+    assert_eq!(apply_counting(&mut dest, 2_100, batch), 4);
+    let shared = source.export_all(RowSet::Shared, 0);
+    let doc_rows = source.export_all(RowSet::Doc, 0);
+    let stored =
+        dest.import(RowSet::Shared, shared, DEFS) + dest.import(RowSet::Doc, doc_rows, DEFS);
+    assert_eq!(stored, 0, "every copied row arrived live already");
+    assert_eq!(
+        dest.online("us_views_5s", ("u:a", "ENG", "p-1"), 2_500),
+        Some(4.0)
+    );
+}
