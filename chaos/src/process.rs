@@ -82,19 +82,47 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// Whether the process is stopped by a signal (paused). Linux only; always
-/// false elsewhere. Lets tests wait for a pause to take effect instead of
-/// sleeping.
+/// Whether the process is stopped by a signal (paused), every thread of it.
+/// Linux only; always false elsewhere. Lets tests wait for a pause to take
+/// effect instead of sleeping.
+///
+/// `kill(SIGSTOP)` returns before the stop is complete: it wakes one thread,
+/// and that thread stops the others once it is scheduled. On a loaded
+/// machine the other threads can go on serving requests for milliseconds,
+/// so the leader's state alone is not proof that the process is frozen.
 pub fn is_stopped(pid: u32) -> bool {
-    matches!(proc_state(pid), Some('T'))
+    matches!(proc_state(pid), Some('T')) && all_threads_stopped(pid)
+}
+
+/// Whether every thread in `/proc/PID/task` is in a stopped state.
+#[cfg(target_os = "linux")]
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(|t| t.ok()).all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        matches!(state_in_stat(&stat), Some('T' | 't'))
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn all_threads_stopped(_pid: u32) -> bool {
+    false
 }
 
 /// The one-letter state from `/proc/PID/stat` (R, S, D, T, Z, ...).
 #[cfg(target_os = "linux")]
 fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may itself contain ") ", so
-    // the state is the first field after the *last* ')'.
+    state_in_stat(&stat)
+}
+
+/// The state field of a `stat` line. The command name is in parentheses and
+/// may itself contain ") ", so the state is the first field after the
+/// *last* ')'.
+#[cfg(target_os = "linux")]
+fn state_in_stat(stat: &str) -> Option<char> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.trim_start().chars().next()
 }

@@ -300,10 +300,19 @@ async fn a_frozen_replica_is_hedged_around_within_the_deadline() {
         "tessera_router_hedges_total",
     );
 
-    match cluster.slots.get_mut(&first_pick) {
-        Some(tessera_tests::cluster::NodeSlot::Proc(p)) => p.pause().expect("SIGSTOP"),
+    let frozen_pid = match cluster.slots.get_mut(&first_pick) {
+        Some(tessera_tests::cluster::NodeSlot::Proc(p)) => {
+            p.pause().expect("SIGSTOP");
+            p.pid()
+        }
         _ => panic!("node {first_pick} is not a process"),
-    }
+    };
+    // SIGSTOP takes effect thread by thread; until all are stopped the node
+    // may still answer.
+    eventually(SETTLE, "every thread of the paused node to stop", || async move {
+        Ok::<_, String>(tessera_chaos::process::is_stopped(frozen_pid).then_some(()))
+    })
+    .await;
     let mut hedged = 0;
     for q in QUERIES.iter().cycle().take(30) {
         let r = raw
