@@ -8,6 +8,8 @@
 #   scripts/chaos.sh --seed 7            another fault schedule
 #   scripts/chaos.sh --only pause,mixed  some scenarios
 #   scripts/chaos.sh --brief             12 s each (what `cargo test` runs)
+#   scripts/chaos.sh --long              one 500 s `mixed` run: 1000+ faults
+#                                        and 8 resizes/moves; fails under 1000
 #   scripts/chaos.sh --no-build          skip `cargo build --release --bins`
 #
 # Each scenario's full JSON report is appended to target-dir/chaos/
@@ -25,6 +27,7 @@ mixed=120
 seed=1
 only=""
 build=1
+min_faults=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --duration) duration=$2; shift 2 ;;
@@ -32,8 +35,9 @@ while [[ $# -gt 0 ]]; do
         --seed) seed=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --brief) duration=12; mixed=15; shift ;;
+        --long) only=mixed; mixed=500; min_faults=1000; shift ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "chaos.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -48,7 +52,8 @@ fi
 out_dir="$CARGO_TARGET_DIR/chaos"
 mkdir -p "$out_dir"
 out="$out_dir/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
-args=(suite --duration "$duration" --mixed-duration "$mixed" --seed "$seed" --out "$out")
+args=(suite --duration "$duration" --mixed-duration "$mixed" --seed "$seed" --out "$out"
+      --min-faults "$min_faults")
 if [[ -n "$only" ]]; then
     args+=(--scenarios "$only")
 fi

@@ -199,6 +199,7 @@ async fn replica_get(
     tenant: &str,
     shard: ShardId,
     id: &str,
+    map_epoch: u64,
 ) -> std::result::Result<Option<Document>, String> {
     let mut c = cluster.node_client(node).map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(pb::GetRequest {
@@ -207,8 +208,9 @@ async fn replica_get(
         id: id.to_string(),
         user: model::ROOT_USER.to_string(),
         min_applied: 0,
-        // The chaos tenants are never resized, so no fence applies.
-        map_epoch: 0,
+        // The newest map's epoch: a shard a resize or move touched fences
+        // reads made with an older map.
+        map_epoch,
     });
     req.set_timeout(OBSERVER_RPC);
     let r = tokio::time::timeout(OBSERVER_RPC, c.get(req))
@@ -231,6 +233,7 @@ async fn replica_count(
     tenant: &str,
     shard: ShardId,
     applied: u64,
+    map_epoch: u64,
 ) -> std::result::Result<u64, String> {
     let mut c = cluster.node_client(node).map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(pb::SearchRequest {
@@ -241,6 +244,7 @@ async fn replica_count(
         limit: 1,
         min_applied: applied,
         timeout_ms: 10_000,
+        map_epoch,
         ..Default::default()
     });
     req.set_timeout(Duration::from_secs(12));
@@ -261,6 +265,7 @@ async fn replica_ids(
     shard: ShardId,
     user: &str,
     applied: u64,
+    map_epoch: u64,
 ) -> std::result::Result<std::collections::BTreeSet<String>, String> {
     let mut out = std::collections::BTreeSet::new();
     let mut after: Option<pb::SearchAfter> = None;
@@ -277,6 +282,7 @@ async fn replica_ids(
             min_applied: applied,
             after: after.clone(),
             timeout_ms: 10_000,
+            map_epoch,
             ..Default::default()
         });
         req.set_timeout(Duration::from_secs(12));
@@ -313,6 +319,7 @@ pub async fn check_store(
     convergence: &[ShardConvergence],
     lagging: &BTreeMap<(ShardId, NodeId), String>,
     snap: &Snapshot,
+    map_epoch: u64,
 ) -> StoreCheck {
     let mut out = StoreCheck::default();
     for why in lagging.values() {
@@ -328,10 +335,10 @@ pub async fn check_store(
             let id = model::doc_id(&t.plan.name, *k);
             let home = t.shard_of(&id);
             out.docs_checked += 1;
-            for s in &t.shards {
-                if let Some((_, reps)) = shards.get(s) {
+            for s in t.distinct_shards() {
+                if let Some((_, reps)) = shards.get(&s) {
                     for n in reps {
-                        jobs.push((t.plan.name.clone(), *k, id.clone(), home, *s, *n));
+                        jobs.push((t.plan.name.clone(), *k, id.clone(), home, s, *n));
                     }
                 }
             }
@@ -339,7 +346,7 @@ pub async fn check_store(
     }
     let results: Vec<_> = stream::iter(jobs)
         .map(|(tenant, k, id, home, shard, node)| async move {
-            let r = replica_get(cluster, node, &tenant, shard, &id).await;
+            let r = replica_get(cluster, node, &tenant, shard, &id, map_epoch).await;
             (tenant, k, id, home, shard, node, r)
         })
         .buffer_unordered(CHECK_CONCURRENCY)
@@ -441,16 +448,23 @@ pub async fn check_store(
                     .filter(|d| model::admits(&d.permissions, &principals))
                     .map(|d| d.id.as_str())
                     .collect();
-                let got =
-                    match replica_ids(cluster, *node, &conv.tenant, conv.shard, user, *applied)
-                        .await
-                    {
-                        Ok(ids) => ids,
-                        Err(e) => {
-                            out.unreadable.add(|| e);
-                            continue;
-                        }
-                    };
+                let got = match replica_ids(
+                    cluster,
+                    *node,
+                    &conv.tenant,
+                    conv.shard,
+                    user,
+                    *applied,
+                    map_epoch,
+                )
+                .await
+                {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        out.unreadable.add(|| e);
+                        continue;
+                    }
+                };
                 out.acl_searches += 1;
                 for id in got.iter().filter(|id| !want.contains(id.as_str())) {
                     out.acl_leaks.add(|| {
@@ -476,7 +490,15 @@ pub async fn check_store(
                 .get(&(conv.shard, *node, conv.tenant.clone()))
                 .copied()
                 .unwrap_or(0);
-            match replica_count(cluster, *node, &conv.tenant, conv.shard, *applied).await {
+            match replica_count(
+                cluster,
+                *node,
+                &conv.tenant,
+                conv.shard,
+                *applied,
+                map_epoch,
+            )
+            .await {
                 Ok(n) if n == want => {}
                 Ok(n) => out.index_mismatch.add(|| {
                     format!(

@@ -27,6 +27,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tessera_client::TesseraClient;
 use tessera_proto::pb;
+use tessera_proto::pb::features_client::FeaturesClient;
 use tessera_proto::pb::node_client::NodeClient;
 use tessera_proto::transport::{self, PeerIdentity};
 use tessera_proto::{NodeId, ShardId};
@@ -569,6 +570,17 @@ impl Cluster {
             .max_encoding_message_size(64 << 20))
     }
 
+    /// The feature-store API of node `id`, over the observer's channel:
+    /// the event checker reads each replica's values directly.
+    pub fn features_client(&self, id: NodeId) -> Result<FeaturesClient<Channel>> {
+        let channel = self
+            .node_channels
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ChaosError::Cluster(format!("no node {id}")))?;
+        Ok(FeaturesClient::new(channel))
+    }
+
     /// A client of router `k` that connects lazily (so a router that is
     /// down or cut off makes calls fail, not the constructor).
     pub fn router_client(&self, k: usize, timeout: Duration) -> Result<TesseraClient> {
@@ -638,8 +650,10 @@ impl Cluster {
     pub async fn any_map(&self) -> Result<pb::ClusterMap> {
         let mut best: Option<pb::ClusterMap> = None;
         let mut last = String::from("no node answered");
-        for n in &self.nodes {
-            match self.cluster_map(n.id).await {
+        let answers =
+            futures::future::join_all(self.nodes.iter().map(|n| self.cluster_map(n.id))).await;
+        for answer in answers {
+            match answer {
                 Ok(m) if best.as_ref().is_none_or(|b| m.epoch > b.epoch) => best = Some(m),
                 Ok(_) => {}
                 Err(e) => last = e.to_string(),

@@ -16,6 +16,8 @@
 //! - [`workload`], [`history`], [`model`]: versioned writers, readers with
 //!   the permission oracle, session-token checks, failover probes, and the
 //!   record the checkers judge.
+//! - [`events`]: event writers (retries and duplicate sends with the same
+//!   ids) and the count oracle: no acknowledged event lost, none counted twice.
 //! - [`check`], [`report`]: convergence and no-lost-write checkers, read
 //!   availability per fault window, failover percentiles, the verdict.
 //! - [`scenario`]: named, seeded fault schedules and the run that ties it
@@ -27,6 +29,7 @@ pub mod check;
 pub mod cluster;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod history;
 pub mod model;
 pub mod nemesis;

@@ -25,6 +25,7 @@ use crate::cluster::{node_link, router_link, Cluster, Proc, POLL, SETTLE};
 use crate::control::ProxySet;
 use crate::error::{ChaosError, Result};
 use crate::proxy::LinkFaults;
+use tessera_client::{TenantView, TesseraClient};
 
 /// How long a fault waits for its target's shard to have a leader. Short,
 /// because the schedule waits with it: a fault that cannot find its target
@@ -34,6 +35,13 @@ pub const RESOLVE_WAIT: Duration = Duration::from_secs(5);
 /// How long a node may take to exit after SIGTERM before a graceful
 /// restart gives up, kills it and reports the hang.
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// A resize never grows a tenant past this many partitions, so a long run
+/// with several resizes keeps the cluster's group count bounded.
+pub const MAX_RESHAPE_PARTITIONS: usize = 8;
+
+/// Deadline of the admin call that starts a resize or a move.
+const ADMIN_RPC: Duration = Duration::from_secs(5);
 
 /// Which node a fault hits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +146,20 @@ pub enum Fault {
         /// The other end.
         b: Target,
     },
+    /// Doubles the tenant's partition count through a router (up to
+    /// [`MAX_RESHAPE_PARTITIONS`]). Only started here: the resize runs in
+    /// the background while other faults fly, and the run waits for every
+    /// resize and move to finish before its checks. Nothing to heal.
+    Resize {
+        /// Tenant name.
+        tenant: String,
+    },
+    /// Moves every partition of the tenant to a shard placement picks, in
+    /// the background like a resize. Nothing to heal.
+    Move {
+        /// Tenant name.
+        tenant: String,
+    },
     /// Restarts a node (SIGTERM, or kill -9 when not `graceful`), waits
     /// until it serves and has caught up. Nothing to heal.
     Restart {
@@ -162,6 +184,8 @@ impl Fault {
             Fault::Lossy { .. } => "lossy",
             Fault::PairCut { .. } => "pair-cut",
             Fault::Restart { .. } => "restart",
+            Fault::Resize { .. } => "resize",
+            Fault::Move { .. } => "move",
         }
     }
 
@@ -345,11 +369,79 @@ impl Nemesis {
         &self.layers
     }
 
-    fn shard_of(&self, tenant: &str) -> Result<ShardId> {
-        self.shards
+    /// Each tenant's first shard as the newest map has it (a resize or a
+    /// move changes it), or as it was at the start when no node answers.
+    async fn first_shards(&self) -> BTreeMap<String, ShardId> {
+        let Ok(map) = self.cluster.any_map().await else {
+            return self.shards.clone();
+        };
+        let mut out = self.shards.clone();
+        for t in map
+            .tenants
+            .iter()
+            .filter(|t| self.shards.contains_key(&t.id))
+        {
+            if let Some(first) = t.partitions.first() {
+                out.insert(t.id.clone(), *first);
+            }
+        }
+        out
+    }
+
+    async fn shard_of(&self, tenant: &str) -> Result<ShardId> {
+        self.first_shards()
+            .await
             .get(tenant)
             .copied()
             .ok_or_else(|| ChaosError::Scenario(format!("unknown tenant {tenant}")))
+    }
+
+    /// A router client that answers for `tenant`, with the tenant as that
+    /// router sees it: the first router that does (a region may be out).
+    async fn admin(&self, tenant: &str) -> Result<(TesseraClient, TenantView)> {
+        let mut last = String::from("no router");
+        for r in self.cluster.routers() {
+            let client = self.cluster.router_client(r.index, ADMIN_RPC)?;
+            match client.tenant(tenant).await {
+                Ok(view) => return Ok((client, view)),
+                Err(e) => last = format!("router {}: {e}", r.index),
+            }
+        }
+        Err(ChaosError::Rpc(last))
+    }
+
+    /// Starts a resize (doubling) or a move of `tenant`; refuses while one
+    /// is already running, so the step is skipped, not stacked.
+    async fn reshape(&self, tenant: &str, resize: bool, out: &mut AppliedFault) -> Result<Undo> {
+        let (client, view) = self.admin(tenant).await?;
+        if view.resize.is_some() {
+            return Err(ChaosError::Scenario(format!(
+                "a resize or move of {tenant} is already running"
+            )));
+        }
+        let from = view.partitions.len();
+        if resize {
+            let to = from * 2;
+            if to > MAX_RESHAPE_PARTITIONS {
+                return Err(ChaosError::Scenario(format!(
+                    "{tenant} has {from} partitions; doubling passes {MAX_RESHAPE_PARTITIONS}"
+                )));
+            }
+            let to_u32 = u32::try_from(to).unwrap_or(u32::MAX);
+            client
+                .resize_tenant(tenant, to_u32)
+                .await
+                .map_err(|e| ChaosError::Rpc(format!("resize {tenant}: {e}")))?;
+            out.detail = format!("resize {tenant} {from} → {to} partitions");
+        } else {
+            let begun = client
+                .move_tenant(tenant, &[], None)
+                .await
+                .map_err(|e| ChaosError::Rpc(format!("move {tenant}: {e}")))?;
+            let to: Vec<u64> = begun.resize.map(|r| r.to).unwrap_or_default();
+            out.detail = format!("move {tenant}'s {from} partitions to shards {to:?}");
+        }
+        Ok(Undo::Nothing)
     }
 
     /// Resolves a target to a node id, waiting (bounded) for a leader when
@@ -358,11 +450,11 @@ impl Nemesis {
         match target {
             Target::Node { id } => Ok(*id),
             Target::Leader { tenant } => {
-                let shard = self.shard_of(tenant)?;
+                let shard = self.shard_of(tenant).await?;
                 self.wait_leader(shard).await
             }
             Target::Follower { tenant, pick } => {
-                let shard = self.shard_of(tenant)?;
+                let shard = self.shard_of(tenant).await?;
                 let leader = self.wait_leader(shard).await?;
                 let map = self.cluster.any_map().await?;
                 let mut voters: Vec<NodeId> = map
@@ -401,11 +493,12 @@ impl Nemesis {
     /// before the fault strikes, for write-failover timing).
     async fn led_by(&self, ids: &[NodeId]) -> Vec<String> {
         let mut out = Vec::new();
+        let shards = self.first_shards().await;
         for id in ids {
             let Ok(st) = self.cluster.status(*id).await else {
                 continue;
             };
-            for (tenant, shard) in &self.shards {
+            for (tenant, shard) in &shards {
                 if st
                     .groups
                     .iter()
@@ -643,6 +736,8 @@ impl Nemesis {
                 });
                 Ok(Undo::Flapper(task))
             }
+            Fault::Resize { tenant } => self.reshape(tenant, true, out).await,
+            Fault::Move { tenant } => self.reshape(tenant, false, out).await,
             Fault::Restart { target, graceful } => {
                 let id = self.resolve(target).await?;
                 out.nodes = vec![id];

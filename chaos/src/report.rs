@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::check::{ResidencyCheck, ShardConvergence, StoreCheck};
+use crate::events::EventCheck;
 use crate::history::{OnlineFindings, OpStatus, ReadSample, Snapshot};
 use crate::nemesis::AppliedFault;
 
@@ -292,8 +293,17 @@ pub struct Report {
     pub phantoms: u64,
     /// Documents whose content differs from what was written (online or at rest).
     pub corrupt: u64,
-    /// Whether 100% read availability is required in this scenario.
-    pub availability_required: bool,
+    /// Acknowledged events some replica does not count (summed over keys).
+    pub lost_events: u64,
+    /// Keys some replica counts more events of than were ever sent.
+    pub double_counted_events: u64,
+    /// The share of counted reads that must succeed in this scenario.
+    pub availability_floor: f64,
+    /// The share of reads started while no fault was active that must
+    /// succeed.
+    pub steady_availability_floor: f64,
+    /// Fewer faults injected than this fails the run.
+    pub min_faults: u64,
     /// Every violation, one line each; empty means the run passed.
     pub violations: Vec<String>,
     /// True when `violations` is empty.
@@ -330,6 +340,8 @@ pub struct Report {
     pub placement: Vec<ShardPlacement>,
     /// The residency check after heal.
     pub residency: ResidencyCheck,
+    /// The event count oracle after heal.
+    pub events: EventCheck,
 }
 
 impl Report {
@@ -343,6 +355,8 @@ impl Report {
         self.rw_violations = o.rw_violations.count;
         self.rw_checks_ok = o.rw_ok;
         self.lost_acked = self.store.lost_acked.count;
+        self.lost_events = self.events.lost.count;
+        self.double_counted_events = self.events.double_counted.count;
         self.converged = !self.shards.is_empty() && self.shards.iter().all(|s| s.converged);
         self.read_availability = self.reads.overall.availability;
         self.faults_injected = self.faults.iter().filter(|f| f.injected).count() as u64;
@@ -367,6 +381,21 @@ impl Report {
             self.lost_acked,
             "lost acknowledged writes",
             &self.store.lost_acked.examples,
+        );
+        count(
+            self.lost_events,
+            "replica counts missing acknowledged events",
+            &self.events.lost.examples,
+        );
+        count(
+            self.double_counted_events,
+            "replica counts with events counted twice",
+            &self.events.double_counted.examples,
+        );
+        count(
+            self.events.unreadable.count,
+            "replica feature reads failed after heal",
+            &self.events.unreadable.examples,
         );
         count(o.leaks.count, "permission leaks", &o.leaks.examples);
         count(
@@ -468,10 +497,11 @@ impl Report {
                 v.push(format!("{what}: {} probes never succeeded", s.timeouts));
             }
         }
-        if self.availability_required && self.reads.overall.ok < self.reads.overall.reads {
+        if self.reads.overall.availability < self.availability_floor {
             v.push(format!(
-                "read availability {:.4} < 1 ({} of {} reads failed; by fault kind: {}; first failure: {})",
+                "read availability {:.4} below the floor of {} ({} of {} reads failed; by fault kind: {}; first failure: {})",
                 self.reads.overall.availability,
+                self.availability_floor,
                 self.reads.overall.reads - self.reads.overall.ok,
                 self.reads.overall.reads,
                 self.reads
@@ -488,6 +518,21 @@ impl Report {
                     .unwrap_or_default()
             ));
         }
+        if self.faults_injected < self.min_faults {
+            v.push(format!(
+                "only {} faults injected, the run asked for at least {}",
+                self.faults_injected, self.min_faults
+            ));
+        }
+        if self.reads.steady.availability < self.steady_availability_floor {
+            v.push(format!(
+                "read availability with no fault active {:.4} below the floor of {} ({} of {} reads failed)",
+                self.reads.steady.availability,
+                self.steady_availability_floor,
+                self.reads.steady.reads - self.reads.steady.ok,
+                self.reads.steady.reads
+            ));
+        }
         self.ok = v.is_empty();
         self.violations = v;
     }
@@ -498,6 +543,8 @@ impl Report {
     /// SIGTERM), which depend on timing or are reported separately.
     pub fn safety_ok(&self) -> bool {
         self.lost_acked == 0
+            && self.lost_events == 0
+            && self.double_counted_events == 0
             && self.leaks == 0
             && self.phantoms == 0
             && self.duplicates == 0
@@ -511,6 +558,7 @@ impl Report {
             && self.store.index_stalled.count == 0
             && self.online.rejected_writes.count == 0
             && self.residency.violations.is_empty()
+            && self.events.unreadable.count == 0
     }
 
     /// A few lines for a human.
@@ -592,6 +640,19 @@ impl Report {
         );
         let _ = writeln!(
             s,
+            "  events: {} sent ({} acked, {} indeterminate; {} batches retried, {} resent on purpose); {} replica counts checked: {} lost, {} double-counted, {} unreadable",
+            self.events.sent.events,
+            self.events.sent.acked,
+            self.events.sent.indeterminate,
+            self.events.sent.retried_batches,
+            self.events.sent.resent_batches,
+            self.events.values_checked,
+            self.lost_events,
+            self.double_counted_events,
+            self.events.unreadable.count
+        );
+        let _ = writeln!(
+            s,
             "  residency: {} replicas checked, {} outside their tenant's regions{}",
             self.residency.replicas,
             self.residency.violations.len(),
@@ -651,18 +712,21 @@ impl Report {
 pub fn table(reports: &[Report]) -> String {
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     let mut s = String::from(
-        "| scenario | seed | s | faults | lost acked | leaks | converged | read avail. | rw viol. | dup. | write failover p99 ms | region read failover p99 ms | result |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | seed | s | faults | lost acked | events acked | events lost / twice | leaks | converged | read avail. | rw viol. | dup. | write failover p99 ms | region read failover p99 ms | result |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2}% ({}/{}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {:.2}% ({}/{}) | {} | {} | {} | {} | {} |",
             r.scenario,
             r.seed,
             r.duration_s,
             r.faults_injected,
             r.lost_acked,
+            r.events.sent.acked,
+            r.lost_events,
+            r.double_counted_events,
             r.leaks,
             if r.converged { "yes" } else { "NO" },
             r.read_availability * 100.0,
@@ -741,9 +805,35 @@ mod tests {
     }
 
     #[test]
+    fn availability_floors_judge_overall_and_steady_reads() {
+        let avail = |reads, ok| Availability {
+            reads,
+            ok,
+            availability: ok as f64 / reads as f64,
+        };
+        let verdict = |overall: Availability, steady: Availability| {
+            let mut r = Report {
+                availability_floor: 0.99,
+                steady_availability_floor: 0.99,
+                ..Report::default()
+            };
+            r.reads.overall = overall;
+            r.reads.steady = steady;
+            r.finalize();
+            r.violations
+                .iter()
+                .filter(|v| v.contains("availability"))
+                .count()
+        };
+        assert_eq!(verdict(avail(1000, 995), avail(500, 500)), 0);
+        assert_eq!(verdict(avail(1000, 985), avail(500, 500)), 1);
+        assert_eq!(verdict(avail(1000, 995), avail(500, 490)), 1);
+    }
+
+    #[test]
     fn finalize_flags_violations() {
         let mut r = Report {
-            availability_required: true,
+            availability_floor: 1.0,
             ..Report::default()
         };
         r.reads.overall = Availability {

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::check;
 use crate::cluster::{Cluster, ClusterOptions, Layout};
 use crate::error::{ChaosError, Result};
+use crate::events::{self, EventLog};
 use crate::history::{Clock, History};
 use crate::nemesis::{AppliedFault, Fault, Nemesis, Step, Target};
 use crate::report::{self, FailoverSample, Report, ShardPlacement};
@@ -43,6 +44,7 @@ pub const SCENARIOS: &[&str] = &[
     "slow-node",
     "flapping-link",
     "rolling-restart",
+    "resize",
     "mixed",
 ];
 
@@ -203,6 +205,7 @@ pub fn plan(
                 })
                 .collect()
         }
+        "resize" => g.reshapes_under_faults(start, end),
         "mixed" => g.mixed(start, end, duration_ms),
         _ => Vec::new(),
     };
@@ -298,6 +301,51 @@ impl Gen<'_> {
             t += d + self.rng.range(gap.0, gap.1);
         }
         out
+    }
+
+    /// Resizes and moves of both tenants while single nodes are killed or
+    /// paused back to back: the mover, the copies and the cut-over must
+    /// lose nothing and leak nothing while replicas come and go.
+    fn reshapes_under_faults(&mut self, start: u64, end: u64) -> Vec<Step> {
+        let mut out = self.cycle(start, end, (2_000, 4_000), (1_000, 3_000), |g| {
+            let target = if g.rng.chance(0.5) {
+                g.leader()
+            } else {
+                g.node()
+            };
+            if g.rng.chance(0.5) {
+                Fault::Kill { target }
+            } else {
+                Fault::Pause { target }
+            }
+        });
+        out.extend(self.reshapes(start, end, 2 * self.tenants.len()));
+        out.sort_by_key(|s| s.at_ms);
+        out
+    }
+
+    /// `n` resizes and moves spread evenly over the window, taking the
+    /// tenants in turn: each tenant is first resized, then moved, then
+    /// resized again (up to the partition cap), and so on.
+    fn reshapes(&mut self, start: u64, end: u64, n: usize) -> Vec<Step> {
+        let span = end.saturating_sub(start);
+        let count = self.tenants.len().max(1);
+        (0..n)
+            .filter_map(|i| {
+                let tenant = self.tenants.get(i % count)?.clone();
+                let at = start + span * (2 * i as u64 + 1) / (2 * n as u64).max(1);
+                let fault = if (i / count).is_multiple_of(2) {
+                    Fault::Resize { tenant }
+                } else {
+                    Fault::Move { tenant }
+                };
+                Some(Step {
+                    at_ms: at,
+                    duration_ms: 0,
+                    fault,
+                })
+            })
+            .collect()
     }
 
     /// A random schedule of about 2.5 faults per second of fault window.
@@ -413,17 +461,34 @@ impl Gen<'_> {
                 fault,
             });
         }
+        // A resize or a move about once a minute of a longer run.
+        let reshapes = (span / RESHAPE_EVERY_MS) as usize;
+        out.extend(self.reshapes(start, end, reshapes));
+        out.sort_by_key(|s| s.at_ms);
         out
     }
 }
 
-/// Whether a scenario must keep every read succeeding: all of them, since
-/// each injects single-node faults or a region outage (whose failed
-/// region's router is not counted), except `mixed`, whose overlapping link
-/// faults can legitimately cut a reader off every replica for a moment.
-pub fn requires_full_read_availability(scenario: &str) -> bool {
-    scenario != "mixed"
+/// How often a long `mixed` run resizes or moves a tenant.
+const RESHAPE_EVERY_MS: u64 = 60_000;
+/// How long the checks wait for resizes and moves still running at heal.
+const RESHAPE_SETTLE: Duration = Duration::from_secs(180);
+
+/// The share of reads a scenario must keep succeeding: all of them where
+/// one node-level fault (or one region outage, whose own router is not
+/// counted) is active at a time, since every shard keeps a replica
+/// elsewhere; 99% in `mixed` and `resize`, whose overlapping link faults
+/// can cut a reader off every replica of a shard for a moment.
+pub fn availability_floor(scenario: &str) -> f64 {
+    match scenario {
+        "mixed" | "resize" => 0.99,
+        _ => 1.0,
+    }
 }
+
+/// The share of reads that must succeed while no fault is active, in
+/// every scenario: a healthy cluster serves.
+pub const STEADY_AVAILABILITY_FLOOR: f64 = 0.99;
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
@@ -440,11 +505,13 @@ pub struct RunOptions {
     pub workload: WorkloadConfig,
     /// Documents per tenant.
     pub docs_per_tenant: u32,
-    /// Override of [`requires_full_read_availability`].
-    pub require_availability: Option<bool>,
+    /// Override of [`availability_floor`].
+    pub availability_floor: Option<f64>,
     /// A schedule to run instead of generating one (its scenario name,
     /// seed and duration are used as they are).
     pub plan: Option<Plan>,
+    /// Fewer faults injected than this fails the run (0: no minimum).
+    pub min_faults: u64,
 }
 
 impl RunOptions {
@@ -457,8 +524,9 @@ impl RunOptions {
             cluster: ClusterOptions::new(bin_dir),
             workload: WorkloadConfig::default(),
             docs_per_tenant: 120,
-            require_availability: None,
+            availability_floor: None,
             plan: None,
+            min_faults: 0,
         }
     }
 }
@@ -500,6 +568,10 @@ async fn run_on(
     plans: &[TenantPlan],
 ) -> Result<Report> {
     let tenants = Arc::new(workload::setup_tenants(cluster, plans).await?);
+    let admin = cluster.router_client(0, Duration::from_secs(10))?;
+    events::register(&admin, &tenants)
+        .await
+        .map_err(ChaosError::Cluster)?;
     let first_shards: BTreeMap<String, u64> = tenants
         .iter()
         .filter_map(|t| t.shards.first().map(|s| (t.plan.name.clone(), *s)))
@@ -545,6 +617,19 @@ async fn run_on(
         tasks.spawn(workload::reader(shared.clone(), client, router, r));
     }
 
+    let event_log = Arc::new(EventLog::new());
+    for e in 0..config.event_writers {
+        let router = (e + 1) % routers;
+        let client = cluster.router_client(router, config.write_timeout)?;
+        tasks.spawn(events::event_writer(
+            shared.clone(),
+            event_log.clone(),
+            client,
+            e % t_count,
+            e / t_count,
+        ));
+    }
+
     let mut probes: JoinSet<FailoverSample> = JoinSet::new();
     let faults = run_schedule(cluster, &nemesis, plan, &shared, &tenants, &mut probes).await;
     // Pacing to the end of the workload: the run lasts its duration.
@@ -561,7 +646,7 @@ async fn run_on(
         tasks.abort_all();
     }
     let mut faults = faults;
-    let heal_errors = {
+    let mut heal_errors = {
         let mut errors = nemesis.heal_all().await;
         let end = clock.ms();
         for f in faults
@@ -586,23 +671,46 @@ async fn run_on(
     }
     failover.sort_by_key(|s| (s.step, s.what.clone(), s.tenant.clone(), s.router));
 
+    // Judge the tenants as the cluster places them now: a resize or a
+    // move changed their partitions and shards.
+    let tenants =
+        match workload::settled_tenants(cluster, &tenants, Instant::now() + RESHAPE_SETTLE).await {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                heal_errors.push(format!("a resize or move did not finish: {e}"));
+                tenants.clone()
+            }
+        };
     let shards = check::replicas(cluster, &tenants).await?;
     let convergence =
         check::convergence(cluster, &shards, Instant::now() + Duration::from_secs(90)).await;
     let lagging =
         check::index_lag(cluster, &shards, Instant::now() + Duration::from_secs(30)).await;
     let snap = history.snapshot();
-    let store = check::check_store(cluster, &tenants, &shards, &convergence, &lagging, &snap).await;
+    let map_epoch = cluster.any_map().await.map_or(0, |m| m.epoch);
+    let store = check::check_store(
+        cluster,
+        &tenants,
+        &shards,
+        &convergence,
+        &lagging,
+        &snap,
+        map_epoch,
+    )
+    .await;
     let residency = check::residency(cluster, Duration::from_secs(30)).await;
+    let events = events::check(cluster, &tenants, &shards, &event_log).await;
 
     let router_region = |k: usize| cluster.routers().get(k).map_or(usize::MAX, |r| r.region);
     let mut report = Report {
         scenario: plan.scenario.clone(),
         seed: plan.seed,
         duration_s: plan.duration_ms / 1000,
-        availability_required: opts
-            .require_availability
-            .unwrap_or_else(|| requires_full_read_availability(&plan.scenario)),
+        availability_floor: opts
+            .availability_floor
+            .unwrap_or_else(|| availability_floor(&plan.scenario)),
+        steady_availability_floor: STEADY_AVAILABILITY_FLOOR,
+        min_faults: opts.min_faults,
         reads: report::read_availability(&snap.reads, &faults, &router_region, workload_end),
         writes: report::write_stats(&snap),
         faults,
@@ -613,6 +721,7 @@ async fn run_on(
         online: snap.findings.clone(),
         placement,
         residency,
+        events,
         ..Report::default()
     };
     report.finalize();
@@ -842,6 +951,25 @@ mod tests {
             assert!(s.at_ms >= busy, "overlapping node faults at {}", s.at_ms);
             busy = s.at_ms + s.duration_ms;
         }
+    }
+
+    #[test]
+    fn resize_and_long_mixed_runs_reshape_tenants() {
+        let layout = Layout::three_regions();
+        let reshapes = |p: &Plan| {
+            p.steps
+                .iter()
+                .filter(|s| matches!(s.fault, Fault::Resize { .. } | Fault::Move { .. }))
+                .count()
+        };
+        let r = plan("resize", Duration::from_secs(60), 1, &layout, &tenants()).expect("plan");
+        assert_eq!(reshapes(&r), 4, "each tenant resized and moved");
+        assert!(r.steps.iter().any(|s| s.fault.is_node_level()));
+        let long = plan("mixed", Duration::from_secs(500), 1, &layout, &tenants()).expect("plan");
+        assert!(long.steps.len() >= 1_000, "{} faults", long.steps.len());
+        assert!(reshapes(&long) >= 8, "{} reshapes", reshapes(&long));
+        let brief = plan("mixed", Duration::from_secs(15), 1, &layout, &tenants()).expect("plan");
+        assert_eq!(reshapes(&brief), 0, "a brief mixed run does not reshape");
     }
 
     #[test]

@@ -85,6 +85,15 @@ pub struct TenantState {
 }
 
 impl TenantState {
+    /// Each shard of the tenant once (a move can put several partitions
+    /// on one shard).
+    pub fn distinct_shards(&self) -> Vec<ShardId> {
+        let mut out = self.shards.clone();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The shard holding document `id`.
     pub fn shard_of(&self, id: &str) -> Option<ShardId> {
         let p = partition_of(id, self.plan.partitions);
@@ -99,6 +108,8 @@ pub struct WorkloadConfig {
     pub writers: usize,
     /// Reader tasks (spread over routers).
     pub readers: usize,
+    /// Event writer tasks (spread over tenants and routers).
+    pub event_writers: usize,
     /// Pause between a writer's operations (its rate limit).
     pub write_pause: Duration,
     /// Pause between a reader's operations.
@@ -122,6 +133,7 @@ impl Default for WorkloadConfig {
         WorkloadConfig {
             writers: 4,
             readers: 3,
+            event_writers: 2,
             write_pause: Duration::from_millis(30),
             read_pause: Duration::from_millis(20),
             write_timeout: Duration::from_secs(8),
@@ -206,6 +218,41 @@ pub async fn setup_tenants(cluster: &Cluster, plans: &[TenantPlan]) -> Result<Ve
     Ok(out)
 }
 
+/// Waits until no tenant has a resize or move under way, then returns the
+/// tenants as the cluster now places them (partition count and shards):
+/// what the checkers must judge after a run that reshaped them.
+pub async fn settled_tenants(
+    cluster: &Cluster,
+    tenants: &[TenantState],
+    deadline: Instant,
+) -> Result<Vec<TenantState>> {
+    let mut out = Vec::new();
+    for t in tenants {
+        let name = &t.plan.name;
+        let view = retry(deadline, &format!("{name} to finish resizing"), || async {
+            let mut last = None;
+            for r in cluster.routers() {
+                let client = cluster.router_client(r.index, Duration::from_secs(5))?;
+                match client.tenant(name).await {
+                    Ok(v) => return Ok(v.resize.is_none().then_some(v)),
+                    Err(e) => last = Some(ChaosError::Rpc(e.to_string())),
+                }
+            }
+            Err(last.unwrap_or_else(|| ChaosError::Cluster("no router".into())))
+        })
+        .await?;
+        let mut parts = view.partitions.clone();
+        parts.sort_by_key(|p| p.index);
+        let mut plan = t.plan.clone();
+        plan.partitions = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        out.push(TenantState {
+            plan,
+            shards: parts.iter().map(|p| p.shard).collect(),
+        });
+    }
+    Ok(out)
+}
+
 /// Retries `f` until it yields `Some`, polling until `deadline`.
 async fn retry<T, E, F, Fut>(deadline: Instant, what: &str, mut f: F) -> Result<T>
 where
@@ -246,13 +293,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn stopped(&self) -> bool {
+    /// Whether the run asked the tasks to stop (or the op budget is spent).
+    pub(crate) fn stopped(&self) -> bool {
         *self.stop.borrow() || self.ops.load(Ordering::Relaxed) >= self.config.max_ops
     }
 
     /// Sleeps `d` unless the stop signal comes first; the workload's rate
     /// limit, not a synchronisation.
-    async fn pace(&self, d: Duration) {
+    pub(crate) async fn pace(&self, d: Duration) {
         let mut stop = self.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(d) => {}

@@ -15,7 +15,7 @@ use tessera_chaos::cluster::default_bin_dir;
 use tessera_chaos::scenario::{self, RunOptions};
 
 /// Seconds of workload per scenario: long enough for at least one fault
-/// of each kind, short enough that all eleven fit well inside ten minutes.
+/// of each kind, short enough that all twelve fit well inside ten minutes.
 const BRIEF_SECS: u64 = 12;
 const SEED: u64 = 7;
 
@@ -91,6 +91,11 @@ fn flapping_link() {
 #[test]
 fn rolling_restart() {
     brief("rolling-restart");
+}
+
+#[test]
+fn resize() {
+    brief("resize");
 }
 
 #[test]
