@@ -229,7 +229,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(async {
+    // Runs own a cluster; the proxy command handles its signals itself.
+    let owns_cluster = matches!(cli.command, Command::Run { .. } | Command::Suite { .. });
+    let work = async {
         match cli.command {
             Command::Run {
                 scenario,
@@ -359,7 +361,44 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .await
                 .map(|()| 0),
         }
-    })
+    };
+    // Ctrl-C (or SIGTERM) stops the run and drops it: every process the
+    // harness started is killed with it (kill_on_drop) instead of being
+    // left running, and the cluster's files are kept to look at.
+    let code = runtime.block_on(async {
+        if !owns_cluster {
+            return work.await;
+        }
+        tokio::select! {
+            r = work => r,
+            _ = stop_signal() => {
+                eprintln!("tessera-chaos: interrupted; stopping the processes it started");
+                Ok(EXIT_INTERRUPTED)
+            }
+        }
+    });
+    // Dropping the runtime drops every task still holding the cluster.
+    drop(runtime);
+    code
+}
+
+/// Exit status after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn run_proxy(config: PathBuf, control: Option<SocketAddr>) -> anyhow::Result<()> {

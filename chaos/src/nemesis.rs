@@ -43,6 +43,18 @@ pub const MAX_RESHAPE_PARTITIONS: usize = 8;
 /// Deadline of the admin call that starts a resize or a move.
 const ADMIN_RPC: Duration = Duration::from_secs(5);
 
+/// How long a resize or move keeps trying to start while faults keep the
+/// routers or the meta leader out of reach.
+pub const RESHAPE_START_WAIT: Duration = Duration::from_secs(20);
+
+/// Why a reshape did not start.
+enum Reshape {
+    /// Retrying may help (a router or the meta leader out of reach).
+    Failed(String),
+    /// It cannot start now (one already runs, the cap, a refusal).
+    Refused(String),
+}
+
 /// Which node a fault hits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "of", rename_all = "kebab-case")]
@@ -410,20 +422,60 @@ impl Nemesis {
         Err(ChaosError::Rpc(last))
     }
 
-    /// Starts a resize (doubling) or a move of `tenant`; refuses while one
-    /// is already running, so the step is skipped, not stacked.
+    /// Starts a resize (doubling) or a move of `tenant`, retrying (for up
+    /// to [`RESHAPE_START_WAIT`]) while the faults keep the routers or the
+    /// meta leader out of reach: the point is to reshape *under* faults.
+    /// Refuses while one is already running, so the step is skipped, not
+    /// stacked.
     async fn reshape(&self, tenant: &str, resize: bool, out: &mut AppliedFault) -> Result<Undo> {
-        let (client, view) = self.admin(tenant).await?;
+        let deadline = Instant::now() + RESHAPE_START_WAIT;
+        let mut tick = tokio::time::interval(POLL * 5);
+        loop {
+            tick.tick().await;
+            match self.try_reshape(tenant, resize).await {
+                Ok(detail) => {
+                    out.detail = detail;
+                    return Ok(Undo::Nothing);
+                }
+                Err(Reshape::Refused(why)) => return Err(ChaosError::Scenario(why)),
+                Err(Reshape::Failed(why)) if Instant::now() > deadline => {
+                    return Err(ChaosError::Rpc(why))
+                }
+                Err(Reshape::Failed(why)) => {
+                    tracing::debug!(tenant, error = %why, "reshape not started yet; retrying");
+                }
+            }
+        }
+    }
+
+    /// One attempt of [`Self::reshape`]; returns the step's description.
+    async fn try_reshape(
+        &self,
+        tenant: &str,
+        resize: bool,
+    ) -> std::result::Result<String, Reshape> {
+        let (client, view) = self
+            .admin(tenant)
+            .await
+            .map_err(|e| Reshape::Failed(e.to_string()))?;
         if view.resize.is_some() {
-            return Err(ChaosError::Scenario(format!(
+            return Err(Reshape::Refused(format!(
                 "a resize or move of {tenant} is already running"
             )));
         }
         let from = view.partitions.len();
+        let failed = |what: &str, e: tessera_client::ClientError| {
+            let why = format!("{what} {tenant}: {e}");
+            if e.is_retryable() {
+                Reshape::Failed(why)
+            } else {
+                Reshape::Refused(why)
+            }
+        };
         if resize {
             let to = from * 2;
             if to > MAX_RESHAPE_PARTITIONS {
-                return Err(ChaosError::Scenario(format!(
+                return Err(Reshape::Refused(format!(
                     "{tenant} has {from} partitions; doubling passes {MAX_RESHAPE_PARTITIONS}"
                 )));
             }
@@ -431,17 +483,18 @@ impl Nemesis {
             client
                 .resize_tenant(tenant, to_u32)
                 .await
-                .map_err(|e| ChaosError::Rpc(format!("resize {tenant}: {e}")))?;
-            out.detail = format!("resize {tenant} {from} → {to} partitions");
+                .map_err(|e| failed("resize", e))?;
+            Ok(format!("resize {tenant} {from} → {to} partitions"))
         } else {
             let begun = client
                 .move_tenant(tenant, &[], None)
                 .await
-                .map_err(|e| ChaosError::Rpc(format!("move {tenant}: {e}")))?;
+                .map_err(|e| failed("move", e))?;
             let to: Vec<u64> = begun.resize.map(|r| r.to).unwrap_or_default();
-            out.detail = format!("move {tenant}'s {from} partitions to shards {to:?}");
+            Ok(format!(
+                "move {tenant}'s {from} partitions to shards {to:?}"
+            ))
         }
-        Ok(Undo::Nothing)
     }
 
     /// Resolves a target to a node id, waiting (bounded) for a leader when
