@@ -83,6 +83,33 @@ pub fn title_query(title: &str) -> String {
     tessera_client::eval::query_text(title).0
 }
 
+/// Queries of exactly `MAX_QUERY_TERMS` words (a pasted paragraph at the
+/// limit): each article's body words from `offset` on, every `stride`-th
+/// article, normalised like [`title_query`], cycled to the limit when the
+/// body is shorter. Used to measure what the longest allowed query costs.
+pub fn long_queries(articles: &[Article], offset: usize, stride: usize, n: usize) -> Vec<String> {
+    let limit = tessera_proto::limits::MAX_QUERY_TERMS;
+    articles
+        .iter()
+        .skip(offset)
+        .step_by(stride.max(1))
+        .filter_map(|a| {
+            let text = tessera_client::eval::query_text(&a.body).0;
+            let words: Vec<&str> = text.split_whitespace().collect();
+            (!words.is_empty()).then(|| {
+                words
+                    .iter()
+                    .cycle()
+                    .take(limit)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        })
+        .take(n)
+        .collect()
+}
+
 /// Distinct, non-empty title queries from `articles`, starting at `offset`
 /// and taking every `stride`-th article, so different measurements can use
 /// disjoint query sets (no result cache ever sees a query twice).

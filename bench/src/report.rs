@@ -316,6 +316,31 @@ pub fn write(
             c.router_search.p99 / c.raw_search.p99,
             c.router_search.mean / c.raw_search.mean
         );
+        if let (Some(lr), Some(lw)) = (&c.long_router_search, &c.long_raw_search) {
+            let _ = writeln!(
+                s,
+                "Queries at the term limit: {} queries of {} terms each (an article's body \
+                 words, cycled to the limit), the same on both sides, after 5 warm-up \
+                 queries.\n",
+                lr.n, c.long_terms
+            );
+            let _ = writeln!(s, "| side | queries | p50 ms | p99 ms | mean ms |");
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+            lat_row(&mut s, "Tessera via router, long queries", lr);
+            lat_row(&mut s, "raw tantivy, long queries", lw);
+            let _ = writeln!(
+                s,
+                "| overhead ratio (Tessera / raw) | | {:.1} | {:.1} | {:.1} |",
+                lr.p50 / lw.p50,
+                lr.p99 / lw.p99,
+                lr.mean / lw.mean
+            );
+            let _ = writeln!(
+                s,
+                "| long / title query, Tessera p50 | | {:.1} | | |\n",
+                lr.p50 / c.router_search.p50
+            );
+        }
         let _ = writeln!(s, "## Throughput under concurrency\n");
         let _ = writeln!(
             s,

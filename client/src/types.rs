@@ -267,6 +267,9 @@ pub struct SearchQuery {
     /// An experiment of the tenant's features.toml: the user's variant picks the profile
     /// (exclusive with `profile`).
     pub experiment: Option<String>,
+    /// Hits carry only id and score: for callers that fetch documents
+    /// themselves and do not want to pay for titles and snippets.
+    pub ids_only: bool,
 }
 
 impl SearchQuery {
@@ -350,6 +353,12 @@ impl SearchQuery {
         self
     }
 
+    /// Hits without title, space, date or snippet (see [`SearchQuery::ids_only`]).
+    pub fn ids_only(mut self, yes: bool) -> Self {
+        self.ids_only = yes;
+        self
+    }
+
     pub(crate) fn to_request(&self, timeout_ms: u32) -> pb::RouterSearchRequest {
         let filters = pb::SearchFilters {
             spaces: self.spaces.clone(),
@@ -370,6 +379,7 @@ impl SearchQuery {
             timeout_ms,
             selection: pb::ReplicaSelection::Default as i32,
             explain: self.explain,
+            ids_only: self.ids_only,
         }
     }
 }
@@ -384,6 +394,19 @@ pub struct SearchHit {
     /// Why the hit scored so, when the search asked to explain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explanation: Option<Explanation>,
+    /// The page's title (empty with `ids_only`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    /// Its space.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub space: String,
+    /// When it was last updated (RFC 3339, as written).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub updated_at: String,
+    /// An excerpt of the body around the query's terms: HTML-escaped, each
+    /// match in `<b></b>`; the body's opening words when no term is in it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub snippet: String,
 }
 
 /// A hit's score under a rank profile, part by part.
@@ -473,6 +496,10 @@ impl From<pb::RouterSearchResponse> for SearchPage {
                     id: h.id,
                     score: h.score,
                     explanation: h.explanation.map(Explanation::from),
+                    title: h.title,
+                    space: h.space,
+                    updated_at: h.updated_at,
+                    snippet: h.snippet,
                 })
                 .collect(),
             cursor: (!r.cursor.is_empty()).then_some(r.cursor),
@@ -579,6 +606,7 @@ mod tests {
                 id: "p-1".into(),
                 score: 1.5,
                 explanation: None,
+                ..Default::default()
             }],
             cursor: String::new(),
             served_by: vec![pb::ServedBy {

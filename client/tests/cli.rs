@@ -171,11 +171,13 @@ impl Router for FakeRouter {
                     id: echo,
                     score: 2.5,
                     explanation: None,
+                    ..Default::default()
                 },
                 Hit {
                     id: "p-2".into(),
                     score: 1.25,
                     explanation: None,
+                    ..Default::default()
                 },
             ],
             cursor: if r.cursor.is_empty() {

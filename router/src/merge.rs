@@ -132,6 +132,7 @@ mod tests {
             id: id.into(),
             score,
             explanation: None,
+            ..Default::default()
         }
     }
 

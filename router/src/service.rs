@@ -425,6 +425,7 @@ impl RouterService {
                 explain: req.explain,
                 experiment: req.experiment.clone(),
                 map_epoch: scope.topo.epoch(),
+                ids_only: req.ids_only,
             };
             async move {
                 let plan = self.plan(scope, shard, min_applied)?;
@@ -1075,6 +1076,11 @@ impl RouterService {
                     tenant: tenant.id.clone(),
                     shard,
                     map_epoch,
+                    placement: tenant
+                        .resize
+                        .as_ref()
+                        .map(|r| r.to.clone())
+                        .unwrap_or_default(),
                     ..Default::default()
                 };
                 for it in &batch {

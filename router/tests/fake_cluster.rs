@@ -118,6 +118,7 @@ impl FakeNode {
                             id: d.id.clone(),
                             score: tf as f32,
                             explanation: None,
+                            ..Default::default()
                         })
                     })
                     .collect()

@@ -144,6 +144,7 @@ fn page(
                 id: d.id.clone(),
                 score: bm25(d, global),
                 explanation: None,
+                ..Default::default()
             })
             .collect();
         if complete.contains(&s) {

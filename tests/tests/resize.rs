@@ -208,6 +208,41 @@ async fn a_partition_moves_to_another_shard_under_load() {
     }
 }
 
+/// Issue 24, found by the long chaos run: a shard a tenant left keeps a
+/// guard that ignores the tenant's writes; when a later move (or growth)
+/// gave that shard the tenant again, the mover's copies and the routers'
+/// writes there were skipped as "not owned" yet acknowledged, so every
+/// document was lost. Writes now carry the resize's placement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_moved_back_to_a_shard_it_left_keeps_every_write() {
+    let tenant = "returns";
+    let s = scenario(tenant).await;
+    let home = s.client.tenant(tenant).await.expect("tenant").partitions[0].shard;
+    let (write_failures, reports) = run_with_load(&s.client, &s.acked, tenant, async {
+        s.client
+            .move_tenant(tenant, &[0], None)
+            .await
+            .expect("the move away starts");
+        wait_resized(&s.client, tenant, 1).await;
+        let away = s.client.tenant(tenant).await.expect("tenant").partitions[0].shard;
+        assert_ne!(away, home, "the tenant left shard {home}");
+        s.client
+            .move_tenant(tenant, &[0], Some(home))
+            .await
+            .expect("the move back starts");
+        wait_resized(&s.client, tenant, 1).await;
+    })
+    .await;
+    assert_clean(&write_failures, &reports);
+    let acked = s.acked.lock().expect("acked").clone();
+    check_final(&s.client, tenant, &acked).await;
+    let t = s.client.tenant(tenant).await.expect("tenant");
+    assert_eq!(
+        t.partitions[0].shard, home,
+        "the tenant is back on shard {home}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_over_the_split_threshold_doubles_by_itself_under_load() {
     let tenant = "grows";

@@ -44,9 +44,9 @@ async fn search(
 /// says "query terms lowercased and OR-ed"; tantivy-py 0.27 reproduces all
 /// five reference figures (nDCG@10 0.4025, MAP 0.2581, MRR 0.6683, P@10
 /// 0.2904, R@100 0.6177) exactly when every non-alphanumeric character is
-/// replaced by a space (no phrase or field syntax) before parsing. Queries
-/// over the router's term limit (CACM 33 and 37) keep their first
-/// `MAX_QUERY_TERMS` terms, which leaves the reference nDCG@10 at 0.4025.
+/// replaced by a space (no phrase or field syntax) before parsing. Every
+/// query is sent whole: the longest (CACM 33 and 37, 73–81 words) is far
+/// below `MAX_QUERY_TERMS`.
 fn query_text(raw: &str) -> (String, bool) {
     let lower: String = raw
         .to_lowercase()
@@ -161,6 +161,54 @@ async fn cacm_ranks_the_same_on_four_partitions_as_on_one() {
             "nDCG@10 with {p} partition(s) is {v:.4}, reference {CACM_REFERENCE_NDCG10}"
         );
     }
+    assert!(
+        cut.is_empty(),
+        "every query is sent whole: {cut:?} were cut"
+    );
+    at_the_term_limit(&c, &judged, &tokens).await;
+}
+
+/// A query of exactly `MAX_QUERY_TERMS` terms (the longest CACM query's
+/// words, cycled) is served, and ranks the same on 1 and 4 partitions; one
+/// term more is refused with an error naming the limit.
+async fn at_the_term_limit(
+    c: &TesseraClient,
+    judged: &[(String, String)],
+    tokens: &HashMap<&str, String>,
+) {
+    let longest = judged
+        .iter()
+        .map(|(_, raw)| query_text(raw).0)
+        .max_by_key(|t| t.split_whitespace().count())
+        .expect("some query");
+    let words: Vec<&str> = longest.split_whitespace().collect();
+    let at_limit: Vec<&str> = words
+        .iter()
+        .cycle()
+        .take(MAX_QUERY_TERMS)
+        .copied()
+        .collect();
+    let text = at_limit.join(" ");
+    let one = search(c, "cacm1", &text, 10, &tokens["cacm1"], None).await;
+    let four = search(c, "cacm4", &text, 10, &tokens["cacm4"], None).await;
+    let ids = |p: &SearchPage| p.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        one.hits.len(),
+        10,
+        "a {MAX_QUERY_TERMS}-term query finds documents"
+    );
+    assert_eq!(
+        ids(&one),
+        ids(&four),
+        "the same top 10 on 1 and 4 partitions"
+    );
+    let over = format!("{text} {}", words[0]);
+    let err = c
+        .search(&SearchQuery::new("cacm1", "u:reader", over))
+        .await
+        .expect_err("one term over the limit");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("MAX_QUERY_TERMS"), "{err}");
 }
 
 /// A document whose text always contains "common", with a term frequency

@@ -157,6 +157,15 @@ pub struct CoreResult {
     pub raw_search: LatencySummary,
     pub throughput: Vec<ThroughputRow>,
     pub node_rss_bytes: Vec<u64>,
+    /// Terms of each long query (`MAX_QUERY_TERMS`); 0 in older results.
+    #[serde(default)]
+    pub long_terms: usize,
+    /// Queries at the term limit through the router.
+    #[serde(default)]
+    pub long_router_search: Option<LatencySummary>,
+    /// The same queries on raw tantivy.
+    #[serde(default)]
+    pub long_raw_search: Option<LatencySummary>,
 }
 
 /// One concurrency level.
@@ -433,6 +442,8 @@ const BATCH: usize = 500;
 /// set 0 is measured latency, 1 warm-up, 2.. one per concurrency level.
 const QUERY_SETS: usize = 8;
 const IN_FLIGHT: usize = 4;
+/// Queries at the term limit per side.
+const LONG_QUERIES: usize = 100;
 
 async fn core(
     cli: &Cli,
@@ -492,6 +503,13 @@ async fn core(
     let router_search = LatencySummary::of(router_ms);
     let raw_search = LatencySummary::of(raw_ms);
     eprintln!("search: router {router_search:?}, raw {raw_search:?}");
+    // Queries at the term limit (a pasted paragraph): what the longest
+    // allowed query costs, on both sides, against the title queries above.
+    let long = tessera_bench::long_queries(&articles, 3, QUERY_SETS, LONG_QUERIES);
+    b.search_each("bench", &long[..long.len().min(5)]).await?;
+    let long_router_search = LatencySummary::of(b.search_each("bench", &long).await?);
+    let long_raw_search = LatencySummary::of(raw_each(&raw, &long)?);
+    eprintln!("long queries: router {long_router_search:?}, raw {long_raw_search:?}");
 
     // Throughput: each level gets its own queries (offset), each used once.
     let mut throughput = Vec::new();
@@ -524,6 +542,9 @@ async fn core(
             raw_search,
             throughput,
             node_rss_bytes: rss,
+            long_terms: tessera_proto::limits::MAX_QUERY_TERMS,
+            long_router_search: Some(long_router_search),
+            long_raw_search: Some(long_raw_search),
         },
     )
 }

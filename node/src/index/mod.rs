@@ -11,6 +11,7 @@ mod any_of;
 mod candidates;
 mod query;
 mod schema;
+mod snippet;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 pub use candidates::{CandidateRef, Candidates, NO_SPACE};
 pub use query::{CollectionStats, IndexQuery, IndexResults, TenantTermStats, MAX_SEARCH_LIMIT};
 pub use schema::{build_schema, count_tokens, doc_key, names, Fields, ACL_TENANT_SEPARATOR};
+pub use snippet::{Snippets, SNIPPET_CHARS};
 
 use query::{DfsStatistics, IdColumns, OrderedCollector, QueryBuilder};
 
@@ -317,6 +319,14 @@ impl ShardIndex {
             .send(Command::Reset { watermark, reply })
             .map_err(|_| IndexError::Closed)?;
         rx.recv().map_err(|_| IndexError::Closed)?
+    }
+
+    /// The snippet maker for the hits of a search of `text`, over the
+    /// current searcher (the one the search itself used, or a newer one:
+    /// snippets are cut from the stored rows, not from the index).
+    pub fn snippets(&self, text: &str, title_only: bool) -> Result<Snippets, IndexError> {
+        let query = self.queries.text_query(text, title_only);
+        Snippets::new(&self.reader.searcher(), query.as_ref(), self.fields)
     }
 
     /// Runs one search (blocking; use `spawn_blocking`). See [`IndexQuery`] for the semantics.

@@ -256,6 +256,11 @@ impl FeatureCopy<'_> {
             let plan: BTreeMap<ShardId, Vec<pb::StoredEvent>> = if doc_rows {
                 let mut by_owner: BTreeMap<ShardId, Vec<pb::StoredEvent>> = BTreeMap::new();
                 for ev in page.events {
+                    // Only rows of documents this shard owns now: rows it
+                    // kept of a document that moved on are not its to give.
+                    if owner(&self.tenant.partitions, &ev.doc) != Some(self.source) {
+                        continue;
+                    }
                     match owner(&self.resize.to, &ev.doc) {
                         Some(dest) if dest != self.source => {
                             by_owner.entry(dest).or_default().push(ev)
@@ -335,6 +340,7 @@ fn route_page(
             shard,
             map_epoch: resize.fence,
             keep_newer_memberships: true,
+            placement: resize.to.clone(),
             ..Default::default()
         };
         let mut req = fresh();

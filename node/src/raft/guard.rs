@@ -42,6 +42,19 @@ pub enum GuardedCommand {
         map_epoch: u64,
         cmd: crate::features::FeatureCommand,
     },
+    /// A [`GuardedCommand::Write`] made while a resize runs, with the
+    /// resize's target `placement`: the shard keeps every document that
+    /// placement gives it, even one an earlier drop's placement gave to
+    /// another shard (a tenant coming back to a shard it left, or growth
+    /// giving an old shard a partition it did not hold). Without it such
+    /// writes were skipped as not owned, yet acknowledged: lost. Appended
+    /// last so the encoding of the other variants is unchanged.
+    WriteUnder {
+        map_epoch: u64,
+        keep_memberships: bool,
+        cmd: ShardCommand,
+        placement: Vec<ShardId>,
+    },
 }
 
 /// One tenant's guard on one shard. The default admits everything.
@@ -65,6 +78,12 @@ impl TenantGuard {
             None => true,
             Some(to) => owner(to, id) == Some(shard),
         }
+    }
+
+    /// Whether `shard` keeps document `id` written under a resize to
+    /// `placement` (empty: no resize): its own placement or the resize's.
+    pub fn owns_under(&self, shard: ShardId, id: &str, placement: &[ShardId]) -> bool {
+        self.owns(shard, id) || owner(placement, id) == Some(shard)
     }
 
     /// Reads the guard of `tenant` on `group` (the default when none is stored).

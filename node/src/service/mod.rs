@@ -7,6 +7,7 @@
 //! for input the caller must fix.
 
 pub mod features;
+mod hit_fields;
 mod keys;
 mod membership;
 mod rank;
@@ -343,10 +344,19 @@ impl Node for NodeService {
         self.check_tenant_shard(&req.tenant, req.shard).await?;
         let (handle, _) = self.shard(req.shard)?;
         let timeout = timeout_of(req.timeout_ms);
-        let guarded = crate::raft::guard::GuardedCommand::Write {
-            map_epoch: req.map_epoch,
-            keep_memberships: req.keep_newer_memberships,
-            cmd,
+        let guarded = if req.placement.is_empty() {
+            crate::raft::guard::GuardedCommand::Write {
+                map_epoch: req.map_epoch,
+                keep_memberships: req.keep_newer_memberships,
+                cmd,
+            }
+        } else {
+            crate::raft::guard::GuardedCommand::WriteUnder {
+                map_epoch: req.map_epoch,
+                keep_memberships: req.keep_newer_memberships,
+                cmd,
+                placement: req.placement.clone(),
+            }
         };
         let proposal = propose_indexed(&handle.raft, RaftRequest::Guarded(guarded));
         let (index, response) = tokio::time::timeout(timeout, proposal)
@@ -459,20 +469,33 @@ impl Node for NodeService {
             explain: req.explain,
         });
         let tenant = req.tenant.clone();
+        let ids_only = req.ids_only;
         let fenced = data.clone();
         // One blocking task for the index search, the stored-row re-check and the second
         // phase: each hand-off between the runtime and the blocking pool costs wake-ups.
         let (hits, shadow_hits, total_matches) = tokio::task::spawn_blocking(move || {
+            let snippets = if ids_only {
+                None
+            } else {
+                let s = data.index.snippets(&query.text, query.title_only);
+                Some(s.map_err(internal)?)
+            };
             let Some(second) = second else {
                 let results = data.index.search(&query).map_err(internal)?;
                 let hits = data
                     .recheck_hits(&tenant, &principals, results.hits, |(id, _)| id)
                     .map_err(internal)?
                     .into_iter()
-                    .map(|((id, score), _)| pb::Hit {
-                        id,
-                        score,
-                        explanation: None,
+                    .map(|((id, score), stored)| {
+                        let mut hit = pb::Hit {
+                            id,
+                            score,
+                            ..Default::default()
+                        };
+                        if let Some(snippets) = &snippets {
+                            hit_fields::describe(&mut hit, &stored, snippets);
+                        }
+                        hit
                     })
                     .collect();
                 return Ok::<_, Status>((hits, Vec::new(), results.total_matches));
@@ -498,6 +521,17 @@ impl Node for NodeService {
                 }
                 second.run(&with_spaces, |_| Ok(true))?
             };
+            let mut hits = hits;
+            if let Some(snippets) = &snippets {
+                for hit in &mut hits {
+                    if let Some(stored) = data
+                        .visible_doc(&tenant, &hit.id, &principals)
+                        .map_err(internal)?
+                    {
+                        hit_fields::describe(hit, &stored, snippets);
+                    }
+                }
+            }
             Ok::<_, Status>((hits, shadow, total))
         })
         .await

@@ -164,7 +164,7 @@ impl SecondPhase {
                 .map(|h| pb::Hit {
                     id: candidates.get(h.candidate).id.to_string(),
                     score: h.score,
-                    explanation: None,
+                    ..Default::default()
                 })
                 .collect(),
             None => Vec::new(),
@@ -244,6 +244,7 @@ impl SecondPhase {
             }),
             id: candidates.get(h.candidate).id.to_string(),
             score: h.score,
+            ..Default::default()
         }
     }
 }

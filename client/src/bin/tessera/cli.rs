@@ -428,7 +428,12 @@ pub struct SearchArgs {
     /// With --profile: print each hit's BM25 score, feature values and their contributions.
     #[arg(long, requires = "profile")]
     pub explain: bool,
-    /// Print {"hits":[...],"cursor":...,"served_by":[...],"took_ms":F}.
+    /// Hits carry only id and score: no title, space, update time or snippet (cheaper, for
+    /// callers that fetch the documents themselves).
+    #[arg(long)]
+    pub ids_only: bool,
+    /// Print {"hits":[...],"cursor":...,"served_by":[...],"took_ms":F}; each hit has id,
+    /// score, title, space, updated_at and snippet (HTML-escaped, matches in <b></b>).
     #[arg(long)]
     pub json: bool,
 }

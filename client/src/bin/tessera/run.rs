@@ -513,6 +513,46 @@ async fn tenant(client: &TesseraClient, command: TenantCommand) -> Result<(), Fa
     }
 }
 
+/// One hit for a human: score, id and title, then space, date and the
+/// snippet (matches in bold on a terminal, `*like this*` otherwise).
+fn print_hit(h: &tessera_client::SearchHit, bold: bool) {
+    if h.title.is_empty() {
+        println!("{:>10.4}  {}", h.score, h.id);
+    } else {
+        println!("{:>10.4}  {}  {}", h.score, h.id, h.title);
+    }
+    let mut about: Vec<&str> = Vec::new();
+    if !h.space.is_empty() {
+        about.push(&h.space);
+    }
+    if !h.updated_at.is_empty() {
+        about.push(&h.updated_at);
+    }
+    if !about.is_empty() {
+        println!("            {}", about.join(" · "));
+    }
+    if !h.snippet.is_empty() {
+        println!("            {}", snippet_text(&h.snippet, bold));
+    }
+}
+
+/// A snippet's HTML as terminal text: `<b>` marks become bold (or `*`), the
+/// escaped characters their own selves.
+fn snippet_text(html: &str, bold: bool) -> String {
+    let (on, off) = if bold {
+        ("\x1b[1m", "\x1b[0m")
+    } else {
+        ("*", "*")
+    };
+    html.replace("<b>", on)
+        .replace("</b>", off)
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+}
+
 async fn search(client: &TesseraClient, a: SearchArgs) -> Result<(), Failure> {
     let mut q = SearchQuery::new(&a.tenant, &a.user, a.query.join(" "))
         .title_only(a.title_only)
@@ -532,13 +572,14 @@ async fn search(client: &TesseraClient, a: SearchArgs) -> Result<(), Failure> {
     if let Some(e) = a.experiment {
         q = q.experiment(e);
     }
-    q = q.explain(a.explain);
+    q = q.explain(a.explain).ids_only(a.ids_only);
     let page: SearchPage = client.search(&q).await?;
     if a.json {
         return print_json(&page);
     }
+    let bold = std::io::IsTerminal::is_terminal(&std::io::stdout());
     for h in &page.hits {
-        println!("{:>10.4}  {}", h.score, h.id);
+        print_hit(h, bold);
         if let Some(e) = &h.explanation {
             println!(
                 "            {}@{}: bm25 {:.4} -> {:.4}",

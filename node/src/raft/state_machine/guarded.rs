@@ -23,7 +23,13 @@ impl ShardApplier<'_> {
                 map_epoch,
                 keep_memberships,
                 cmd,
-            } => self.guarded_write(index, *map_epoch, *keep_memberships, cmd),
+            } => self.guarded_write(index, *map_epoch, *keep_memberships, cmd, &[]),
+            GuardedCommand::WriteUnder {
+                map_epoch,
+                keep_memberships,
+                cmd,
+                placement,
+            } => self.guarded_write(index, *map_epoch, *keep_memberships, cmd, placement),
             GuardedCommand::Fence { tenant, fence } => {
                 let mut guard = self.guard(tenant)?;
                 if *fence > guard.fence {
@@ -76,14 +82,16 @@ impl ShardApplier<'_> {
     }
 
     /// A write made with the map at `map_epoch`: refused when the map is
-    /// older than the tenant's fence; documents this shard no longer owns
-    /// are skipped (their owner gets the same write).
+    /// older than the tenant's fence; documents this shard owns neither
+    /// under its last drop's placement nor under the running resize's
+    /// `placement` are skipped (their owner gets the same write).
     fn guarded_write(
         &mut self,
         index: u64,
         map_epoch: u64,
         keep_memberships: bool,
         cmd: &ShardCommand,
+        placement: &[ShardId],
     ) -> Result<Response, StorageError> {
         let guard = self.guard(&cmd.tenant)?;
         if !guard.admits(map_epoch) {
@@ -97,7 +105,8 @@ impl ShardApplier<'_> {
         };
         for json in &cmd.upserts {
             let owned = guard.owned_under.is_none()
-                || Document::from_json_bytes(json).is_ok_and(|d| guard.owns(group, &d.id));
+                || Document::from_json_bytes(json)
+                    .is_ok_and(|d| guard.owns_under(group, &d.id, placement));
             if owned {
                 kept.upserts.push(json.clone());
             }
@@ -105,7 +114,7 @@ impl ShardApplier<'_> {
         kept.deletes = cmd
             .deletes
             .iter()
-            .filter(|(id, _)| guard.owns(group, id))
+            .filter(|(id, _)| guard.owns_under(group, id, placement))
             .cloned()
             .collect();
         for (user, groups) in &cmd.memberships {
