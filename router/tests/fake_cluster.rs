@@ -910,7 +910,11 @@ async fn bad_input_and_unknown_tenants_are_refused_up_front() {
             "MAX_PAGE_SIZE",
         ),
         (
-            SearchQuery::new("acme", "u:alice", vec!["w"; 65].join(" ")),
+            SearchQuery::new(
+                "acme",
+                "u:alice",
+                vec!["w"; tessera_proto::limits::MAX_QUERY_TERMS + 1].join(" "),
+            ),
             "MAX_QUERY_TERMS",
         ),
         (SearchQuery::new("acme", "g:eng", "x"), "u:"),
