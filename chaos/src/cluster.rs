@@ -560,12 +560,7 @@ impl Cluster {
     /// An observer client straight to node `id` (no proxy), with the
     /// observer deadline on every call.
     pub fn node_client(&self, id: NodeId) -> Result<NodeClient<Channel>> {
-        let channel = self
-            .node_channels
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ChaosError::Cluster(format!("no node {id}")))?;
-        Ok(NodeClient::new(channel)
+        Ok(NodeClient::new(self.observer_channel(id)?)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
     }
@@ -573,12 +568,15 @@ impl Cluster {
     /// The feature-store API of node `id`, over the observer's channel:
     /// the event checker reads each replica's values directly.
     pub fn features_client(&self, id: NodeId) -> Result<FeaturesClient<Channel>> {
-        let channel = self
-            .node_channels
+        Ok(FeaturesClient::new(self.observer_channel(id)?))
+    }
+
+    /// The observer's lazy channel to node `id` (router certificate, no proxy).
+    fn observer_channel(&self, id: NodeId) -> Result<Channel> {
+        self.node_channels
             .get(&id)
             .cloned()
-            .ok_or_else(|| ChaosError::Cluster(format!("no node {id}")))?;
-        Ok(FeaturesClient::new(channel))
+            .ok_or_else(|| ChaosError::Cluster(format!("no node {id}")))
     }
 
     /// A client of router `k` that connects lazily (so a router that is

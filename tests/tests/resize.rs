@@ -55,6 +55,19 @@ async fn scenario_with(tenant: &str, growth: GrowthSettings) -> Scenario {
     }
 }
 
+/// The load's verdict: no failed write or read, and every acknowledged
+/// write present with its newest version.
+async fn nothing_lost(
+    s: &Scenario,
+    tenant: &str,
+    write_failures: &[String],
+    reports: &[tessera_tests::load::ReadReport],
+) {
+    assert_clean(write_failures, reports);
+    let acked = s.acked.lock().expect("acked").clone();
+    check_final(&s.client, tenant, &acked).await;
+}
+
 /// Waits until the tenant has `partitions` partitions and no resize runs.
 async fn wait_resized(client: &TesseraClient, tenant: &str, partitions: usize) {
     eventually(
@@ -89,9 +102,7 @@ async fn a_tenant_grows_from_1_to_8_partitions_under_load() {
         wait_resized(&s.client, tenant, 8).await;
     })
     .await;
-    assert_clean(&write_failures, &reports);
-    let acked = s.acked.lock().expect("acked").clone();
-    check_final(&s.client, tenant, &acked).await;
+    nothing_lost(&s, tenant, &write_failures, &reports).await;
     let t = s.client.tenant(tenant).await.expect("tenant");
     let shards: BTreeSet<u64> = t.partitions.iter().map(|p| p.shard).collect();
     assert!(shards.len() >= 4, "8 partitions over {shards:?}");
@@ -117,7 +128,7 @@ async fn a_tenant_grows_from_1_to_8_partitions_under_load() {
     assert_eq!(served, shards);
     eprintln!(
         "resize 1→8: {} writes acknowledged, {} searches, shards {shards:?}",
-        acked.versions.len() - INITIAL,
+        s.acked.lock().expect("acked").versions.len() - INITIAL,
         reports.iter().map(|r| r.searches).sum::<usize>()
     );
 }
@@ -162,9 +173,7 @@ async fn a_resize_survives_a_crash_of_the_movers_node() {
         still_moving,
         "the mover's node was stopped after the resize had finished"
     );
-    assert_clean(&write_failures, &reports);
-    let acked = s.acked.lock().expect("acked").clone();
-    check_final(&s.client, tenant, &acked).await;
+    nothing_lost(&s, tenant, &write_failures, &reports).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -183,9 +192,7 @@ async fn a_partition_moves_to_another_shard_under_load() {
         wait_resized(&s.client, tenant, 1).await;
     })
     .await;
-    assert_clean(&write_failures, &reports);
-    let acked = s.acked.lock().expect("acked").clone();
-    check_final(&s.client, tenant, &acked).await;
+    nothing_lost(&s, tenant, &write_failures, &reports).await;
     let t = s.client.tenant(tenant).await.expect("tenant");
     let to = t.partitions[0].shard;
     assert_ne!(to, from, "the tenant ends on another shard");
@@ -233,9 +240,7 @@ async fn a_tenant_moved_back_to_a_shard_it_left_keeps_every_write() {
         wait_resized(&s.client, tenant, 1).await;
     })
     .await;
-    assert_clean(&write_failures, &reports);
-    let acked = s.acked.lock().expect("acked").clone();
-    check_final(&s.client, tenant, &acked).await;
+    nothing_lost(&s, tenant, &write_failures, &reports).await;
     let t = s.client.tenant(tenant).await.expect("tenant");
     assert_eq!(
         t.partitions[0].shard, home,
@@ -263,9 +268,7 @@ async fn a_tenant_over_the_split_threshold_doubles_by_itself_under_load() {
         wait_resized(&s.client, tenant, 2).await;
     })
     .await;
-    assert_clean(&write_failures, &reports);
-    let acked = s.acked.lock().expect("acked").clone();
-    check_final(&s.client, tenant, &acked).await;
+    nothing_lost(&s, tenant, &write_failures, &reports).await;
     let t = s.client.tenant(tenant).await.expect("tenant");
     assert_eq!(t.partitions.len(), 2, "it doubled once: {:?}", t.partitions);
     // Placement puts at most two partitions of a tenant on one shard.
