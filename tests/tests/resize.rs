@@ -330,6 +330,12 @@ source = "view"
 aggregation = "distinct_users"
 
 [[feature]]
+name = "user_doc_views"
+entity = "user+doc"
+source = "view"
+aggregation = "count"
+
+[[feature]]
 name = "user_views"
 entity = "user"
 source = "view"
@@ -352,7 +358,6 @@ feature = "doc_views"
 weight = 0.5
 transform = "log1p"
 "#;
-const FEATURE_NAMES: [&str; 4] = ["doc_views", "doc_readers", "user_views", "user_space_views"];
 const EVENT_USERS: usize = 8;
 const EVENT_SPACES: [&str; 2] = ["ENG", "OPS"];
 /// Batches of events written before the resize, and while it runs (at most).
@@ -366,6 +371,7 @@ fn view_batch(b: usize) -> Vec<Vec<u8>> {
         .map(|i| {
             let n = b * EVENTS_PER_BATCH + i;
             let v = serde_json::json!({
+                "id": format!("ev-{n}"),
                 "kind": "view",
                 "user": format!("u:{}", n % EVENT_USERS),
                 "doc": format!("d-{}", (n * 37) % INITIAL),
@@ -389,6 +395,136 @@ async fn put_batch(client: &TesseraClient, tenants: &[&str], tokens: &mut [Strin
     }
 }
 
+/// Two tenants fed the same events: `tenant` is reshaped, `control` stays put.
+struct EventedPair<'a> {
+    s: &'a Scenario,
+    tenants: [&'a str; 2],
+    tokens: Vec<String>,
+    next_batch: usize,
+}
+
+impl<'a> EventedPair<'a> {
+    /// Loads `control` beside the scenario's `tenant`, installs the
+    /// definitions on both, and writes `EVENTS_BEFORE` batches to both.
+    async fn new(s: &'a Scenario, tenant: &'a str, control: &'a str) -> Self {
+        load_initial(&s.client, control).await;
+        let tenants = [tenant, control];
+        for t in tenants {
+            s.client
+                .apply_features(t, FEATURES_TOML)
+                .await
+                .unwrap_or_else(|e| panic!("features of {t}: {e}"));
+        }
+        let mut pair = Self {
+            s,
+            tenants,
+            tokens: vec![String::new(), String::new()],
+            next_batch: 0,
+        };
+        for _ in 0..EVENTS_BEFORE {
+            pair.put_next().await;
+        }
+        pair
+    }
+
+    async fn put_next(&mut self) {
+        put_batch(
+            &self.s.client,
+            &self.tenants,
+            &mut self.tokens,
+            self.next_batch,
+        )
+        .await;
+        self.next_batch += 1;
+    }
+
+    /// Runs `reshape` while writing batches (at most `EVENTS_DURING`)
+    /// until it finishes; returns how many were written meanwhile.
+    async fn events_while(&mut self, reshape: impl std::future::Future<Output = ()>) -> usize {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let reshape = async {
+            reshape.await;
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        let events = async {
+            let mut written = 0;
+            while written < EVENTS_DURING && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                self.put_next().await;
+                written += 1;
+            }
+            written
+        };
+        let ((), during) = tokio::join!(reshape, events);
+        during
+    }
+
+    /// Asserts that every document, user×document, user and user×space
+    /// value of the reshaped tenant equals the control's; returns how many
+    /// non-null values were compared.
+    async fn assert_same_values(&self) -> usize {
+        let mut compared = 0usize;
+        for (key, features) in feature_keys() {
+            let moved = self
+                .s
+                .client
+                .online_features(self.tenants[0], &key, &features, &self.tokens[0])
+                .await
+                .expect("online values of the reshaped tenant");
+            let stayed = self
+                .s
+                .client
+                .online_features(self.tenants[1], &key, &features, &self.tokens[1])
+                .await
+                .expect("online values of the control tenant");
+            assert_eq!(
+                moved.values, stayed.values,
+                "{features:?} for {key:?}: reshaped tenant vs control"
+            );
+            compared += moved.values.iter().filter(|v| v.is_some()).count();
+        }
+        compared
+    }
+}
+
+/// Every key the events feed, each with the features keyed like it.
+fn feature_keys() -> Vec<(EntityKey, Vec<String>)> {
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut keys = Vec::new();
+    for d in 0..INITIAL {
+        let doc = format!("d-{d}");
+        keys.push((
+            EntityKey {
+                doc: doc.clone(),
+                ..Default::default()
+            },
+            names(&["doc_views", "doc_readers"]),
+        ));
+        for u in 0..EVENT_USERS {
+            keys.push((
+                EntityKey {
+                    user: format!("u:{u}"),
+                    doc: doc.clone(),
+                    ..Default::default()
+                },
+                names(&["user_doc_views"]),
+            ));
+        }
+    }
+    for u in 0..EVENT_USERS {
+        for space in EVENT_SPACES {
+            keys.push((
+                EntityKey {
+                    user: format!("u:{u}"),
+                    space: space.to_string(),
+                    doc: String::new(),
+                },
+                names(&["user_views", "user_space_views"]),
+            ));
+        }
+    }
+    keys
+}
+
 /// Issue 7: a resize moves the tenant's feature state with its documents.
 /// The same events go to a resized tenant and to a control tenant that stays
 /// put, before and while the resize runs; afterwards every document, user
@@ -398,83 +534,22 @@ async fn put_batch(client: &TesseraClient, tenants: &[&str], tokens: &mut [Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn feature_state_follows_a_resize_while_events_flow() {
     let tenant = "featured";
-    let control = "control";
     let s = scenario(tenant).await;
-    load_initial(&s.client, control).await;
-    let tenants = [tenant, control];
-    let mut tokens = vec![String::new(), String::new()];
-    for t in tenants {
-        s.client
-            .apply_features(t, FEATURES_TOML)
-            .await
-            .unwrap_or_else(|e| panic!("features of {t}: {e}"));
-    }
-    for b in 0..EVENTS_BEFORE {
-        put_batch(&s.client, &tenants, &mut tokens, b).await;
-    }
-    let resized = std::sync::atomic::AtomicBool::new(false);
-    let resize = async {
-        let begun = s.client.resize_tenant(tenant, 4).await.expect("resize");
-        assert!(begun.resize.is_some());
-        wait_resized(&s.client, tenant, 4).await;
-        resized.store(true, std::sync::atomic::Ordering::Relaxed);
-    };
-    let events = async {
-        let mut written = 0;
-        for b in EVENTS_BEFORE..EVENTS_BEFORE + EVENTS_DURING {
-            if resized.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            put_batch(&s.client, &tenants, &mut tokens, b).await;
-            written += 1;
-        }
-        written
-    };
-    let ((), during) = tokio::join!(resize, events);
-    assert!(during > 0, "no events were written while the resize ran");
-    let names: Vec<String> = FEATURE_NAMES.iter().map(|n| n.to_string()).collect();
-    let mut compared = 0usize;
-    let mut keys: Vec<EntityKey> = (0..INITIAL)
-        .map(|d| EntityKey {
-            doc: format!("d-{d}"),
-            ..Default::default()
+    let mut pair = EventedPair::new(&s, tenant, "control").await;
+    let during = pair
+        .events_while(async {
+            let begun = s.client.resize_tenant(tenant, 4).await.expect("resize");
+            assert!(begun.resize.is_some());
+            wait_resized(&s.client, tenant, 4).await;
         })
-        .collect();
-    for u in 0..EVENT_USERS {
-        for space in EVENT_SPACES {
-            keys.push(EntityKey {
-                user: format!("u:{u}"),
-                space: space.to_string(),
-                doc: String::new(),
-            });
-        }
-    }
-    for key in &keys {
-        let (features, picked): (Vec<String>, Vec<usize>) = if key.doc.is_empty() {
-            (names[2..].to_vec(), vec![2, 3])
-        } else {
-            (names[..2].to_vec(), vec![0, 1])
-        };
-        let moved = s
-            .client
-            .online_features(tenant, key, &features, &tokens[0])
-            .await
-            .expect("online values of the resized tenant");
-        let stayed = s
-            .client
-            .online_features(control, key, &features, &tokens[1])
-            .await
-            .expect("online values of the control tenant");
-        assert_eq!(
-            moved.values, stayed.values,
-            "{picked:?} for {key:?}: resized tenant vs control"
-        );
-        compared += moved.values.iter().filter(|v| v.is_some()).count();
-    }
+        .await;
+    assert!(during > 0, "no events were written while the resize ran");
+    let compared = pair.assert_same_values().await;
     assert!(
         compared > INITIAL,
         "only {compared} non-null values compared"
     );
+    let tokens = pair.tokens.clone();
     // The definitions reached the new shards: the profile ranks there.
     let t = s.client.tenant(tenant).await.expect("tenant");
     let shards: BTreeSet<u64> = t.partitions.iter().map(|p| p.shard).collect();
@@ -494,4 +569,65 @@ async fn feature_state_follows_a_resize_while_events_flow() {
     eprintln!(
         "features after resize 1→4: {compared} values equal the control's, {during} event batches during the move"
     );
+}
+
+/// BUG-6 (docs/reliability.md): a shard that gives documents away and is
+/// later given them back must count their events exactly once. The tenant
+/// grows to 2 partitions, then its second partition moves back onto the
+/// first one's shard, with events flowing throughout; every value must
+/// still equal the control's. Before the fix the partial drop left the
+/// given-away documents' event rows and tiles behind, and they counted
+/// again on the way back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn feature_counts_stay_exact_when_a_shard_gets_documents_back() {
+    let tenant = "regathered";
+    let s = scenario(tenant).await;
+    let home = s.client.tenant(tenant).await.expect("tenant").partitions[0].shard;
+    let mut pair = EventedPair::new(&s, tenant, "control").await;
+    pair.events_while(async {
+        s.client.resize_tenant(tenant, 2).await.expect("resize");
+        wait_resized(&s.client, tenant, 2).await;
+    })
+    .await;
+    let t = s.client.tenant(tenant).await.expect("tenant");
+    assert_eq!(t.partitions[0].shard, home, "partition 0 stayed home");
+    if t.partitions[1].shard == home {
+        // The growth kept both halves on one shard: send the second away.
+        pair.events_while(move_partition_1(&s.client, tenant, None))
+            .await;
+    }
+    let away = s.client.tenant(tenant).await.expect("tenant").partitions[1].shard;
+    eprintln!(
+        "partition 1 of {tenant}: grown onto shard {}, now on {away}",
+        t.partitions[1].shard
+    );
+    assert_ne!(away, home, "partition 1 left shard {home}");
+    for _ in 0..EVENTS_BEFORE {
+        pair.put_next().await;
+    }
+    pair.events_while(move_partition_1(&s.client, tenant, Some(home)))
+        .await;
+    let compared = pair.assert_same_values().await;
+    assert!(
+        compared > INITIAL,
+        "only {compared} non-null values compared"
+    );
+}
+
+/// Moves `tenant`'s partition 1 to shard `to` (one the cluster picks off
+/// its current shard when `None`) and waits until the move has finished.
+async fn move_partition_1(client: &TesseraClient, tenant: &str, to: Option<u64>) {
+    let from = client.tenant(tenant).await.expect("tenant").partitions[1].shard;
+    client
+        .move_tenant(tenant, &[1], to)
+        .await
+        .expect("the move of partition 1 starts");
+    eventually(SETTLE, "partition 1 to move", || async {
+        let t = client.tenant(tenant).await.map_err(|e| e.to_string())?;
+        match (&t.resize, t.partitions.get(1)) {
+            (None, Some(p)) if to.map_or(p.shard != from, |s| p.shard == s) => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }

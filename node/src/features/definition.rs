@@ -117,6 +117,17 @@ impl Entity {
         }
         Ok(())
     }
+
+    /// The document of a doc-keyed entity value (the inverse of [`Self::key`]'s
+    /// doc part), so a shard can tell which document a stored row follows.
+    /// `None` for kinds not keyed by a document.
+    pub fn doc_of(self, entity: &str) -> Option<&str> {
+        match self {
+            Self::Doc => Some(entity),
+            Self::UserDoc => entity.split_once('|').map(|(_, doc)| doc),
+            Self::User | Self::Space | Self::UserSpace => None,
+        }
+    }
 }
 
 /// How a feature folds its events.

@@ -30,10 +30,16 @@ fn enc_i64(v: i64) -> [u8; 8] {
     ((v as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn tenant_prefix(group: ShardId, tenant: &str, tag: u8) -> Vec<u8> {
+/// The prefix every feature row of `tenant` on `group` starts with.
+fn tenant_rows_prefix(group: ShardId, tenant: &str) -> Vec<u8> {
     let mut k = group.to_be_bytes().to_vec();
     k.extend_from_slice(tenant.as_bytes());
     k.push(SEP);
+    k
+}
+
+fn tenant_prefix(group: ShardId, tenant: &str, tag: u8) -> Vec<u8> {
+    let mut k = tenant_rows_prefix(group, tenant);
     k.push(tag);
     k
 }
@@ -687,8 +693,14 @@ pub struct ExportedEvents {
 /// How an event id came to be applied on a shard (the marker's value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IdMark {
-    /// Sent to this shard by a router.
+    /// Sent to this shard by a router, which stored every row the shard
+    /// keeps of it: the shared rows and, the shard holding the event's
+    /// document, its doc-keyed rows.
     Live,
+    /// Sent to this shard by a router while another shard held the event's
+    /// document (or its doc-keyed rows were dropped since): only the shared
+    /// rows are here, so a copy of the doc-keyed rows is still wanted.
+    LiveShared,
     /// Copied here by a resize's mover.
     Copied,
 }
@@ -697,17 +709,23 @@ impl IdMark {
     fn byte(self) -> u8 {
         match self {
             IdMark::Live => b'L',
+            IdMark::LiveShared => b'S',
             IdMark::Copied => b'C',
         }
     }
 
-    /// Anything but a copy marker counts as live: the stricter reading.
+    /// Anything unknown counts as live with every row: the stricter reading.
     fn from_byte(b: Option<u8>) -> Self {
-        if b == Some(b'C') {
-            IdMark::Copied
-        } else {
-            IdMark::Live
+        match b {
+            Some(b'C') => IdMark::Copied,
+            Some(b'S') => IdMark::LiveShared,
+            _ => IdMark::Live,
         }
+    }
+
+    /// Whether a router's apply stored the shared rows.
+    fn is_live(self) -> bool {
+        matches!(self, IdMark::Live | IdMark::LiveShared)
     }
 }
 
@@ -731,6 +749,8 @@ pub struct FeatureApplier {
     /// Tile prefixes whose persisted rows are being replaced in this call.
     reset: HashSet<Vec<u8>>,
     range_deletes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Persisted rows a drop deletes (see [`Self::drop_documents`]).
+    deletes: Vec<Vec<u8>>,
     touched: Touched,
 }
 
@@ -741,6 +761,8 @@ pub struct Touched {
     /// Each (tenant, entity kind, event kind, entity) written, with the times of its new events.
     entities: HashMap<(String, Entity, EventKind, String), Vec<i64>>,
     registry_changed: bool,
+    /// Rows were deleted (a resize's drop): no cached value can be trusted.
+    rows_removed: bool,
 }
 
 impl Touched {
@@ -754,7 +776,7 @@ impl Touched {
     /// values of the kinds written are dropped). Call after the batch is visible.
     pub fn publish(&self, storage: &Storage, group: ShardId, begun: Option<WriteBegun>) {
         let cache = storage.online_cache();
-        if self.registry_changed {
+        if self.registry_changed || self.rows_removed {
             cache.invalidate_all();
         }
         let Some(begun) = begun else {
@@ -788,6 +810,7 @@ impl FeatureApplier {
             event_ids: HashMap::new(),
             reset: HashSet::new(),
             range_deletes: Vec::new(),
+            deletes: Vec::new(),
             touched: Touched::default(),
         }
     }
@@ -850,7 +873,12 @@ impl FeatureApplier {
         let registry = self.registry(tenant)?;
         let mut applied = 0u32;
         for (seq, (ev, home)) in events.iter().enumerate() {
-            if !self.mark_event_id(tenant, &ev.id, IdMark::Live)? {
+            let how = if *home && !ev.doc.is_empty() {
+                IdMark::Live
+            } else {
+                IdMark::LiveShared
+            };
+            if !self.mark_event_id(tenant, &ev.id, how, None)? {
                 continue;
             }
             applied += 1;
@@ -884,13 +912,20 @@ impl FeatureApplier {
 
     /// Records that event `id` is applied here by `how`; false when its
     /// rows must not be stored. A live event is skipped once the id is
-    /// known at all. A copied row is skipped only when the event arrived
-    /// live here (that apply stored everything this shard keeps of it); an
+    /// known at all. A copy of `copied` rows is skipped only when a
+    /// router's apply stored those rows here already: the shared rows of
+    /// any live arrival, the doc-keyed rows of a [`IdMark::Live`] one. An
     /// earlier copy of the id is not a reason, since a resize copies an
     /// event's shared and document rows in separate batches (and rows
     /// already stored are skipped by key anyway). An empty id (rows from
     /// before ids existed) is never deduplicated.
-    fn mark_event_id(&mut self, tenant: &str, id: &str, how: IdMark) -> Result<bool, StorageError> {
+    fn mark_event_id(
+        &mut self,
+        tenant: &str,
+        id: &str,
+        how: IdMark,
+        copied: Option<RowSet>,
+    ) -> Result<bool, StorageError> {
         if id.is_empty() {
             return Ok(true);
         }
@@ -903,14 +938,93 @@ impl FeatureApplier {
                 .get(CF_FEATURES, &key)?
                 .map(|v| IdMark::from_byte(v.first().copied())),
         };
-        match (known, how) {
-            (Some(_), IdMark::Live) | (Some(IdMark::Live), IdMark::Copied) => Ok(false),
-            (Some(IdMark::Copied), IdMark::Copied) => Ok(true),
-            (None, _) => {
-                self.event_ids.insert(key, how);
-                Ok(true)
+        let Some(known) = known else {
+            self.event_ids.insert(key, how);
+            return Ok(true);
+        };
+        Ok(match (how, copied, known) {
+            (IdMark::Copied, Some(RowSet::Doc), IdMark::LiveShared) => {
+                // The shared rows came live, the doc-keyed ones now.
+                self.event_ids.insert(key, IdMark::Live);
+                true
+            }
+            (IdMark::Copied, Some(RowSet::Doc), known) => known == IdMark::Copied,
+            (IdMark::Copied, _, known) => !known.is_live(),
+            _ => false,
+        })
+    }
+
+    /// What a resize's drop takes off this shard when the tenant leaves it:
+    /// every feature row (definitions, events, tiles, id markers). Cached
+    /// values are dropped wholesale. The state machine applies a drop in a
+    /// batch of its own, so nothing of the tenant is pending here.
+    pub fn drop_tenant(&mut self, tenant: &str) {
+        let p = tenant_rows_prefix(self.store.group, tenant);
+        self.range_deletes.push((p.clone(), prefix_end(&p)));
+        self.touched.rows_removed = true;
+    }
+
+    /// What a resize's drop takes off this shard when it keeps the tenant:
+    /// the doc-keyed event rows and tiles of every document `keeps` refuses.
+    /// Left behind, they would count again if the shard is given the
+    /// documents back (BUG-6 in docs/reliability.md). The id markers of
+    /// those events stay, since the shard keeps their shared rows, but no
+    /// longer claim the doc-keyed ones, so a later copy of them is stored.
+    /// Reads persisted rows only: see [`Self::drop_tenant`].
+    pub fn drop_documents(
+        &mut self,
+        tenant: &str,
+        keeps: impl Fn(&str) -> bool,
+    ) -> Result<(), StorageError> {
+        let group = self.store.group;
+        self.touched.rows_removed = true;
+        let mut given_away: Vec<(Vec<u8>, String)> = Vec::new();
+        for kind in Entity::ALL.into_iter().filter(|k| k.doc_keyed()) {
+            let mut p = tenant_prefix(group, tenant, b'E');
+            p.push(kind.tag());
+            let mut failure = None;
+            self.store
+                .storage
+                .for_each(CF_FEATURES, &p, &prefix_end(&p), |k, v| {
+                    match decode::<EventRow>(CF_FEATURES, v) {
+                        Ok(row) if !keeps(&row.doc) => given_away.push((k.to_vec(), row.id)),
+                        Ok(_) => {}
+                        Err(e) => failure = Some(e),
+                    }
+                    failure.is_none()
+                })?;
+            if let Some(e) = failure {
+                return Err(e);
             }
         }
+        for (key, id) in given_away {
+            self.deletes.push(key);
+            if id.is_empty() {
+                continue;
+            }
+            let marker = event_id_key(group, tenant, &id);
+            let mark = self.store.storage.get(CF_FEATURES, &marker)?;
+            if mark.is_some_and(|m| IdMark::from_byte(m.first().copied()) == IdMark::Live) {
+                self.event_ids.insert(marker, IdMark::LiveShared);
+            }
+        }
+        let registry = self.registry(tenant)?;
+        for def in registry.features.iter().filter(|d| d.entity.doc_keyed()) {
+            let fp = feature_tiles_prefix(group, tenant, &def.name);
+            self.store
+                .storage
+                .for_each(CF_FEATURES, &fp, &prefix_end(&fp), |k, _| {
+                    let entity = k[fp.len()..].split(|b| *b == SEP).next().unwrap_or(&[]);
+                    let doc = std::str::from_utf8(entity)
+                        .ok()
+                        .and_then(|e| def.entity.doc_of(e));
+                    if doc.is_some_and(|d| !keeps(d)) {
+                        self.deletes.push(k.to_vec());
+                    }
+                    true
+                })?;
+        }
+        Ok(())
     }
 
     /// Stores `row` under entity kind `kind` (if the event names that kind's parts) and folds
@@ -978,7 +1092,7 @@ impl FeatureApplier {
             // batch it came in, sent to this shard later, counts nothing;
             // and a copy of an event that already arrived here live is not
             // stored again.
-            if !self.mark_event_id(tenant, &row.id, IdMark::Copied)? {
+            if !self.mark_event_id(tenant, &row.id, IdMark::Copied, Some(batch.rows))? {
                 continue;
             }
             for kind in Entity::ALL {
@@ -1084,12 +1198,15 @@ impl FeatureApplier {
             .collect())
     }
 
-    /// Adds every pending row to `batch`: range deletes first, then puts. Returns what to
+    /// Adds every pending row to `batch`: deletes first, then puts. Returns what to
     /// [`Touched::publish`] once the batch is written.
     pub fn finish(self, batch: &mut WriteBatch) -> Result<Touched, StorageError> {
         let cf = self.store.storage.cf(CF_FEATURES)?;
         for (from, to) in &self.range_deletes {
             batch.delete_range_cf(cf, from, to);
+        }
+        for k in &self.deletes {
+            batch.delete_cf(cf, k);
         }
         for (tenant, reg) in &self.registries {
             batch.put_cf(cf, registry_key(self.store.group, tenant), encode(reg)?);
@@ -1112,6 +1229,8 @@ impl FeatureApplier {
             && self.events.is_empty()
             && self.tiles.is_empty()
             && self.event_ids.is_empty()
+            && self.deletes.is_empty()
+            && self.range_deletes.is_empty()
     }
 }
 

@@ -1005,3 +1005,117 @@ fn a_copy_of_an_event_that_arrived_live_is_not_stored_again() {
         Some(4.0)
     );
 }
+
+/// Applies `events` as one log entry, telling the shard it holds an event's
+/// document when `home` says so (what a router computes from its map).
+fn ingest_homed(
+    fx: &mut Fixture,
+    ingest_ts: i64,
+    events: &[ValidEvent],
+    home: impl Fn(&str) -> bool,
+) {
+    let events: Vec<(ValidEvent, bool)> =
+        events.iter().map(|e| (e.clone(), home(&e.doc))).collect();
+    fx.commit(|a, index| {
+        a.apply_events(index, ingest_ts, TENANT, &events, 0)
+            .expect("apply events");
+    });
+}
+
+/// The doc-keyed rows of `doc` exported from `fx`, as a mover sends them to its new shard.
+fn doc_rows_of(fx: &Fixture, doc: &str) -> Vec<(EventRow, u64)> {
+    fx.export_all(RowSet::Doc, 0)
+        .into_iter()
+        .filter(|(row, _)| row.doc == doc)
+        .collect()
+}
+
+/// BUG-6 (docs/reliability.md): shard A gives document p-1 to shard B (a
+/// partial drop), events keep flowing to both, then p-1 comes back to A.
+/// Every doc-keyed value on A must then equal a shard's that held p-1 all
+/// along. Before the fix A kept p-1's old rows and tiles through the drop
+/// (so they counted again), and its id markers said "stored here" for the
+/// events it got while B held p-1 (so their copies were refused).
+#[test]
+fn a_shard_given_a_document_back_counts_each_of_its_events_once() {
+    let mut a = Fixture::new(DEFS);
+    let mut b = Fixture::new(DEFS);
+    let mut all_along = Fixture::new(DEFS);
+    let mut rng = StdRng::seed_from_u64(0xb0_66);
+    let docs = ["p-1", "p-2"];
+    let kinds = [EventKind::View, EventKind::Click, EventKind::Edit];
+    let mut batch = |clock: i64| -> Vec<ValidEvent> {
+        (0..6)
+            .map(|_| {
+                ev(
+                    kinds[rng.random_range(0..kinds.len())],
+                    ["u:a", "u:b"][rng.random_range(0..2)],
+                    "ENG",
+                    docs[rng.random_range(0..docs.len())],
+                    clock - rng.random_range(0..1_000),
+                    f64::from(rng.random_range(1..9)),
+                )
+            })
+            .collect()
+    };
+    let mut clock = 0;
+    let mut phase = |a: &mut Fixture, b: &mut Fixture, all: &mut Fixture, a_has_p1: bool| {
+        for _ in 0..8 {
+            clock += 400;
+            let events = batch(clock);
+            ingest_homed(a, clock, &events, |d| d == "p-2" || a_has_p1);
+            ingest_homed(b, clock, &events, |d| d == "p-1" && !a_has_p1);
+            ingest_homed(all, clock, &events, |_| true);
+        }
+    };
+    phase(&mut a, &mut b, &mut all_along, true);
+    let moved = doc_rows_of(&a, "p-1");
+    assert!(!moved.is_empty());
+    b.import(RowSet::Doc, moved, DEFS);
+    a.commit(|f, _| f.drop_documents(TENANT, |d| d != "p-1").expect("drop"));
+    assert!(
+        doc_rows_of(&a, "p-1").is_empty(),
+        "the drop took p-1's rows"
+    );
+    phase(&mut a, &mut b, &mut all_along, false);
+    let back = doc_rows_of(&b, "p-1");
+    let stored = a.import(RowSet::Doc, back.clone(), DEFS);
+    assert_eq!(
+        stored as usize,
+        back.len() * 2,
+        "every event's doc and user×doc rows"
+    );
+    b.commit(|f, _| f.drop_documents(TENANT, |d| d != "p-1").expect("drop"));
+    phase(&mut a, &mut b, &mut all_along, true);
+    let doc_keyed: Vec<&FeatureDef> = DEFS_DOC_KEYED.iter().map(|n| all_along.def(n)).collect();
+    let mut compared = 0;
+    for t in (0..clock + 30_000).step_by(700) {
+        for d in docs {
+            for u in ["u:a", "u:b"] {
+                for def in &doc_keyed {
+                    let want = all_along.online(&def.name, (u, "ENG", d), t);
+                    let got = a.online(&def.name, (u, "ENG", d), t);
+                    assert!(
+                        close(want, got),
+                        "{} for ({u}, {d}) at {t}: held all along {want:?}, given back {got:?}",
+                        def.name
+                    );
+                    compared += usize::from(want.is_some());
+                }
+            }
+        }
+    }
+    assert!(compared > 100, "only {compared} non-null values compared");
+    assert!(
+        doc_rows_of(&b, "p-1").is_empty(),
+        "B dropped p-1 when it went back"
+    );
+}
+
+/// The doc-keyed features of [`DEFS`].
+const DEFS_DOC_KEYED: [&str; 4] = [
+    "doc_edits_sum_20s",
+    "doc_viewers_10s",
+    "doc_popularity",
+    "ud_clicks",
+];

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tessera_proto::{Document, NodeId, ShardId};
 use tokio::sync::watch;
 
-use super::guard::GuardedCommand;
+use super::guard::{owner, GuardedCommand};
 use super::{io_err, RaftStorageError, Request, Response, ShardCommand, TypeConfig};
 use crate::acl;
 use crate::acl::cache::AllowedCache;
@@ -885,26 +885,42 @@ impl<'a> ShardApplier<'a> {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(
-        &mut self,
-    ) -> Result<
-        (
-            Option<LogId<NodeId>>,
-            StoredMembership<NodeId, openraft::BasicNode>,
-        ),
-        RaftStorageError,
-    > {
-        Ok((self.last_applied, self.membership.clone()))
+/// Splits entries so that every resize drop is applied alone. A drop deletes
+/// rows the appliers of its batch may still hold pending (and would write
+/// after the deletes), and the entries after it must read what it left; a
+/// batch of its own, written with its own `last_applied`, gives both, and a
+/// crash between batches replays only what was not written.
+fn runs_split_at_drops(
+    entries: Vec<openraft::Entry<TypeConfig>>,
+) -> Vec<Vec<openraft::Entry<TypeConfig>>> {
+    let mut runs: Vec<Vec<openraft::Entry<TypeConfig>>> = Vec::new();
+    let mut current = Vec::new();
+    for entry in entries {
+        let is_drop = matches!(
+            &entry.payload,
+            EntryPayload::Normal(Request::Guarded(GuardedCommand::Drop { .. }))
+        );
+        if is_drop {
+            if !current.is_empty() {
+                runs.push(std::mem::take(&mut current));
+            }
+            runs.push(vec![entry]);
+        } else {
+            current.push(entry);
+        }
     }
+    if !current.is_empty() {
+        runs.push(current);
+    }
+    runs
+}
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
-    where
-        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
-        I::IntoIter: Send,
-    {
+impl StateMachine {
+    /// Applies `entries` in one write batch (see [`runs_split_at_drops`]).
+    fn apply_run(
+        &mut self,
+        entries: Vec<openraft::Entry<TypeConfig>>,
+    ) -> Result<Vec<Response>, RaftStorageError> {
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
         let mut meta_map: Option<ClusterMap> = None;
@@ -941,6 +957,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .map_err(Self::sm_err)?,
                         Err(e) => return Err(Self::sm_err(e)),
                     },
+                    _ => Response::Empty,
+                },
+                EntryPayload::Normal(Request::Guarded(
+                    cmd @ GuardedCommand::Drop { tenant, to, .. },
+                )) => match (applier.as_mut(), features.as_mut()) {
+                    (Some(a), Some(f)) => {
+                        let response = a
+                            .apply_guarded(entry.log_id.index, cmd)
+                            .map_err(Self::sm_err)?;
+                        let group = self.group;
+                        if to.contains(&group) {
+                            f.drop_documents(tenant, |doc| owner(to, doc) == Some(group))
+                                .map_err(Self::sm_err)?;
+                        } else {
+                            f.drop_tenant(tenant);
+                        }
+                        response
+                    }
                     _ => Response::Empty,
                 },
                 EntryPayload::Normal(Request::Guarded(cmd)) => match applier.as_mut() {
@@ -1002,6 +1036,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     state.map.send_replace(Arc::new(map));
                 }
             }
+        }
+        Ok(responses)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        RaftStorageError,
+    > {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        for run in runs_split_at_drops(entries.into_iter().collect()) {
+            responses.extend(self.apply_run(run)?);
         }
         Ok(responses)
     }

@@ -9,7 +9,7 @@ use super::{stored_ancestors, ShardApplier, StoredDoc};
 use crate::index::IndexOp;
 use crate::raft::guard::{GuardedCommand, TenantGuard};
 use crate::raft::{Response, ShardCommand};
-use crate::storage::{keys, StorageError, CF_DOCS, CF_FEATURES, CF_MEMBERS, CF_SM_META};
+use crate::storage::{keys, StorageError, CF_DOCS, CF_MEMBERS, CF_SM_META};
 
 impl ShardApplier<'_> {
     /// Applies one guarded command at log `index`.
@@ -140,7 +140,9 @@ impl ShardApplier<'_> {
 
     /// Deletes `tenant`'s documents that `to` places on other shards (all
     /// of the tenant's rows when `to` leaves this shard out), and records
-    /// `to` so that later writes of those documents are ignored.
+    /// `to` so that later writes of those documents are ignored. The
+    /// state machine applies a drop in a batch of its own and deletes the
+    /// matching feature rows beside it (`FeatureApplier::drop_documents`).
     fn drop_unowned(
         &mut self,
         index: u64,
@@ -217,19 +219,13 @@ impl ShardApplier<'_> {
         })
     }
 
-    /// Deletes `tenant`'s memberships, restriction sets and feature rows
-    /// (definitions, events, tiles) on this shard.
+    /// Deletes `tenant`'s memberships and restriction sets on this shard
+    /// (its feature rows go in `FeatureApplier::drop_tenant`, run beside).
     fn drop_tenant_rows(&mut self, tenant: &str) -> Result<(), StorageError> {
         let group = self.data.group;
         let members = keys::tenant_prefix(group, tenant);
         self.batch.delete_range_cf(
             self.data.storage.cf(CF_MEMBERS)?,
-            &members,
-            &keys::prefix_end(&members),
-        );
-        // Feature keys share the `group ++ tenant ++ SEP` prefix.
-        self.batch.delete_range_cf(
-            self.data.storage.cf(CF_FEATURES)?,
             &members,
             &keys::prefix_end(&members),
         );
