@@ -83,6 +83,8 @@ pub enum DocumentError {
     AncestorMismatch { got: usize, want: usize },
     #[error("{field} {value:?} is malformed: it must be non-empty and contain no '|', '&' or control characters")]
     BadName { field: &'static str, value: String },
+    #[error(transparent)]
+    QuerySyntax(#[from] crate::query_syntax::QuerySyntaxError),
 }
 
 impl Document {
@@ -236,11 +238,14 @@ pub fn validate_tenant(tenant: &str) -> Result<(), DocumentError> {
     check_name("tenant", tenant)
 }
 
-/// Checks query text against the term and size limits.
+/// Checks query text against the term and size limits and the query
+/// syntax (see [`crate::query_syntax`]).
 pub fn validate_query(query: &str) -> Result<(), DocumentError> {
     check_len("query (MAX_QUERY_BYTES)", query, MAX_QUERY_BYTES)?;
     let terms = query.split_whitespace().count();
-    check_count("query terms (MAX_QUERY_TERMS)", terms, MAX_QUERY_TERMS)
+    check_count("query terms (MAX_QUERY_TERMS)", terms, MAX_QUERY_TERMS)?;
+    crate::query_syntax::parse(query)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -318,5 +323,15 @@ mod tests {
         let err = validate_query(&q).expect_err("over limit").to_string();
         assert!(err.contains("MAX_QUERY_TERMS"), "{err}");
         assert!(validate_query("deploy runbook").is_ok());
+    }
+
+    #[test]
+    fn malformed_query_syntax_is_refused_with_its_position() {
+        let err = validate_query("deploy \"error budget").expect_err("unclosed");
+        assert_eq!(
+            err.to_string(),
+            "query syntax error at character 8: this quote is never closed; add the closing \" (or remove it)"
+        );
+        assert!(validate_query("\"error budget\" -draft depl* title:runbook").is_ok());
     }
 }

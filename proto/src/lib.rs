@@ -10,6 +10,7 @@ pub mod event;
 pub mod ids;
 pub mod keys;
 pub mod limits;
+pub mod query_syntax;
 pub mod transport;
 
 /// Generated protobuf messages and tonic services (package `tessera.v1`).
@@ -21,3 +22,9 @@ pub mod pb {
 pub use document::{Document, DocumentError, Permissions};
 pub use event::{Event, EventKind, ValidEvent};
 pub use ids::{partition_of, NodeId, Region, ShardId, TenantId, META_GROUP};
+
+/// Metadata naming the current leader's node id on a node's `not leader`
+/// answer, so a caller (router, mover) goes straight to the leader.
+pub const LEADER_ID_HEADER: &str = "x-tessera-leader-id";
+/// Metadata naming the current leader's gRPC address on the same answer.
+pub const LEADER_ADDR_HEADER: &str = "x-tessera-leader-addr";

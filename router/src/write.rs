@@ -16,10 +16,7 @@ use tessera_proto::pb::{WriteRequest, WriteResponse};
 use tessera_proto::{NodeId, ShardId};
 use tonic::{Code, Status};
 
-/// Metadata naming the current leader's node id, on a `not leader` answer.
-pub const LEADER_ID_HEADER: &str = "x-tessera-leader-id";
-/// Metadata naming the current leader's gRPC address.
-pub const LEADER_ADDR_HEADER: &str = "x-tessera-leader-addr";
+pub use tessera_proto::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 
 /// A `not leader` answer and what it says about the leader.
 #[derive(Debug, Clone, PartialEq, Eq)]

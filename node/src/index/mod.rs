@@ -10,6 +10,7 @@
 mod any_of;
 mod candidates;
 mod query;
+mod query_syntax;
 mod schema;
 mod snippet;
 #[cfg(test)]
@@ -325,7 +326,7 @@ impl ShardIndex {
     /// current searcher (the one the search itself used, or a newer one:
     /// snippets are cut from the stored rows, not from the index).
     pub fn snippets(&self, text: &str, title_only: bool) -> Result<Snippets, IndexError> {
-        let query = self.queries.text_query(text, title_only);
+        let query = self.queries.highlight_query(text, title_only);
         Snippets::new(&self.reader.searcher(), query.as_ref(), self.fields)
     }
 

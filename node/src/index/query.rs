@@ -27,6 +27,7 @@ use tantivy::{DocId, Index, Score, Searcher, SegmentOrdinal, SegmentReader, Tant
 use super::candidates::{Candidates, NO_SPACE};
 
 use super::any_of::AnyOfQuery;
+use super::query_syntax::{parse_syntax, SyntaxQueries};
 use super::schema::{names, Fields};
 
 /// Largest page a search may ask for; larger limits are clamped (the router pages with cursors).
@@ -98,9 +99,10 @@ pub struct IndexResults {
     pub candidates: Option<Candidates>,
 }
 
-/// Normalises user text before parsing: lowercase (so `AND`/`OR` are plain words and never
-/// operators) and without `:`, so user text can only address `title`/`body` and never other
-/// fields such as `tenant` or `acl`. The analyser splits on `:` anyway, so no word is lost.
+/// Normalises plain text before parsing: lowercase (so nothing in it is a tantivy operator
+/// such as `AND`) and without `:`, so user text can only address `title`/`body` and never
+/// other fields such as `tenant` or `acl`. The analyser splits on `:` anyway, so no word is
+/// lost. Text that uses the documented syntax goes through [`SyntaxQueries`] instead.
 fn normalize_text(text: &str) -> String {
     text.to_lowercase().replace(':', " ")
 }
@@ -110,6 +112,7 @@ pub(crate) struct QueryBuilder {
     fields: Fields,
     title_and_body: QueryParser,
     title_only: QueryParser,
+    syntax: SyntaxQueries,
 }
 
 impl QueryBuilder {
@@ -119,11 +122,17 @@ impl QueryBuilder {
             fields,
             title_and_body: QueryParser::for_index(index, vec![fields.title, fields.body]),
             title_only: QueryParser::for_index(index, vec![fields.title]),
+            syntax: SyntaxQueries::new(index, fields),
         }
     }
 
     /// The scored part of a search. Empty text matches everything (the tenant filter scopes it).
+    /// Text using the query syntax (see [`tessera_proto::query_syntax`]) is built from its
+    /// clauses; plain text keeps the lenient parse it always had, so its scores never change.
     pub(crate) fn text_query(&self, text: &str, title_only: bool) -> Box<dyn Query> {
+        if let Some(parsed) = parse_syntax(text) {
+            return self.syntax.build(&parsed, title_only);
+        }
         let text = normalize_text(text);
         if text.trim().is_empty() {
             return Box::new(AllQuery);
@@ -138,6 +147,15 @@ impl QueryBuilder {
             tracing::debug!(?errors, "lenient query parse dropped parts of the query");
         }
         query
+    }
+
+    /// The query whose body terms a hit's snippet highlights: [`Self::text_query`] without
+    /// its exclusions.
+    pub(crate) fn highlight_query(&self, text: &str, title_only: bool) -> Box<dyn Query> {
+        match parse_syntax(text) {
+            Some(parsed) => self.syntax.build_for_highlight(&parsed, title_only),
+            None => self.text_query(text, title_only),
+        }
     }
 
     /// A zero-scoring conjunct that keeps documents whose `field` holds one of `values`.

@@ -396,14 +396,20 @@ fn user_text_never_errors_and_never_escapes_its_fields() {
         );
         index.term_stats("acme", text, false).expect("term stats");
     }
-    // Upper-case operators are lowercased into plain words (default OR).
+    // `OR` is the default spelled out; `AND` requires both sides.
     assert_eq!(
         search_ids(&index, &query("acme", "DEPLOY OR Nothing")),
         ["p-1"]
     );
+    assert!(search_ids(&index, &query("acme", "runbook AND zzz")).is_empty());
+    // Prefixes and scopes stay inside the tenant and its text fields.
     assert_eq!(
-        search_ids(&index, &query("acme", "runbook AND zzz")),
-        ["p-1"]
+        search_ids(&index, &query("acme", "s*")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        search_ids(&index, &query("acme", "title:secret*")),
+        Vec::<String>::new()
     );
     // Stemming applies to queries as to documents.
     assert_eq!(
@@ -576,6 +582,8 @@ fn space_ancestor_label_and_title_only_filters() {
     assert_eq!(search_ids(&index, &q), ["b"]);
     // Field syntax cannot reach the body when title_only is set.
     q.text = "body:kubernetes".to_string();
+    assert!(search_ids(&index, &q).is_empty());
+    q.text = "title:kubernetes".to_string();
     assert_eq!(search_ids(&index, &q), ["b"]);
 }
 
@@ -1121,4 +1129,130 @@ fn an_index_with_another_schema_is_refused() {
         ShardIndex::open(dir.path(), IndexConfig::default()),
         Err(IndexError::Schema(_))
     ));
+}
+
+fn syntax_corpus(dir: &Path) -> ShardIndex {
+    index_with(
+        dir,
+        &[
+            doc(
+                "acme",
+                "budget",
+                "Error budget policy",
+                "When the error budget is spent, freeze deploys.",
+            ),
+            doc(
+                "acme",
+                "handling",
+                "Budget for error handling",
+                "Error handling costs budget.",
+            ),
+            doc(
+                "acme",
+                "deploy",
+                "Deployment runbook",
+                "How we deploy on Fridays.",
+            ),
+            doc(
+                "acme",
+                "draft",
+                "Deploy draft",
+                "A draft of the deploy guide.",
+            ),
+            doc(
+                "acme",
+                "redeploy",
+                "Redeploying",
+                "Redeploy after a failed rollout.",
+            ),
+            doc(
+                "globex",
+                "g-deploy",
+                "Deployment secrets",
+                "Globex deploys too.",
+            ),
+        ],
+    )
+}
+
+#[test]
+fn query_syntax_phrases_exclusions_prefixes_and_scopes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = syntax_corpus(dir.path());
+    let found = |text: &str| sorted(search_ids(&index, &query("acme", text)));
+    let expect = |ids: &[&str]| sorted(ids.iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        found("\"error budget\""),
+        expect(&["budget"]),
+        "a phrase keeps its order"
+    );
+    assert_eq!(
+        found("deploy -draft"),
+        expect(&["budget", "deploy"]),
+        "exclusion"
+    );
+    assert_eq!(
+        found("-draft -\"error budget\""),
+        expect(&["deploy", "handling", "redeploy"])
+    );
+    assert_eq!(
+        found("depl*"),
+        expect(&["budget", "deploy", "draft"]),
+        "prefix, not infix"
+    );
+    assert_eq!(
+        found("\"error bud\"*"),
+        expect(&["budget"]),
+        "phrase prefix"
+    );
+    assert_eq!(found("title:runbook"), expect(&["deploy"]));
+    assert_eq!(found("body:fridays"), expect(&["deploy"]));
+    assert!(
+        found("title:fridays").is_empty(),
+        "a title scope skips the body"
+    );
+    assert_eq!(found("deploy AND guide"), expect(&["draft"]));
+    assert_eq!(found("+rollout deploy"), expect(&["redeploy"]));
+    let title_only = IndexQuery {
+        title_only: true,
+        ..query("acme", "body:fridays OR title:runbook")
+    };
+    assert_eq!(
+        search_ids(&index, &title_only),
+        ["deploy"],
+        "title-only drops body clauses"
+    );
+}
+
+#[test]
+fn words_in_a_query_with_syntax_score_as_in_plain_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = syntax_corpus(dir.path());
+    let plain = index
+        .search(&query("acme", "error deploy budget"))
+        .expect("plain");
+    let spelled = index
+        .search(&query("acme", "error OR deploy OR budget"))
+        .expect("with OR");
+    assert_eq!(plain.hits, spelled.hits, "OR changes no score");
+    let stats = index
+        .term_stats("acme", "\"error budget\" -draft", false)
+        .expect("stats");
+    let terms: HashSet<&str> = stats.doc_freq.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert!(
+        terms.contains("error") && terms.contains("budget"),
+        "{terms:?}"
+    );
+}
+
+#[test]
+fn snippets_highlight_phrase_words_and_never_excluded_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = syntax_corpus(dir.path());
+    let snippets = index
+        .snippets("\"error budget\" -freeze", false)
+        .expect("snippets");
+    let s = snippets.of("When the error budget is spent, freeze deploys.");
+    assert!(s.contains("<b>error</b> <b>budget</b>"), "{s}");
+    assert!(!s.contains("<b>freeze</b>"), "{s}");
 }

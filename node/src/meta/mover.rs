@@ -7,16 +7,18 @@
 //! what is already gone), so a mover that crashes anywhere is replaced by
 //! the next meta leader, which redoes at most the step that was running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use tessera_proto::pb::features_client::FeaturesClient;
 use tessera_proto::pb::node_client::NodeClient;
 use tessera_proto::transport::PeerIdentity;
-use tessera_proto::{pb, Document, ShardId, META_GROUP};
+use tessera_proto::{pb, Document, NodeId, ShardId, META_GROUP};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -32,6 +34,10 @@ const TICK: Duration = Duration::from_millis(300);
 const PAGE: u32 = 400;
 /// Bound on one call to a node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on opening a connection to a node: a paused or blackholed voter
+/// must cost the mover this long, not a whole [`CALL_TIMEOUT`], before it
+/// tries the next one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rounds over a shard's voters before a step gives up (and is retried on
 /// the next tick).
 const ROUNDS: u32 = 10;
@@ -39,19 +45,42 @@ const ROUNDS: u32 = 10;
 const ROUND_PAUSE: Duration = Duration::from_millis(200);
 
 /// Runs until `shutdown` flips.
+///
+/// Each tenant's resize is driven by a task of its own, so a tenant whose
+/// shards are out of reach does not hold up the others' reshapes (and the
+/// dual writes those keep alive).
 pub async fn run(node: Arc<NodeInner>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
+    let mut running: JoinSet<String> = JoinSet::new();
+    let mut busy: BTreeSet<String> = BTreeSet::new();
     loop {
+        while let Some(done) = running.try_join_next() {
+            if let Ok(tenant) = done {
+                busy.remove(&tenant);
+            }
+        }
         if leads_meta(&node) {
-            let map = node.meta.map();
+            let map = Arc::new(node.meta.map());
             for tenant in map.tenants.values().filter(|t| t.resize.is_some()) {
-                if let Err(e) = drive(&node, &map, tenant).await {
-                    tracing::warn!(tenant = %tenant.id, "resize step failed, will retry: {e}");
+                if !busy.insert(tenant.id.clone()) {
+                    continue;
                 }
+                let (node, map, id) = (node.clone(), map.clone(), tenant.id.clone());
+                running.spawn(async move {
+                    if let Some(tenant) = map.tenants.get(&id) {
+                        if let Err(e) = drive(&node, &map, tenant).await {
+                            tracing::warn!(tenant = %id, "resize step failed, will retry: {e}");
+                        }
+                    }
+                    id
+                });
             }
         }
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                running.shutdown().await;
+                return;
+            }
             _ = tick.tick() => {}
         }
     }
@@ -63,56 +92,89 @@ pub(super) fn leads_meta(node: &NodeInner) -> bool {
         .is_some_and(|r| r.metrics().borrow().current_leader == Some(node.id))
 }
 
-/// Runs the next unfinished steps of one tenant's resize.
+/// Runs the next unfinished steps of one tenant's resize. The steps of a
+/// phase are independent (each source copies its own documents, each shard
+/// drops only what it no longer owns), so they run at once and a shard
+/// that is out of reach delays only its own step; every step that finished
+/// is recorded even when another failed.
 async fn drive(node: &NodeInner, map: &ClusterMap, tenant: &TenantEntry) -> Result<(), String> {
     let Some(resize) = &tenant.resize else {
         return Ok(());
     };
     let old = &tenant.partitions;
-    match resize.phase(old) {
+    let steps: Vec<_> = match resize.phase(old) {
         ResizePhase::Copying => {
-            for source in Resize::sources(old) {
-                if resize.copied.contains(&source) {
-                    continue;
-                }
-                let (copied, floors) =
-                    copy_shard(node.peers(), map, tenant, resize, source).await?;
-                tracing::info!(tenant = %tenant.id, source, copied, "copied a shard's moving rows");
-                let floors = floors.into_iter().collect();
-                record(node, tenant, resize, ResizeStep::Copied { source, floors }).await?;
-            }
+            let copies = Resize::sources(old)
+                .into_iter()
+                .filter(|source| !resize.copied.contains(source))
+                .map(|source| copy_step(node.peers(), map, tenant, resize, source));
+            join_all(copies).await
         }
         ResizePhase::Dropping => {
-            for shard in resize.all_shards(old) {
-                if resize.dropped.contains(&shard) {
-                    continue;
-                }
-                // A router whose map still says "copying" reads the old
-                // shards alone, which is only right until they drop: the
-                // drop fences the shard at this map's epoch (in which the
-                // copy is over), so such a router is told its map is stale
-                // and rereads both placements with a fresh one.
-                let req = pb::DropRequest {
-                    tenant: tenant.id.clone(),
-                    shard,
-                    fence: map.epoch.max(resize.fence),
-                    to: resize.to.clone(),
-                };
-                let out = on_leader(node.peers(), map, shard, |c| {
-                    let req = req.clone();
-                    async move { NodeClient::new(c).drop(req).await }
-                })
-                .await?;
-                tracing::info!(tenant = %tenant.id, shard, dropped = out.dropped, "dropped rows the new placement moves away");
-                let step = ResizeStep::Dropped {
-                    shard,
-                    applied: out.applied,
-                };
-                record(node, tenant, resize, step).await?;
-            }
+            let drops = resize
+                .all_shards(old)
+                .into_iter()
+                .filter(|shard| !resize.dropped.contains(shard))
+                .map(|shard| drop_step(node.peers(), map, tenant, resize, shard));
+            join_all(drops).await
+        }
+    };
+    let mut first_error = None;
+    for step in steps {
+        let recorded = match step {
+            Ok(step) => record(node, tenant, resize, step).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            first_error.get_or_insert(e);
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Copies one old shard's moving rows; the step that records it.
+async fn copy_step(
+    peers: &PeerIdentity,
+    map: &ClusterMap,
+    tenant: &TenantEntry,
+    resize: &Resize,
+    source: ShardId,
+) -> Result<ResizeStep, String> {
+    let (copied, floors) = copy_shard(peers, map, tenant, resize, source).await?;
+    tracing::info!(tenant = %tenant.id, source, copied, "copied a shard's moving rows");
+    let floors = floors.into_iter().collect();
+    Ok(ResizeStep::Copied { source, floors })
+}
+
+/// Has `shard` drop the rows the new placement gives to others; the step
+/// that records it.
+async fn drop_step(
+    peers: &PeerIdentity,
+    map: &ClusterMap,
+    tenant: &TenantEntry,
+    resize: &Resize,
+    shard: ShardId,
+) -> Result<ResizeStep, String> {
+    // A router whose map still says "copying" reads the old shards alone,
+    // which is only right until they drop: the drop fences the shard at
+    // this map's epoch (in which the copy is over), so such a router is
+    // told its map is stale and rereads both placements with a fresh one.
+    let req = pb::DropRequest {
+        tenant: tenant.id.clone(),
+        shard,
+        fence: map.epoch.max(resize.fence),
+        to: resize.to.clone(),
+    };
+    let out = on_leader(peers, map, shard, |c| {
+        let req = req.clone();
+        async move { NodeClient::new(c).drop(req).await }
+    })
+    .await?;
+    tracing::info!(tenant = %tenant.id, shard, dropped = out.dropped, "dropped rows the new placement moves away");
+    Ok(ResizeStep::Dropped {
+        shard,
+        applied: out.applied,
+    })
 }
 
 async fn record(
@@ -394,7 +456,8 @@ impl Item {
 }
 
 /// Calls `call` on the leader of `shard`: tries its voters in turn (a
-/// follower answers "not leader" at once), for a bounded number of rounds.
+/// follower answers "not leader" at once, naming the leader when it knows
+/// it, which is tried next), for a bounded number of rounds.
 async fn on_leader<T, F, Fut>(
     peers: &PeerIdentity,
     map: &ClusterMap,
@@ -412,21 +475,14 @@ where
         .ok_or_else(|| format!("shard {shard} is not in the map"))?;
     let mut last = format!("shard {shard} has no voters");
     for _ in 0..ROUNDS {
-        for v in &voters {
-            let Some(addr) = map.nodes.get(v).map(|n| n.grpc_addr.clone()) else {
-                continue;
-            };
-            let endpoint = match peers.node_endpoint(&addr) {
-                Ok(e) => e,
-                Err(e) => {
-                    last = format!("node {v} at {addr}: {e}");
-                    continue;
-                }
-            };
-            let client = match endpoint.connect().await {
+        let mut order: Vec<NodeId> = voters.clone();
+        let mut i = 0;
+        while let Some(&v) = order.get(i) {
+            i += 1;
+            let client = match connect(peers, map, v).await {
                 Ok(c) => c,
                 Err(e) => {
-                    last = format!("node {v} at {addr}: {e}");
+                    last = e;
                     continue;
                 }
             };
@@ -435,13 +491,89 @@ where
                 Ok(Err(s)) if s.code() == Code::InvalidArgument => {
                     return Err(format!("shard {shard} on node {v}: {}", s.message()))
                 }
-                Ok(Err(s)) => last = format!("shard {shard} on node {v}: {}", s.message()),
+                Ok(Err(s)) => {
+                    last = format!("shard {shard} on node {v}: {}", s.message());
+                    // Try the named leader next, unless it was just tried.
+                    if let Some(leader) = leader_hint(&s).filter(|l| !order[..i].contains(l)) {
+                        order.retain(|n| *n != leader);
+                        order.insert(i, leader);
+                    }
+                }
                 Err(_) => {
                     last = format!("shard {shard} on node {v}: no answer in {CALL_TIMEOUT:?}")
                 }
             }
+            tracing::debug!(shard, node = v, "mover call failed: {last}");
         }
         tokio::time::sleep(ROUND_PAUSE).await;
     }
     Err(last)
+}
+
+/// A channel to node `id`, opened within [`CONNECT_TIMEOUT`].
+async fn connect(peers: &PeerIdentity, map: &ClusterMap, id: NodeId) -> Result<Channel, String> {
+    let addr = map
+        .nodes
+        .get(&id)
+        .map(|n| n.grpc_addr.clone())
+        .ok_or_else(|| format!("node {id} is not in the map"))?;
+    let endpoint = peers
+        .node_endpoint(&addr)
+        .map_err(|e| format!("node {id} at {addr}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(format!("node {id} at {addr}: {e}")),
+        Err(_) => Err(format!(
+            "node {id} at {addr}: no connection within {CONNECT_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// The leader a follower's "not leader" answer names, if any.
+fn leader_hint(status: &Status) -> Option<NodeId> {
+    if status.code() != Code::FailedPrecondition {
+        return None;
+    }
+    status
+        .metadata()
+        .get(tessera_proto::LEADER_ID_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|id| *id != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    fn not_leader(id: &'static str) -> Status {
+        let mut s = Status::failed_precondition(format!("not leader: node {id} leads"));
+        s.metadata_mut().insert(
+            tessera_proto::LEADER_ID_HEADER,
+            MetadataValue::from_static(id),
+        );
+        s
+    }
+
+    #[test]
+    fn a_not_leader_answer_names_the_leader_to_try_next() {
+        assert_eq!(leader_hint(&not_leader("4")), Some(4));
+        assert_eq!(leader_hint(&not_leader("0")), None, "0 is no node");
+        assert_eq!(leader_hint(&not_leader("x")), None);
+        let mut other = Status::unavailable("no quorum");
+        other.metadata_mut().insert(
+            tessera_proto::LEADER_ID_HEADER,
+            MetadataValue::from_static("4"),
+        );
+        assert_eq!(
+            leader_hint(&other),
+            None,
+            "only a not-leader answer is a hint"
+        );
+    }
 }

@@ -203,11 +203,15 @@ impl NodeService {
         if let Some(l) = leader {
             let map = self.node.meta.map();
             if let Ok(v) = MetadataValue::try_from(l.to_string()) {
-                status.metadata_mut().insert("x-tessera-leader-id", v);
+                status
+                    .metadata_mut()
+                    .insert(tessera_proto::LEADER_ID_HEADER, v);
             }
             if let Some(addr) = map.nodes.get(&l).map(|n| n.grpc_addr.clone()) {
                 if let Ok(v) = MetadataValue::try_from(addr) {
-                    status.metadata_mut().insert("x-tessera-leader-addr", v);
+                    status
+                        .metadata_mut()
+                        .insert(tessera_proto::LEADER_ADDR_HEADER, v);
                 }
             }
         }

@@ -392,7 +392,12 @@ pub struct SearchArgs {
     /// The searching user (u:alice); results are filtered by their permissions.
     #[arg(long)]
     pub user: String,
-    /// Query text (several words may be given unquoted).
+    /// Query text (several words may be given unquoted). Plain words match
+    /// either word (BM25). Syntax: "a phrase" (quote it for the shell: '"a b"'),
+    /// -word (exclude), +word or `a AND b` (require), `a OR b`, pref* (prefix),
+    /// "a phr"* (phrase prefix), title:word / body:word (one field). AND and OR
+    /// are operators only in capitals. Put `--` before a query that starts
+    /// with `-`. A malformed query is refused with the position of the problem.
     #[arg(required = true, num_args = 1..)]
     pub query: Vec<String>,
     /// Only this space (repeatable).
