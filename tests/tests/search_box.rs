@@ -134,8 +134,36 @@ async fn hits_show_title_space_date_and_snippet_and_nothing_hidden() {
         opening.snippet
     );
 
+    query_syntax_through_the_router(&c, &token).await;
     snippets_match_the_oracle(&c, &token).await;
     cli_json_carries_the_fields(&router.endpoint(), &token).await;
+}
+
+/// The query syntax end to end: phrases, exclusions, prefixes and scopes
+/// keep the permission filter, and a malformed query is refused with the
+/// position of the problem.
+async fn query_syntax_through_the_router(c: &TesseraClient, token: &str) {
+    let ids = |page: SearchPage| -> Vec<String> { page.hits.into_iter().map(|h| h.id).collect() };
+    for (user, text, want) in [
+        ("u:ann", "\"drain it\" -aardvarkcodeword", vec!["open-1"]),
+        ("u:ann", "title:runbook", vec!["open-1"]),
+        ("u:ann", "depl*", vec!["open-1"]),
+        ("u:ann", "aardvark*", vec![]),
+        ("u:boss", "deploy -runbook", vec!["secret-1"]),
+        ("u:boss", "deploy AND tonight", vec!["secret-1"]),
+    ] {
+        let got = ids(run(c, &search_as("box", user, text, token)).await);
+        assert_eq!(got, want, "{text:?} as {user}");
+    }
+    let err = c
+        .search(&search_as("box", "u:ann", "deploy \"unclosed", token))
+        .await
+        .expect_err("an unclosed quote is refused");
+    assert!(
+        err.to_string()
+            .contains("query syntax error at character 8"),
+        "{err}"
+    );
 }
 
 /// Every user's hits for a word all random documents share are exactly the
